@@ -1,0 +1,42 @@
+"""`nanoserve serve | generate | bench | plan | workbook`.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the
+module is imported only when its command runs, so `nanoserve plan` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("nanoserve.server.cli", "OpenAI-compatible HTTP server"),
+    "generate": ("nanoserve.entrypoints.generate_cli", "generate text offline"),
+    "bench": ("nanoserve.bench.cli", "benchmarks against baselines"),
+    "plan": ("nanoserve.planner.cli", "capacity planner with derivations"),
+    "workbook": ("nanoserve.workbook.cli", "interactive exercises of the workbooks"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="nanoserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"nanoserve {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""LLMEngine: add_request / step / abort_request, tying scheduler, runner, sampler and outputs together.
+
+One step: the scheduler picks sequences and token counts, the runner runs one forward for all of
+them and samples, then each sampled token is appended, detokenized and checked against the stop
+conditions; finished sequences free their blocks at once, so the next step can admit waiting ones.
+Not thread-safe: one thread calls add_request / step / abort_request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from nanoserve.config import (
+    CacheConfig,
+    EngineArgs,
+    ModelConfig,
+    SchedulerConfig,
+    default_cpu_kv_budget_bytes,
+    make_cache_config,
+    make_scheduler_config,
+)
+from nanoserve.engine.block_manager import BlockManager
+from nanoserve.engine.scheduler import Scheduler
+from nanoserve.engine.sequence import Request, Sequence
+from nanoserve.engine.stats import EngineStats
+from nanoserve.errors import InvalidRequestError, PromptTooLongError
+from nanoserve.outputs import CompletionOutput, RequestOutput
+from nanoserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        scheduler_config: SchedulerConfig,
+        runner: Any,
+        tokenizer: Any,
+    ) -> None:
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.scheduler_config = scheduler_config
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.block_manager = BlockManager(
+            cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(scheduler_config, self.block_manager)
+        self.requests: dict[str, Request] = {}
+        self._arrivals = itertools.count()
+        self._aborted_outputs: list[RequestOutput] = []
+        self.generation_tokens = 0
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        import torch
+
+        from nanoserve.model.loader import load_model, load_model_config, load_tokenizer, resolve_device
+        from nanoserve.runner import ModelRunner
+
+        torch.manual_seed(args.seed)
+        model_config = load_model_config(args)
+        device = resolve_device(args.device)
+        tokenizer = load_tokenizer(model_config.tokenizer)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if isinstance(eos, int) and eos not in model_config.eos_token_ids:
+            model_config.eos_token_ids.append(eos)
+        model = load_model(model_config, device)
+        if device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            budget = int(free_bytes * args.gpu_memory_utilization) - (1 << 30)  # 1 GiB for activations
+        else:
+            budget = default_cpu_kv_budget_bytes()
+        cache_config = make_cache_config(args, model_config, budget)
+        scheduler_config = make_scheduler_config(args, model_config.max_model_len)
+        runner = ModelRunner(model, model_config, cache_config, device)
+        return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def _tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), self._check_ids(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'", "prompt")
+        if isinstance(prompt, str):
+            return prompt, list(self.tokenizer.encode(prompt)) if prompt else []
+        if isinstance(prompt, list | tuple):
+            return None, self._check_ids(prompt)
+        raise InvalidRequestError(
+            f"a prompt must be a str, a token id list or a dict, got {type(prompt).__name__}", "prompt"
+        )
+
+    def _check_ids(self, ids: Any) -> list[int]:
+        vocab = self.model_config.vocab_size
+        if not isinstance(ids, list | tuple) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids
+        ):
+            raise InvalidRequestError(f"prompt_token_ids must be a list of ints in [0, {vocab})", "prompt")
+        return list(ids)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int] | dict,
+        params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request. Raises InvalidRequestError / PromptTooLongError for one that can never run."""
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        params = params if params is not None else SamplingParams()
+        text, ids = self._tokenize(prompt)
+        n = len(ids)
+        if n == 0:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        max_len = self.model_config.max_model_len
+        if n >= max_len:
+            raise PromptTooLongError(
+                f"This model's maximum context length is {max_len} tokens. However, your prompt contains "
+                f"{n} input tokens, leaving no room for output.",
+                n,
+                max_len,
+            )
+        pool_tokens = self.cache_config.num_tokens
+        if self.block_manager.blocks_needed(n + 1) > self.cache_config.num_blocks:
+            raise PromptTooLongError(
+                f"the prompt ({n} tokens) needs more KV blocks than the whole cache holds "
+                f"({self.cache_config.num_blocks} blocks of {self.cache_config.block_size} tokens)",
+                n,
+                pool_tokens,
+            )
+        # A sequence must fit the context and, alone, the pool: then preemption can always make room.
+        room = min(max_len, pool_tokens) - n
+        max_tokens = min(params.max_tokens or room, room)
+        request = Request(
+            request_id,
+            text,
+            ids,
+            params,
+            time.monotonic() if arrival_time is None else arrival_time,
+            next(self._arrivals),
+            max_tokens,
+        )
+        self.requests[request_id] = request
+        self.scheduler.add_request(request)
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        """Finish the request(s) at once with finish_reason "abort"; their blocks go back to the pool."""
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for rid in ids:
+            request = self.requests.pop(rid, None)
+            if request is None:
+                continue
+            self.scheduler.abort_request(request)
+            request.metrics.finished_time = time.monotonic()
+            self._aborted_outputs.append(self._make_output(request))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # ---- the step ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        outputs, self._aborted_outputs = self._aborted_outputs, []
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            assert not self.scheduler.has_unfinished(), "scheduler made no progress with requests pending"
+            return outputs
+        now = time.monotonic()
+        for item in sched.scheduled:
+            m = item.seq.request.metrics
+            if m.first_scheduled_time is None:
+                m.first_scheduled_time = now
+        result = self.runner.execute(sched)
+        self.scheduler.update_after_step(sched)
+        now = time.monotonic()
+        touched: dict[str, Request] = {}
+        for seq, token, logprobs in zip(result.seqs, result.token_ids, result.logprobs, strict=True):
+            self._append_token(seq, token, logprobs, now)
+            touched[seq.request.request_id] = seq.request
+        self.generation_tokens += len(result.token_ids)
+        for request in touched.values():
+            if request.is_finished:
+                request.metrics.finished_time = now
+                del self.requests[request.request_id]
+            outputs.append(self._make_output(request))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float) -> None:
+        request = seq.request
+        params = request.params
+        seq.token_ids.append(token)
+        if params.logprobs is not None:
+            if seq.logprobs is None:
+                seq.logprobs = []
+            seq.logprobs.append(logprobs or {})
+        m = request.metrics
+        if m.first_token_time is None:
+            m.first_token_time = now
+        m.last_token_time = now
+        m.num_generation_tokens += 1
+        reason = self._check_stop(seq, token)
+        if reason is not None:
+            self.scheduler.finish_seq(seq, reason)
+
+    def _check_stop(self, seq: Sequence, token: int) -> str | None:
+        """Detokenize and check stop conditions; returns the finish reason or None."""
+        params = seq.request.params
+        out_ids = seq.output_token_ids
+        seq.output_text = self.tokenizer.decode(out_ids, skip_special_tokens=params.skip_special_tokens)
+        num_out = len(out_ids)
+        if num_out >= params.min_tokens:
+            if not params.ignore_eos and token in self.model_config.eos_token_ids:
+                return "stop"
+            if token in (params.stop_token_ids or []):
+                seq.stop_reason = token
+                return "stop"
+            for s in params.stop or []:
+                i = seq.output_text.find(s)
+                if i >= 0:
+                    seq.output_text = seq.output_text[
+                        : i + len(s) if params.include_stop_str_in_output else i
+                    ]
+                    seq.stop_reason = s
+                    return "stop"
+        if num_out >= seq.request.max_tokens:
+            return "length"
+        return None
+
+    def _make_output(self, request: Request) -> RequestOutput:
+        completions = [
+            CompletionOutput(
+                index=s.index,
+                text=s.output_text,
+                token_ids=list(s.output_token_ids),
+                finish_reason=s.finish_reason,
+                logprobs=list(s.logprobs) if s.logprobs is not None else None,
+                stop_reason=s.stop_reason,
+            )
+            for s in sorted(request.seqs, key=lambda s: s.index)
+        ]
+        return RequestOutput(
+            request.request_id,
+            request.prompt,
+            list(request.prompt_token_ids),
+            completions,
+            request.is_finished,
+            request.metrics,
+        )
+
+    # ---- observability -------------------------------------------------------------------------
+    def get_stats(self) -> EngineStats:
+        bm, sched = self.block_manager, self.scheduler
+        c = sched.counters
+        pool = bm.stats()
+        return EngineStats(
+            num_running=sched.num_running,
+            num_waiting=sched.num_waiting,
+            kv_cache_usage=pool.usage,
+            num_total_blocks=pool.num_total_blocks,
+            num_free_blocks=pool.num_free_blocks,
+            prefix_cache_queries=c.prefix_cache_queries,
+            prefix_cache_hits=c.prefix_cache_hits,
+            num_preemptions=c.num_preemptions,
+            prompt_tokens=c.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            num_running_requests=len({s.request.request_id for s in sched.running}),
+            num_waiting_requests=len(
+                {s.request.request_id for s in sched.waiting} - {s.request.request_id for s in sched.running}
+            ),
+            kv_cache_fragmentation=bm.internal_fragmentation(sched.running),
+            num_cached_blocks=pool.num_cached_blocks,
+        )
+
+    def check_all_blocks_free(self) -> None:
+        """AssertionError unless the KV pool is entirely free (call when no request is in flight)."""
+        self.block_manager.check_all_free()

@@ -1,0 +1,250 @@
+"""A local Hugging Face directory -> ModelConfig, model with weights, tokenizer.
+
+Reads config.json, the safetensors weights (single file or sharded via model.safetensors.index.json)
+and the tokenizer (transformers' AutoTokenizer). Anything we cannot load or honour is a
+ModelLoadError that names the problem: never a silently wrong model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanoserve.config import EngineArgs, ModelConfig
+from nanoserve.errors import InvalidRequestError, ModelLoadError
+from nanoserve.model.layers import SUPPORTED_ROPE_TYPES
+from nanoserve.model.llama import DecoderSpec, LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def read_hf_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory not found: {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelLoadError(f"no config.json in {path}")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+
+
+def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 writes `rope_parameters`; older checkpoints `rope_theta` + `rope_scaling`."""
+    rope = dict(cfg.get("rope_parameters") or {})
+    if not rope:
+        rope = dict(cfg.get("rope_scaling") or {})
+        rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ModelLoadError(
+            f"unsupported rope_scaling type {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}"
+        )
+    rope["rope_type"] = rope_type
+    if float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+        raise ModelLoadError("partial_rotary_factor != 1 is not supported")
+    return rope
+
+
+def _sliding_window(cfg: dict[str, Any], arch: str) -> int | None:
+    window = cfg.get("sliding_window")
+    if window is None:
+        return None
+    if arch == "MistralForCausalLM":
+        return int(window)
+    if cfg.get("use_sliding_window") or "sliding_attention" in (cfg.get("layer_types") or []):
+        return int(window)
+    return None
+
+
+def _resolve_dtype(requested: str, cfg: dict[str, Any], device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
+    if dtype not in TORCH_DTYPES:
+        raise ModelLoadError(
+            f"checkpoint dtype {dtype!r} is not supported; pass dtype=float32|bfloat16|float16"
+        )
+    if dtype == "float16" and device.type == "cpu":
+        logger.info("float16 checkpoint on CPU: computing in float32")
+        return "float32"
+    return dtype
+
+
+def _eos_token_ids(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
+    ids: list[int] = []
+    sources = [cfg.get("eos_token_id")]
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        try:
+            sources.append(json.loads(gen.read_text()).get("eos_token_id"))
+        except json.JSONDecodeError:
+            pass
+    for value in sources:
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return ids
+
+
+def load_model_config(args: EngineArgs) -> ModelConfig:
+    cfg = read_hf_config(args.model)
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None:
+        raise ModelLoadError(
+            f"unsupported architecture {', '.join(archs) or '(none in config.json)'}; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    rope_parameters(cfg)  # validate early
+    device = resolve_device(args.device)
+    max_pos = int(cfg.get("max_position_embeddings", 4096))
+    window = _sliding_window(cfg, arch)
+    if args.max_model_len is not None:
+        max_model_len = args.max_model_len
+        if max_model_len > max_pos:
+            raise InvalidRequestError(
+                f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {max_pos}",
+                "max_model_len",
+            )
+        if window is not None and window < max_model_len:
+            raise ModelLoadError(
+                f"{arch} uses a sliding window of {window} tokens, shorter than max_model_len "
+                f"{max_model_len}; sliding-window attention is not supported: pass max_model_len <= {window}"
+            )
+    else:
+        max_model_len = max_pos
+        if window is not None and window < max_model_len:
+            logger.info(
+                "sliding window %d < max_position_embeddings %d: max_model_len = %d", window, max_pos, window
+            )
+            max_model_len = window
+    num_heads = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    tokenizer = args.tokenizer or args.model
+    return ModelConfig(
+        model=str(args.model),
+        tokenizer=str(tokenizer),
+        architecture=arch,
+        hf_config=cfg,
+        dtype=_resolve_dtype(args.dtype, cfg, device),
+        max_model_len=max_model_len,
+        num_layers=int(cfg["num_hidden_layers"]),
+        hidden_size=hidden,
+        num_heads=num_heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+        head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+        vocab_size=int(cfg["vocab_size"]),
+        eos_token_ids=_eos_token_ids(Path(args.model), cfg),
+    )
+
+
+def decoder_spec(mc: ModelConfig) -> DecoderSpec:
+    cfg, arch = mc.hf_config, mc.architecture
+    attention_bias = bool(cfg.get("attention_bias", False))
+    return DecoderSpec(
+        vocab_size=mc.vocab_size,
+        hidden_size=mc.hidden_size,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_layers=mc.num_layers,
+        num_heads=mc.num_heads,
+        num_kv_heads=mc.num_kv_heads,
+        head_dim=mc.head_dim,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope=rope_parameters(cfg),
+        max_positions=mc.max_model_len,
+        qkv_bias=True if arch == "Qwen2ForCausalLM" else attention_bias,
+        o_bias=attention_bias if arch in ("LlamaForCausalLM", "Qwen3ForCausalLM") else False,
+        qk_norm=arch == "Qwen3ForCausalLM",
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+    )
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    path = Path(model_dir)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"{index} has no valid weight_map: {e}") from e
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"weight shard(s) listed in {index.name} are missing: {', '.join(missing)}")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if list(path.glob("*.bin")):
+        raise ModelLoadError(f"only safetensors weights are supported; {path} has only .bin files")
+    raise ModelLoadError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
+
+
+def load_model(mc: ModelConfig, device: torch.device) -> LlamaForCausalLM:
+    """Build the model on `device` in mc.dtype and load its weights (checked by name and shape)."""
+    from safetensors import safe_open
+
+    files = weight_files(mc.model)
+    spec = decoder_spec(mc)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(spec)
+    model = model.to_empty(device=device).to(TORCH_DTYPES[mc.dtype])
+    if spec.tie_word_embeddings:  # to_empty unties; tie again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb.build(device)
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name.endswith(IGNORED_TENSOR_SUFFIXES):
+                    continue
+                if name == "lm_head.weight" and spec.tie_word_embeddings:
+                    continue  # tied: the embedding is the head
+                param = params.get(name)
+                if param is None:
+                    raise ModelLoadError(f"unexpected tensor {name!r} in {file.name} for {mc.architecture}")
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(param.shape):
+                    raise ModelLoadError(
+                        f"shape mismatch for {name!r}: checkpoint has {list(shape)}, "
+                        f"the config implies {list(param.shape)}"
+                    )
+                with torch.no_grad():
+                    param.copy_(f.get_tensor(name))
+                loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ModelLoadError(
+            f"missing tensor(s) in the checkpoint: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises many types here
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from e

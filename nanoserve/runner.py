@@ -1,0 +1,154 @@
+"""The model runner: owns the model and the paged KV pool; turns a scheduled step into tensors,
+runs one forward for every sequence of the step, and samples.
+
+Flat step layout (vLLM's): all scheduled tokens packed into one [T] row of input_ids/positions;
+sequence i owns rows query_start_loc[i]:query_start_loc[i+1]; slot_mapping says where each new
+token's K/V goes in the pool; block_tables/context_lens say what each sequence may attend to.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from nanoserve.config import CacheConfig, ModelConfig
+from nanoserve.engine.scheduler import SchedulerOutput
+from nanoserve.engine.sequence import Sequence
+from nanoserve.model.attention import AttentionMetadata
+from nanoserve.model.llama import LlamaForCausalLM
+from nanoserve.model.loader import TORCH_DTYPES
+from nanoserve.sampler import Sampler, SamplingMetadata, child_seed, make_generator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
+    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row after expansion
+    sample_src: list[int]  # for each of sample_seqs, which entry of logits_rows holds its logits
+
+
+@dataclass
+class StepResult:
+    seqs: list[Sequence]
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.device = device
+        self.block_size = cache_config.block_size
+        self.sampler = Sampler()
+        mc = model_config
+        dtype = TORCH_DTYPES[mc.dtype]
+        shape = (mc.num_layers, 2, cache_config.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
+        for i, attn in enumerate(model.attention_layers()):
+            attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+
+    # ---- step --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        if out.block_copies:
+            self.copy_blocks(out.block_copies)
+        inputs = self.prepare(out)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
+        if not inputs.sample_seqs:
+            return StepResult([], [], [])
+        logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab] float32
+        if len(inputs.sample_src) != logits.shape[0]:  # forked siblings reuse their parent's row
+            logits = logits[torch.tensor(inputs.sample_src, device=logits.device)]
+        seqs = inputs.sample_seqs
+        for s in seqs:
+            seed = s.request.params.seed
+            if seed is not None and s.generator is None:  # each completion draws from its own stream
+                s.generator = make_generator(child_seed(seed, s.index), self.device)
+        meta = SamplingMetadata(
+            params=[s.request.params for s in seqs],
+            prompt_token_ids=[s.token_ids[: s.num_prompt_tokens] for s in seqs],
+            output_token_ids=[s.output_token_ids for s in seqs],
+            generators=[s.generator for s in seqs],
+            eos_token_ids=self.model_config.eos_token_ids,
+        )
+        sampled = self.sampler(logits, meta)
+        return StepResult(seqs, sampled.token_ids, sampled.logprobs)
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write of shared partial blocks, in every layer, for K and V."""
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
+
+    def prepare(self, out: SchedulerOutput) -> StepInputs:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        context_lens: list[int] = []
+        query_lens: list[int] = []
+        tables: list[list[int]] = []
+        logits_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        sample_src: list[int] = []
+        row_of_seq: dict[int, int] = {}
+        for item in out.scheduled:
+            seq, start, n = item.seq, item.start, item.num_new_tokens
+            end = start + n
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_start.append(query_start[-1] + n)
+            context_lens.append(end)
+            query_lens.append(n)
+            tables.append(table)
+            if item.samples:
+                row_of_seq[seq.seq_id] = len(logits_rows)
+                sample_src.append(len(logits_rows))
+                logits_rows.append(query_start[-1] - 1)
+                sample_seqs.append(seq)
+        for child, parent in out.forked:
+            sample_seqs.append(child)
+            sample_src.append(row_of_seq[parent.seq_id])
+        max_blocks = max(len(t) for t in tables)
+        dev = self.device
+        block_tables = torch.tensor(
+            [t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.int32, device=dev
+        )  # [B, max_blocks]
+        decode_idx = [i for i, q in enumerate(query_lens) if q == 1]
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
+            block_tables=block_tables,
+            query_lens_list=query_lens,
+            context_lens_list=context_lens,
+            decode_indices=torch.tensor(decode_idx, dtype=torch.int64, device=dev),
+            prefill_indices_list=[i for i, q in enumerate(query_lens) if q > 1],
+            block_size=bs,
+        )
+        return StepInputs(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            meta=meta,
+            logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
+            sample_seqs=sample_seqs,
+            sample_src=sample_src,
+        )

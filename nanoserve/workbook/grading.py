@@ -64,7 +64,7 @@ UNITS: dict[str, dict[str, float]] = {
     "usd/month": {"$/month": 1, "$/mo": 1, "usd/month": 1},
     "usd/mtok": {"$/1m tokens": 1, "$/m tokens": 1, "$/mtok": 1, "$/1m": 1, "$/m": 1, "$/1mtok": 1,
                  "$/million tokens": 1, "usd/mtok": 1, "$/1m tok": 1},
-    "ratio": {"fraction": 1, "%": 0.01, "percent": 0.01, "x": 1, "×": 1, "times": 1},
+    "ratio": {"fraction": 1, "%": 0.01, "percent": 0.01, "x": 1, "×": 1, "times": 1, "α": 1, "alpha": 1},
     "count": {"": 1},
 }
 
@@ -72,7 +72,8 @@ UNITS: dict[str, dict[str, float]] = {
 COUNT_WORDS = {
     "gpu", "gpus", "pages", "page", "requests", "request", "layers", "layer", "microbatches", "microbatch",
     "replicas", "replica", "nodes", "node", "blocks", "block", "users", "devices", "device", "chips",
-    "sequences", "examples", "steps", "step", "sms", "per sm", "warps", "heads", "blocks/sm",
+    "sequences", "examples", "steps", "step", "sms", "per sm", "warps", "heads", "blocks/sm", "blocks per sm",
+    "tokens per step", "tok/step", "layers per gpu", "count", "degree",
 }
 
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")

@@ -248,7 +248,13 @@ def grade_function(
     if outputs is None:
         return SandboxResult(False, err, results, timed_out=timed_out, wall_s=wall)
     for r, out in zip(results, outputs, strict=True):
-        if "error" in out:
+        raises = r.expected.get("raises") if isinstance(r.expected, dict) else None
+        if raises:
+            r.got = out.get("error", out.get("value"))
+            r.passed = "error" in out and out["error"].split(":")[0] == raises
+            if not r.passed:
+                r.error = f"expected it to raise {raises}, got {r.got!r}"
+        elif "error" in out:
             r.error = out["error"]
             if r.error.startswith("MemoryError"):
                 r.error = f"MemoryError: exceeded the {memory_bytes // 2**20} MiB memory limit"

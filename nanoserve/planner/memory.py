@@ -305,19 +305,22 @@ def activation_memory(
     s, b, h, a, t = seq_len, micro_batch, m.hidden, m.heads, tp
     sbh = s * b * h
     if recompute == "full":
-        per_layer = 2 * sbh / (t if sequence_parallel else 1)
-        formula, sub = "layers · 2·s·b·h" + ("/t" if sequence_parallel else ""), f"{L} · 2·{s}·{b}·{h}"
+        div = t if sequence_parallel else 1
+        per_layer = 2 * sbh / div
+        formula = "layers · 2·s·b·h" + ("/t" if sequence_parallel else "")
+        sub = f"{L} · 2·{s}·{b}·{h}" + (f"/{t}" if sequence_parallel else "")
     else:
-        scores = 0 if (flash_attention or recompute == "selective") else 5 * a * s / h
+        keep_scores = not (flash_attention or recompute == "selective")
+        scores = 5 * a * s / h if keep_scores else 0.0
+        score_txt = f" + 5·{a}·{s}/{h}" if keep_scores else ""
         if sequence_parallel:
             per_layer = sbh * (34 + scores) / t
-            formula = "layers · s·b·h·(34 + 5·a·s/h)/t"
+            formula = "layers · s·b·h·(34" + (" + 5·a·s/h" if keep_scores else "") + ")/t"
+            sub = f"{L} · {s}·{b}·{h}·(34{score_txt})/{t}"
         else:
             per_layer = sbh * (10 + 24 / t + scores / t)
-            formula = "layers · s·b·h·(10 + 24/t + 5·a·s/(h·t))"
-        if not scores:
-            formula = formula.replace(" + 5·a·s/h", "").replace(" + 5·a·s/(h·t)", "")
-        sub = f"{L} · {s}·{b}·{h}·(…{scores:.4g} score term) with t={t}"
+            formula = "layers · s·b·h·(10 + 24/t" + (" + 5·a·s/(h·t)" if keep_scores else "") + ")"
+            sub = f"{L} · {s}·{b}·{h}·(10 + 24/{t}" + (f" + 5·{a}·{s}/({h}·{t})" if keep_scores else "") + ")"
     return derive(f"activation memory of {m.name}", L * per_layer, "bytes", formula, sub,
                   {"seq_len": s, "micro_batch": b, "recompute": recompute, "flash_attention": flash_attention,
                    "tp": t, "sequence_parallel": sequence_parallel, "layers": L},

@@ -8,6 +8,8 @@ way vendors quote it (both directions summed: H100 SXM = 900 GB/s = 450 GB/s eac
 `intra_node_unidir_bytes_per_s` halves it. `inter_node_bytes_per_s` is one direction of the network
 port(s) a GPU owns (H100 DGX: one 400 Gb/s NDR port per GPU = 50 GB/s). Prices are typical on-demand
 cloud list prices per accelerator-hour; they vary by provider, so every calculator takes an override.
+Inter-node figures of PCIe cards (L4, L40S) and TPUs (data-centre network, DCN) are typical deployment
+values, not datasheet numbers; the `source` of each preset says which numbers come from where.
 """
 
 from __future__ import annotations
@@ -122,17 +124,17 @@ PRESETS: dict[str, Hardware] = {
     "tpu-v5e": Hardware(
         "TPU v5e", 197 * TERA, None, 393 * TERA, 16 * GIGA, 0.819 * TERA,
         400 * GIGA, 12.5 * GIGA, 1.20, 8, "ICI 400 GB/s per chip (bidirectional)", "DCN",
-        "Google Cloud TPU v5e docs; price: GCP on-demand per chip-hour",
+        "Google Cloud TPU v5e docs; inter-node DCN approximate; price: GCP on-demand per chip-hour",
     ),
     "tpu-v5p": Hardware(
         "TPU v5p", 459 * TERA, None, 918 * TERA, 95 * GIGA, 2.765 * TERA,
         1200 * GIGA, 25 * GIGA, 4.20, 4, "ICI 1,200 GB/s per chip (bidirectional)", "DCN",
-        "Google Cloud TPU v5p docs; price: GCP on-demand per chip-hour",
+        "Google Cloud TPU v5p docs; inter-node DCN approximate; price: GCP on-demand per chip-hour",
     ),
     "tpu-v6e": Hardware(
         "TPU v6e", 918 * TERA, None, 1836 * TERA, 32 * GIGA, 1.638 * TERA,
         800 * GIGA, 25 * GIGA, 2.70, 8, "ICI 800 GB/s per chip (bidirectional)", "DCN",
-        "Google Cloud TPU v6e (Trillium) docs; price: GCP on-demand per chip-hour",
+        "Google Cloud TPU v6e docs; inter-node DCN approximate; price: GCP on-demand per chip-hour",
     ),
 }
 

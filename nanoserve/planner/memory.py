@@ -14,6 +14,7 @@ from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
+from nanoserve.planner.parallel import zero_memory_per_gpu
 from nanoserve.planner.params import param_breakdown
 
 DTYPE_BITS: dict[str, float] = {
@@ -397,8 +398,6 @@ def memory_estimate(
         # beyond kv_heads GPUs, tensor parallelism replicates KV heads instead of splitting them
         breakdown = {"weights": w.value / n_gpu, "kv cache": kv.value / min(n_gpu, m.kv_heads)}
     elif mode == "training":
-        from nanoserve.planner.parallel import zero_memory_per_gpu
-
         state = zero_memory_per_gpu(param_breakdown(m).total, n_gpu, zero_stage)
         steps.append(state)
         breakdown = {"model state": state.value}

@@ -308,7 +308,7 @@ def plan_serving(
             warnings.append(
                 f"the step reads weights only; reading each sequence's KV cache at a mean context of "
                 f"{context_tokens // 2} tokens adds {_fmt(batch * 0.5 * kv_req_gpu / 1e9)} GB per step and "
-                f"cuts a replica to {_fmt(half.value)} tok/s (use kv_read_fraction=0.5 to size with it)"
+                f"cuts a replica to {_fmt(half.value)} tok/s (size with it: kv_read_fraction=0.5)"
             )
     return ServingPlan(
         model=spec.name,

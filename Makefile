@@ -20,7 +20,13 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP)
+# Debian's Chromium for the workbook's browser tests (no-op when present).
+BROWSER := /usr/bin/chromium
+
+$(BROWSER):
+	bash scripts/install_test_browser.sh
+
+test: $(STAMP) $(BROWSER)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

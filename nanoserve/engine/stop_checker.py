@@ -1,0 +1,99 @@
+"""When does a sequence stop, why, and what text does it keep? Pure Python, no tensors.
+
+vLLM's rules: EOS (unless ignore_eos), a stop token id or a stop string finish with reason "stop";
+max_tokens or the model's context finish with "length". None of the stop conditions count before
+min_tokens outputs. The text keeps neither the EOS token's text, nor a stop token's text, nor the stop
+string (unless include_stop_str_in_output), and a stop string may span several tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from nanoserve.sampling_params import SamplingParams
+
+
+@dataclass
+class StopResult:
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | None while running
+    stop_reason: int | str | None  # vLLM's: the stop token id or stop string that matched; None otherwise
+    text: str  # the sequence's output text from now on (truncated at a stop string / stop token)
+
+
+def check_stop(
+    params: SamplingParams,
+    eos_token_ids: Collection[int],
+    output_text: str,
+    new_char_count: int,
+    last_token_id: int,
+    num_output_tokens: int,
+    num_total_tokens: int | None = None,
+    max_model_len: int | None = None,
+) -> StopResult:
+    """Decide whether a sequence is done after appending `last_token_id`.
+
+    output_text: the cumulative detokenized output including the new token's text; new_char_count: how
+    many characters the new token added to it (the stop-string search looks only at the new tail);
+    num_output_tokens: output tokens including the new one; num_total_tokens: prompt + output tokens,
+    compared with max_model_len.
+    """
+    if num_output_tokens >= params.min_tokens:
+        if not params.ignore_eos and last_token_id in eos_token_ids:
+            return StopResult(True, "stop", None, _drop_tail(output_text, new_char_count, params))
+        if last_token_id in (params.stop_token_ids or ()):
+            text = _drop_tail(output_text, new_char_count, params)
+            return StopResult(True, "stop", last_token_id, text)
+        if params.stop:
+            match = find_stop_string(output_text, new_char_count, params.stop)
+            if match is not None:
+                index, stop_str = match
+                end = index + len(stop_str) if params.include_stop_str_in_output else index
+                return StopResult(True, "stop", stop_str, output_text[:end])
+    if params.max_tokens is not None and num_output_tokens >= params.max_tokens:
+        return StopResult(True, "length", None, output_text)
+    if max_model_len is not None and num_total_tokens is not None and num_total_tokens >= max_model_len:
+        return StopResult(True, "length", None, output_text)
+    return StopResult(False, None, None, output_text)
+
+
+def find_stop_string(text: str, new_char_count: int, stops: list[str]) -> tuple[int, str] | None:
+    """The earliest stop string that ends inside the last `new_char_count` characters, as (index, string).
+
+    Earlier text was searched on earlier steps, so a match must overlap the new characters; a stop
+    string spanning several tokens is found on the step that completes it.
+    """
+    if new_char_count <= 0:
+        return None
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        start = max(0, len(text) - new_char_count - len(stop) + 1)
+        index = text.find(stop, start)
+        if index != -1 and (best is None or index < best[0]):
+            best = (index, stop)
+    return best
+
+
+def stop_buffer_len(params: SamplingParams) -> int:
+    """Characters to hold back from a still-running stream: the longest stop string minus one.
+
+    Text that may turn out to be the start of a stop string must not reach the client before we know,
+    or the cumulative text would shrink when the match completes.
+    """
+    if not params.stop or params.include_stop_str_in_output:
+        return 0
+    return max(len(s) for s in params.stop) - 1
+
+
+def releasable_text(text: str, params: SamplingParams, finished: bool) -> str:
+    """The part of `text` that may be shown to the client now (all of it once finished)."""
+    hold = 0 if finished else stop_buffer_len(params)
+    return text[: max(0, len(text) - hold)] if hold else text
+
+
+def _drop_tail(text: str, new_char_count: int, params: SamplingParams) -> str:
+    # The text of the EOS / stop token itself (empty when special tokens are skipped) is not output.
+    if new_char_count <= 0 or params.include_stop_str_in_output:
+        return text
+    return text[:-new_char_count]

@@ -751,13 +751,12 @@ def compute(args: argparse.Namespace) -> Output:
     args.topic = topic
     if args.dtype is None:
         args.dtype = "int4" if topic == "plan" else "bf16"
-    if (
-        topic not in ("batching", "littles-law", "spec", "pp", "cost", "chinchilla", "roofline", "quant")
-        and not args.model
-    ):
+    no_model = ("batching", "littles-law", "spec", "pp", "cost", "chinchilla", "roofline")
+    params_ok = ("quant", "zero", "fsdp", "3d", "training")
+    if topic in params_ok and not (args.model or args.params):
+        raise InvalidRequestError(f"topic {topic!r} needs --model or --params", "model")
+    if topic not in no_model + params_ok and not args.model:
         raise InvalidRequestError(f"topic {topic!r} needs --model (a preset or a config.json path)", "model")
-    if topic == "quant" and not (args.model or args.params):
-        raise InvalidRequestError("topic 'quant' needs --model or --params", "model")
     if not 0 < args.efficiency <= 1:
         raise InvalidRequestError("--efficiency must be in (0, 1]", "efficiency")
     return TOPICS[topic][0](args)

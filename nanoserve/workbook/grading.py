@@ -73,7 +73,8 @@ COUNT_WORDS = {
     "gpu", "gpus", "pages", "page", "requests", "request", "layers", "layer", "microbatches", "microbatch",
     "replicas", "replica", "nodes", "node", "blocks", "block", "users", "devices", "device", "chips",
     "sequences", "examples", "steps", "step", "sms", "per sm", "warps", "heads", "blocks/sm", "blocks per sm",
-    "tokens per step", "tok/step", "layers per gpu", "count", "degree", "lr", "learning rate",
+    "tokens per step", "tok/step", "layers per gpu", "count", "degree", "lr", "learning rate", "d_model",
+    "width",
 }
 
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")

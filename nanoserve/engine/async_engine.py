@@ -128,6 +128,11 @@ class _StreamState:
     """Engine-thread bookkeeping of how much of each completion a stream has already been sent."""
 
     stream: RequestStream
+    # With stop strings, the engine may cut text it has already shown once a stop string completes;
+    # holding back len(longest stop) - 1 characters of an unfinished completion means we never send
+    # text that a later cut removes (a stop string completed by new characters starts at most that far
+    # back), so streamed text always concatenates to the final text.
+    holdback_chars: int = 0
     sent_chars: dict[int, int] = field(default_factory=dict)
     sent_tokens: dict[int, int] = field(default_factory=dict)
     finished_indices: set[int] = field(default_factory=set)
@@ -303,7 +308,9 @@ class AsyncLLMEngine:
         except Exception as e:  # noqa: BLE001 -- a rejected request is that caller's error only
             error = e
         else:
-            self._streams[cmd.request_id] = _StreamState(cmd.stream)
+            stops = getattr(cmd.params, "stop", None) or []
+            holdback = max((len(x) for x in stops), default=1) - 1
+            self._streams[cmd.request_id] = _StreamState(cmd.stream, holdback_chars=holdback)
         with self._lock:
             self._num_pending_adds -= 1
             if error is None:
@@ -339,7 +346,8 @@ class AsyncLLMEngine:
         stats = self.engine.get_stats()
         with self._lock:
             self._stats = stats
-            self._num_waiting = int(getattr(stats, "num_waiting", 0))
+            # Requests, not sequences (n > 1 makes several), when the engine tells them apart.
+            self._num_waiting = int(getattr(stats, "num_waiting_requests", getattr(stats, "num_waiting", 0)))
 
     def _die(self, cause: BaseException) -> None:
         self._dead = EngineDeadError(f"The engine crashed: {type(cause).__name__}: {cause}")
@@ -372,11 +380,20 @@ def _delta(out: Any, state: _StreamState) -> Any | None:
         if i in state.finished_indices:
             continue
         c0, t0 = state.sent_chars.get(i, 0), state.sent_tokens.get(i, 0)
-        text, token_ids = comp.text[c0:], list(comp.token_ids[t0:])
+        end = len(comp.text)
+        if comp.finish_reason is None:
+            end -= state.holdback_chars
+            # A trailing U+FFFD is an incomplete UTF-8 character that the next token may complete.
+            while end > c0 and comp.text[end - 1] == "\ufffd":
+                end -= 1
+        elif end < c0:
+            logger.warning("%s: final text is shorter than what was streamed", out.request_id)
+        text = comp.text[c0:end] if end > c0 else ""
+        token_ids = list(comp.token_ids[t0:])
         logprobs = list(comp.logprobs[t0:]) if comp.logprobs is not None else None
         if not text and not token_ids and comp.finish_reason is None:
             continue
-        state.sent_chars[i], state.sent_tokens[i] = len(comp.text), len(comp.token_ids)
+        state.sent_chars[i], state.sent_tokens[i] = max(c0, end), len(comp.token_ids)
         if comp.finish_reason is not None:
             state.finished_indices.add(i)
         deltas.append(_replace(comp, text=text, token_ids=token_ids, logprobs=logprobs))

@@ -1,0 +1,122 @@
+"""`nanoserve serve`: the OpenAI-compatible server on uvicorn, with vLLM's engine flag names.
+
+SIGTERM / SIGINT drain the server: new requests get 503, in-flight ones may finish within
+`--shutdown-grace-s`, the rest are aborted (their streams end with an error event and `[DONE]`),
+then the process exits 0. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from nanoserve.engine.async_engine import AsyncLLMEngine
+from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
+
+logger = logging.getLogger("nanoserve.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="Hugging Face model directory (default: the bundled demo model)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
+    parser.add_argument("--served-model-name", nargs="+", default=None,
+                        help="name(s) clients use in `model` (default: the --model argument)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-num-queued-reqs", type=int, default=None,
+                        help="503 when more requests than this are waiting (default: no limit)")
+    parser.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                        help="413 for larger request bodies")
+    parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
+                        help="on SIGTERM, how long in-flight requests may run before being aborted")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from nanoserve.config import EngineArgs
+    from nanoserve.demo import default_model
+
+    model = args.model or default_model()
+    names = args.served_model_name or [args.model or "toy-assistant"]
+    engine_args = EngineArgs(
+        model=model, tokenizer=args.tokenizer, dtype=args.dtype, seed=args.seed,
+        max_model_len=args.max_model_len, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+    )
+    engine = AsyncLLMEngine.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
+    app = build_app(engine, names, model, api_key=args.api_key, shutdown_grace_s=args.shutdown_grace_s,
+                    max_request_body_bytes=args.max_request_body_bytes)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = DrainingServer(config, engine, args.shutdown_grace_s)
+    logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
+                args.port, kv_pool_summary(engine.engine))
+    server.run()
+    return 0
+
+
+def kv_pool_summary(engine: object) -> str:
+    """"KV pool: N blocks x B tokens = T tokens, M MiB" from the engine's resolved configs."""
+    stats = engine.get_stats()
+    cache = getattr(engine, "cache_config", None)
+    model_cfg = getattr(engine, "model_config", None)
+    blocks = getattr(cache, "num_blocks", None) or getattr(stats, "num_total_blocks", 0)
+    block_size = getattr(cache, "block_size", None)
+    if block_size is None:
+        return f"KV pool: {blocks} blocks"
+    text = f"KV pool: {blocks} blocks x {block_size} tokens = {blocks * block_size} tokens"
+    if model_cfg is not None and hasattr(model_cfg, "kv_bytes_per_token"):
+        text += f", {blocks * block_size * model_cfg.kv_bytes_per_token() / 2**20:.1f} MiB"
+    return text
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first SIGTERM/SIGINT drains the engine before the server stops."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLMEngine, grace_s: float) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self.grace_s = grace_s
+        self._drain_requested = False
+        self._drain_task: asyncio.Task | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Unlike uvicorn we do not re-raise the signal after shutdown: a drained exit is a clean exit (0).
+        name = signal.Signals(sig).name
+        if self._drain_requested:
+            logger.warning("second %s: stopping without waiting", name)
+            self.should_exit = self.force_exit = True
+            return
+        logger.info("%s: draining (in-flight requests get up to %.0f s)", name, self.grace_s)
+        self._drain_requested = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_requested and self._drain_task is None:
+            for server in getattr(self, "servers", []):
+                server.close()  # refuse new connections while draining
+            self._drain_task = asyncio.ensure_future(self.engine.shutdown(grace_s=self.grace_s))
+        if self._drain_task is not None and self._drain_task.done():
+            await asyncio.sleep(0.2)  # let the handlers write their last events and [DONE]
+            return True
+        return await super().on_tick(counter)

@@ -1,0 +1,110 @@
+"""POST /v1/completions: a prompt (string, list of strings, token ids, list of token-id lists) in,
+n completions per prompt out, whole or streamed.
+
+Choice indices run prompt-major: prompt i's completion j is choice `i * n + j`, as in vLLM.
+`echo` prepends the prompt's text; `suffix` and echo-with-logprobs are rejected with a 400.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from nanoserve.server.errors import APIError
+from nanoserve.server.logprobs import completion_logprobs
+from nanoserve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
+from nanoserve.server.serving import (
+    Generation,
+    Prompt,
+    ServerState,
+    check_token_ids,
+    clamp_max_tokens,
+    status_of,
+)
+from nanoserve.server.streaming import SSEResponse, sse
+
+router = APIRouter()
+
+
+def _prompts(state: ServerState, body: CompletionRequest) -> list[Prompt]:
+    raw = body.prompt
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
+        raw = [raw]
+    if not raw:
+        raise APIError(400, "The prompt is empty: it must contain at least one token.", "prompt")
+    prompts = []
+    for p in raw:
+        if isinstance(p, str):
+            prompts.append(Prompt(state.encode(p), p))
+        else:
+            check_token_ids(p, state.vocab_size)
+            prompts.append(Prompt(list(p)))
+    return prompts
+
+
+def _prompt_text(state: ServerState, prompt: Prompt) -> str:
+    if prompt.text is None:
+        prompt.text = state.tokenizer.decode(prompt.token_ids)
+    return prompt.text
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    state: ServerState = request.app.state.nanoserve
+    model = state.check_model(body.model)
+    body.check_supported()
+    prompts = _prompts(state, body)
+    params = [body.sampling_params(clamp_max_tokens(state.max_model_len, p, body.max_tokens), body.logprobs)
+              for p in prompts]
+    gen = Generation(state, f"cmpl-{uuid.uuid4().hex}", prompts, params)
+    await gen.submit()
+    if body.stream:
+        return SSEResponse(_stream(state, gen, body, model), on_close=lambda: gen.close(status=499))
+    if not await gen.run_to_end(request.receive):
+        return Response(status_code=499)  # nobody is listening any more
+    return JSONResponse(_response(state, gen, body, model).model_dump())
+
+
+def _response(state: ServerState, gen: Generation, body: CompletionRequest, model: str) -> CompletionResponse:
+    choices = []
+    for c in gen.choices:
+        prefix = _prompt_text(state, gen.prompts[c.prompt_index]) if body.echo else ""
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(state.tokenizer, c.token_ids, c.logprobs, len(prefix))
+        choices.append(CompletionChoice(index=c.index, text=prefix + c.text, logprobs=logprobs,
+                                        finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+    return CompletionResponse(id=gen.request_id, model=model, choices=choices, usage=gen.usage)
+
+
+async def _stream(state: ServerState, gen: Generation, body: CompletionRequest,
+                  model: str) -> AsyncIterator[str]:
+    def chunk(index: int, text: str, **fields) -> str:
+        return sse(CompletionResponse(id=gen.request_id, model=model,
+                                      choices=[CompletionChoice(index=index, text=text, **fields)]))
+
+    status = 200
+    try:
+        if body.echo:
+            for c in gen.choices:
+                yield chunk(c.index, _prompt_text(state, gen.prompts[c.prompt_index]))
+        offsets = {c.index: 0 for c in gen.choices}
+        async for choice, delta in gen.deltas():
+            logprobs = None
+            if body.logprobs is not None and delta.token_ids:
+                logprobs = completion_logprobs(state.tokenizer, list(delta.token_ids), delta.logprobs or [],
+                                               offsets[choice.index])
+                offsets[choice.index] += len(delta.text)
+            if delta.text or delta.finish_reason is not None or logprobs is not None:
+                yield chunk(choice.index, delta.text, logprobs=logprobs, finish_reason=delta.finish_reason,
+                            stop_reason=getattr(delta, "stop_reason", None))
+        if body.include_usage:
+            yield sse(CompletionResponse(id=gen.request_id, model=model, choices=[], usage=gen.usage))
+    except BaseException as e:
+        status = status_of(e)
+        raise
+    finally:
+        gen.close(status=status)

@@ -177,17 +177,25 @@ def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams], greed
     max_k = max((k for k in ks if k < vocab), default=0)
     width = min(vocab, max(max_k, _TOP_P_CANDIDATES if need_p else 0))
     candidates = logits.topk(width, dim=-1).values  # [B, W], descending
+    # Rows whose top-k survivors all lie among the candidates (no ties with the k-th value beyond them).
+    inside = torch.full((num_rows,), width == vocab, device=device)  # [B]
     if need_k:
         k = torch.tensor([min(k, width) for k in ks], device=device).unsqueeze(1)  # [B, 1]
         k_on = torch.tensor([k < vocab for k in ks], device=device).unsqueeze(1)  # [B, 1]
         kth = torch.where(k_on, candidates.gather(1, k - 1), -torch.inf)  # [B, 1]
+        inside |= (k_on & (candidates[:, -1:] < kth)).squeeze(1)
         logits.masked_fill_(logits < kth, -torch.inf)
         candidates.masked_fill_(candidates < kth, -torch.inf)
     if not need_p:
         return
     p_on = torch.tensor([x < 1.0 for x in ps], device=device)  # [B]
     p = torch.tensor(ps, device=device).unsqueeze(1)  # [B, 1]
-    log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, 1], over the top-k survivors
+    # Normaliser over the top-k survivors; from the candidates alone when they hold every survivor
+    # (a full-row logsumexp is several passes over [B, V]).
+    if bool((inside | ~p_on).all()):
+        log_total = torch.logsumexp(candidates, dim=-1, keepdim=True)  # [B, 1]
+    else:
+        log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, 1]
     while True:
         probs = (candidates - log_total).exp()  # [B, W], normalised over the whole row
         mass_before = torch.cumsum(probs, dim=-1) - probs  # [B, W], exclusive prefix sums

@@ -1,0 +1,258 @@
+"""LLMEngine end to end on tiny random checkpoints: greedy tokens identical to transformers under
+queueing, preemption, chunked prefill and prefix caching; bad requests rejected without harming others."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nanoserve import SamplingParams
+from nanoserve.errors import InvalidRequestError, PromptTooLongError
+
+VARIANTS = ["llama", "llama_mqa", "llama_tied", "llama3_rope", "mistral", "qwen2", "qwen3"]
+MAX_TOKENS = 8
+
+
+def make_prompts(seed: int = 0, vocab: int = 128) -> list[list[int]]:
+    """16+ prompts, 1 to 300 tokens; four share a 120-token prefix, two share a 40-token one."""
+    rng = random.Random(seed)
+
+    def rand(n: int) -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(n)]
+
+    prompts = [rand(n) for n in (1, 2, 3, 5, 8, 13, 31, 64, 100, 150, 211, 300)]
+    long_prefix, short_prefix = rand(120), rand(40)
+    prompts += [long_prefix + rand(n) for n in (1, 7, 20, 33)]
+    prompts += [short_prefix + rand(n) for n in (3, 16)]
+    return prompts
+
+
+_hf_cache: dict[str, object] = {}
+
+
+def hf_greedy(path, prompt: list[int], max_tokens: int = MAX_TOKENS) -> list[int]:
+    """transformers' fp32 greedy continuation (full recompute per token, no KV cache)."""
+    from transformers import AutoModelForCausalLM
+
+    key = str(path)
+    if key not in _hf_cache:
+        _hf_cache[key] = AutoModelForCausalLM.from_pretrained(key, dtype=torch.float32).eval()
+    model = _hf_cache[key]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits.argmax()))
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_matches_transformers_under_pressure(variant, make_llm, tiny_model):
+    """Pool of 24 blocks x 16 (384 tokens) for ~1900 prompt tokens; 48-token chunks; prefix caching on."""
+    llm = make_llm(variant, num_gpu_blocks_override=24, block_size=16, max_num_batched_tokens=48)
+    prompts = make_prompts()
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    stats = llm.llm_engine.get_stats()
+    assert stats.num_preemptions > 0
+    assert stats.prefix_cache_hits > 0
+    assert stats.generation_tokens == MAX_TOKENS * len(prompts)
+    path = tiny_model(variant)
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out.prompt_token_ids == prompt
+        assert out.finished and out.outputs[0].finish_reason == "length"
+        assert out.outputs[0].token_ids == hf_greedy(path, prompt), f"prompt of {len(prompt)} tokens"
+
+
+def test_chunked_prefill_off_and_prefix_caching_off_give_the_same_tokens(make_llm, tiny_model):
+    llm = make_llm(
+        "qwen3",
+        num_gpu_blocks_override=20,
+        block_size=16,
+        enable_chunked_prefill=False,
+        enable_prefix_caching=False,
+        max_model_len=320,
+    )
+    prompts = make_prompts(seed=1)
+    outs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True),
+        use_tqdm=False,
+    )
+    stats = llm.llm_engine.get_stats()
+    assert stats.prefix_cache_hits == 0 and stats.num_preemptions > 0
+    path = tiny_model("qwen3")
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out.outputs[0].token_ids == hf_greedy(path, prompt)
+
+
+def test_bfloat16_runs_and_mostly_agrees(make_llm, tiny_model):
+    llm = make_llm("llama", dtype="bfloat16")
+    assert llm.llm_engine.model_config.dtype == "bfloat16"
+    prompts = make_prompts()[:6]
+    outs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+        use_tqdm=False,
+    )
+    first = [o.outputs[0].token_ids[0] for o in outs]
+    ref = [hf_greedy(tiny_model("llama"), p, 1)[0] for p in prompts]
+    assert sum(a == b for a, b in zip(first, ref, strict=True)) >= 5
+
+
+# ---- requests that can never run -------------------------------------------------------------------
+
+
+def _run_all(engine, max_steps: int = 1000) -> dict:
+    done = {}
+    for _ in range(max_steps):
+        if not engine.has_unfinished_requests():
+            break
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert not engine.has_unfinished_requests()
+    return done
+
+
+def _add_good(engine, n: int = 3) -> list[str]:
+    ids = [f"good{i}" for i in range(n)]
+    for i, rid in enumerate(ids):
+        engine.add_request(
+            rid, [5 + i] * (3 + i), SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+        )
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error", "param"),
+    [
+        ([7] * 64, PromptTooLongError, "prompt"),  # == max_model_len
+        ([7] * 100, PromptTooLongError, "prompt"),
+        ([], InvalidRequestError, "prompt"),
+        ("", InvalidRequestError, "prompt"),
+        ([1, 2, 999], InvalidRequestError, "prompt"),  # outside the vocabulary
+        ({"nothing": 1}, InvalidRequestError, "prompt"),
+    ],
+)
+def test_bad_prompt_is_rejected_and_others_complete(make_llm, prompt, error, param):
+    llm = make_llm(max_model_len=64)
+    engine = llm.llm_engine
+    good = _add_good(engine)
+    with pytest.raises(error) as info:
+        engine.add_request("bad", prompt, SamplingParams())
+    assert info.value.param == param
+    done = _run_all(engine)
+    assert sorted(done) == good and all(len(done[g].outputs[0].token_ids) == 4 for g in good)
+
+
+def test_prompt_needing_more_blocks_than_the_pool_is_rejected(make_llm):
+    llm = make_llm(num_gpu_blocks_override=4, block_size=8)  # 32 tokens in the whole pool
+    engine = llm.llm_engine
+    good = _add_good(engine)
+    with pytest.raises(PromptTooLongError, match="KV blocks"):
+        engine.add_request("big", [9] * 32, SamplingParams())  # 32 + 1 tokens need 5 blocks
+    engine.add_request("fits", [9] * 31, SamplingParams(max_tokens=50, ignore_eos=True))
+    done = _run_all(engine)
+    assert sorted(done) == sorted(good + ["fits"])
+    assert len(done["fits"].outputs[0].token_ids) == 1  # clamped to what the pool holds
+    assert done["fits"].outputs[0].finish_reason == "length"
+
+
+def test_duplicate_request_id_is_rejected(make_llm):
+    engine = make_llm().llm_engine
+    good = _add_good(engine)
+    with pytest.raises(InvalidRequestError, match="already in use") as info:
+        engine.add_request(good[0], [3, 4], SamplingParams())
+    assert info.value.param == "request_id"
+    assert sorted(_run_all(engine)) == good
+
+
+def test_max_tokens_clamped_to_the_context(make_llm):
+    engine = make_llm(max_model_len=32).llm_engine
+    engine.add_request("r", [5] * 30, SamplingParams(max_tokens=100, ignore_eos=True))
+    out = _run_all(engine)["r"].outputs[0]
+    assert len(out.token_ids) == 2 and out.finish_reason == "length"
+
+
+def test_abort_of_a_running_request_frees_it_and_others_complete(make_llm):
+    engine = make_llm().llm_engine
+    good = _add_good(engine)
+    engine.add_request("victim", [8] * 20, SamplingParams(max_tokens=200, ignore_eos=True, n=2))
+    done = {}
+    for _ in range(3):
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    assert "victim" in engine.requests and len(engine.requests["victim"].seqs) == 2
+    used_before = engine.get_stats().num_used_blocks
+    engine.abort_request("victim")
+    engine.abort_request(["unknown-id"])  # ignored
+    assert engine.get_stats().num_used_blocks < used_before
+    outs = engine.step()
+    done.update({o.request_id: o for o in outs if o.finished and o.request_id != "victim"})
+    aborted = [o for o in outs if o.request_id == "victim"]
+    assert aborted and aborted[0].finished
+    assert {c.finish_reason for c in aborted[0].outputs} == {"abort"}
+    done.update(_run_all(engine))
+    assert sorted(done) == good
+    assert all(len(done[g].outputs[0].token_ids) == 4 for g in good)
+
+
+# ---- outputs, metrics, counters ----------------------------------------------------------------------
+
+
+def test_step_outputs_are_cumulative_and_metrics_are_ordered(make_llm):
+    engine = make_llm().llm_engine
+    engine.add_request("r", "hello", SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+    seen = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seen.append(list(out.outputs[0].token_ids))
+            last = out
+    assert [len(s) for s in seen] == [1, 2, 3, 4, 5]
+    assert all(seen[i] == seen[-1][: i + 1] for i in range(5))
+    assert last.prompt == "hello" and last.outputs[0].text == engine.tokenizer.decode(seen[-1])
+    m = last.metrics
+    assert (
+        m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.last_token_time <= m.finished_time
+    )
+    assert m.ttft_s > 0 and m.tpot_s > 0 and m.e2e_s >= m.ttft_s and m.queue_s >= 0
+    stats = engine.get_stats()
+    assert stats.prompt_tokens == 5 and stats.generation_tokens == 5
+    assert stats.num_running == stats.num_waiting == 0 and stats.kv_cache_usage == 0.0
+
+
+def test_n_completions_share_the_prompt_and_finish(make_llm):
+    llm = make_llm()
+    engine = llm.llm_engine
+    params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=6, ignore_eos=True)
+    engine.add_request("r", [4] * 37, params)  # 2 full blocks + a partial one
+    engine.step()  # prefill; siblings forked
+    seqs = engine.requests["r"].seqs
+    assert len(seqs) == 3 and seqs[0].block_table == seqs[1].block_table == seqs[2].block_table
+    out = _run_all(engine)["r"]
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    assert all(len(c.token_ids) == 6 for c in out.outputs)
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1  # different streams per completion
+    again = llm.generate({"prompt_token_ids": [4] * 37}, params, use_tqdm=False)[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]  # seeded
+
+
+def test_eos_stops_with_reason_stop(make_llm):
+    llm = make_llm()
+    eos = llm.llm_engine.model_config.eos_token_ids[0]
+    greedy = llm.generate(
+        {"prompt_token_ids": [3, 4, 5]},
+        SamplingParams(temperature=0.0, max_tokens=1, stop_token_ids=None),
+        use_tqdm=False,
+    )
+    first = greedy[0].outputs[0].token_ids[0]
+    out = llm.generate(
+        {"prompt_token_ids": [3, 4, 5]},
+        SamplingParams(temperature=0.0, max_tokens=5, stop_token_ids=[first]),
+        use_tqdm=False,
+    )[0]
+    c = out.outputs[0]
+    assert c.token_ids == [first] and c.finish_reason == "stop" and c.stop_reason == first
+    assert eos in llm.llm_engine.model_config.eos_token_ids

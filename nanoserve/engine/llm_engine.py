@@ -24,9 +24,11 @@ from nanoserve.config import (
     make_scheduler_config,
 )
 from nanoserve.engine.block_manager import BlockManager
+from nanoserve.engine.detokenizer import IncrementalDetokenizer
 from nanoserve.engine.scheduler import Scheduler
 from nanoserve.engine.sequence import Request, Sequence
 from nanoserve.engine.stats import EngineStats
+from nanoserve.engine.stop_checker import check_stop
 from nanoserve.errors import InvalidRequestError, PromptTooLongError
 from nanoserve.outputs import CompletionOutput, RequestOutput
 from nanoserve.sampling_params import SamplingParams
@@ -215,26 +217,29 @@ class LLMEngine:
             self.scheduler.finish_seq(seq, reason)
 
     def _check_stop(self, seq: Sequence, token: int) -> str | None:
-        """Detokenize and check stop conditions; returns the finish reason or None."""
+        """Detokenize incrementally and check the stop conditions; returns the finish reason or None."""
         params = seq.request.params
-        out_ids = seq.output_token_ids
-        seq.output_text = self.tokenizer.decode(out_ids, skip_special_tokens=params.skip_special_tokens)
-        num_out = len(out_ids)
-        if num_out >= params.min_tokens:
-            if not params.ignore_eos and token in self.model_config.eos_token_ids:
-                return "stop"
-            if token in (params.stop_token_ids or []):
-                seq.stop_reason = token
-                return "stop"
-            for s in params.stop or []:
-                i = seq.output_text.find(s)
-                if i >= 0:
-                    seq.output_text = seq.output_text[
-                        : i + len(s) if params.include_stop_str_in_output else i
-                    ]
-                    seq.stop_reason = s
-                    return "stop"
-        if num_out >= seq.request.max_tokens:
+        if seq.detok_state is None:
+            seq.detok_state = IncrementalDetokenizer(
+                self.tokenizer, seq.token_ids[: seq.num_prompt_tokens], params.skip_special_tokens
+            )
+        delta = seq.detok_state.add_token(token)
+        num_out = seq.num_output_tokens
+        result = check_stop(
+            params,
+            self.model_config.eos_token_ids,
+            seq.detok_state.output_text,
+            len(delta),
+            token,
+            num_out,
+            seq.num_tokens,
+            self.model_config.max_model_len,
+        )
+        seq.output_text = result.text
+        if result.finished:
+            seq.stop_reason = result.stop_reason
+            return result.finish_reason
+        if num_out >= seq.request.max_tokens:  # clamped to the context and to the pool
             return "length"
         return None
 

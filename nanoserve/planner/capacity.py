@@ -19,7 +19,7 @@ adds that traffic, and the plan always warns how much it would change.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nanoserve.errors import InvalidRequestError
@@ -28,6 +28,7 @@ from nanoserve.planner.derivation import Result, _fmt, derive
 from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.memory import canonical_dtype, kv_cache_per_token, weight_memory
 from nanoserve.planner.models import ModelSpec, get_model
+from nanoserve.planner.parallel import ring_factor
 from nanoserve.planner.params import param_breakdown
 
 
@@ -109,17 +110,21 @@ def _max_batch_for_rate(
     flops_per_token: float,
     peak: float,
     efficiency: float,
+    comm_s_per_seq: float = 0.0,
 ) -> float:
-    """Largest batch whose step time still gives each sequence `tok_per_s_per_user`."""
-    step_budget = efficiency / tok_per_s_per_user
-    if weight_bytes / bandwidth > step_budget:
+    """Largest batch b whose step, max(memory, compute) / efficiency + b · TP comm per sequence, still
+    gives each sequence `tok_per_s_per_user`."""
+    budget = 1 / tok_per_s_per_user
+    fixed = weight_bytes / (bandwidth * efficiency)
+    if fixed > budget:
         return 0.0
-    by_memory = (bandwidth * step_budget - weight_bytes) / kv_read_bytes if kv_read_bytes else math.inf
-    by_compute = peak * step_budget / flops_per_token
+    per_seq_mem = kv_read_bytes / (bandwidth * efficiency) + comm_s_per_seq
+    by_memory = (budget - fixed) / per_seq_mem if per_seq_mem else math.inf
+    by_compute = budget / (flops_per_token / (peak * efficiency) + comm_s_per_seq)
     return min(by_memory, by_compute)
 
 
-def plan_serving(
+def _plan_at_tp(
     model: ModelSpec | str,
     hardware: Hardware | str,
     *,
@@ -135,7 +140,7 @@ def plan_serving(
     usd_per_hour: float | None = None,
     overhead_bytes: float = 5e9,
     max_batch: int | None = None,
-    tp: int | None = None,
+    tp: int = 1,
     n_params: float | None = None,
     gpu_memory_bytes: float | None = None,
     prefill_efficiency: float = 1.0,
@@ -143,12 +148,7 @@ def plan_serving(
     kv_read_fraction: float = 0.0,
     hours_per_month: float = cost.HOURS_PER_MONTH,
 ) -> ServingPlan:
-    """Size and cost a serving deployment (see the module docstring for the chain).
-
-    `n_params` overrides the exact count (the workbook's "70B"); `gpu_memory_bytes` the preset's HBM
-    size; `max_batch` caps the decode batch per replica (vLLM's max_num_seqs); `tp` fixes the
-    tensor-parallel degree (default: the smallest power of two that leaves room for one request).
-    """
+    """One plan at a fixed tensor-parallel degree `tp` (see `plan_serving`)."""
     spec = get_model(model)
     hw = get_hardware(hardware)
     if not 0 <= kv_read_fraction <= 1:
@@ -194,11 +194,7 @@ def plan_serving(
     def budget(t: int) -> float:
         return mem - weights.value / t - overhead_bytes
 
-    if tp is None:
-        tp = next((t for t in (1, 2, 4, 8, 16, 32, 64) if budget(t) >= kv_req.value / kv_split(t)), 0)
-        if not tp:
-            raise InvalidRequestError(f"{spec.name} in {wd} does not fit {hw.name} even at TP=64", "tp")
-    elif tp < 1:
+    if tp < 1:
         raise InvalidRequestError("tp must be >= 1", "tp")
     kv_gpu = budget(tp)
     steps["KV budget per GPU"] = derive(
@@ -226,7 +222,7 @@ def plan_serving(
     )
     if conc < 1:
         raise InvalidRequestError(
-            f"not even one {context_tokens}-token request fits the KV budget at TP={tp}", "context_tokens"
+            f"not even one {context_tokens}-token request fits the KV budget at TP={tp}", "kv_cache"
         )
 
     peak = hw.flops_per_s(wd if wd in ("fp8", "int8") else "bf16")
@@ -234,7 +230,16 @@ def plan_serving(
     w_gpu = weights.value / tp
     kv_read = kv_read_fraction * kv_req_gpu
     flops_tok = 2 * n / tp
-    rate_cap = _max_batch_for_rate(tok_per_s_per_user, w_gpu, kv_read, bw, flops_tok, peak, decode_efficiency)
+    # TP all-reduces (2 per layer) of each sequence's hidden state, ring-priced on the node's link; the
+    # per-message latency is left out, so small batches on many GPUs look better than they are
+    comm_seq = (
+        2 * spec.layers * ring_factor(tp) * spec.hidden * 2 / hw.intra_node_unidir_bytes_per_s
+        if tp > 1
+        else 0.0
+    )
+    rate_cap = _max_batch_for_rate(
+        tok_per_s_per_user, w_gpu, kv_read, bw, flops_tok, peak, decode_efficiency, comm_seq
+    )
     limits = {"KV cache": conc, f"tok/s per user ({_fmt(tok_per_s_per_user)})": math.floor(rate_cap)}
     if max_batch is not None:
         limits["max batch"] = max_batch
@@ -256,6 +261,28 @@ def plan_serving(
     )
 
     step = serving.decode_throughput(w_gpu, bw, batch, kv_read, flops_tok, peak, decode_efficiency)
+    if tp > 1:
+        comm = derive(
+            "TP all-reduce time per step",
+            batch * comm_seq,
+            "s",
+            "2 · layers · ring(tp) · batch · hidden · 2 B / link (one direction)",
+            f"2 × {spec.layers} × {_fmt(ring_factor(tp))} × {batch} × {spec.hidden} × 2 / "
+            f"{_fmt(hw.intra_node_unidir_bytes_per_s)}",
+            {"tp": tp, "batch": batch},
+            note="bandwidth only: add ~10-30 µs latency per all-reduce",
+        )
+        total = step.steps[0].value + comm.value
+        step = derive(
+            "decode throughput",
+            batch / total,
+            "tok/s",
+            "batch / (step time + TP all-reduce time)",
+            f"{batch} / ({_fmt(step.steps[0].value)} + {_fmt(comm.value)}) s",
+            {"batch": batch, "bound": step.inputs["bound"]},
+            [step.steps[0], comm],
+            note=f"{_fmt(1 / total)} tok/s per sequence (TPOT {_fmt(total * 1e3)} ms)",
+        )
     per_replica = step.value
     steps["replica throughput"] = step
     per_gpu = derive(
@@ -331,3 +358,54 @@ def plan_serving(
         steps=steps,
         warnings=tuple(warnings),
     )
+
+
+def plan_serving(
+    model: ModelSpec | str, hardware: Hardware | str, *, tp: int | None = None, **kw: Any
+) -> ServingPlan:
+    """Size and cost a serving deployment (see the module docstring for the chain).
+
+    Keyword arguments (all optional): weight_dtype ("int4"), kv_dtype ("bf16"), users (10,000),
+    active_fraction (0.3), tok_per_s_per_user (30), context_tokens (4096), prompt_tokens (= context),
+    ttft_target_s (2.0), headroom (0.2), usd_per_hour (the preset's), overhead_bytes (5e9), max_batch
+    (vLLM's max_num_seqs; None = no cap), n_params (overrides the exact count, e.g. the workbook's
+    "70B"), gpu_memory_bytes (overrides the preset's HBM), prefill_efficiency / decode_efficiency (1.0),
+    kv_read_fraction (0.0 = weights-only steps, like the workbook), hours_per_month (720).
+
+    `tp` fixes the tensor-parallel degree; by default every power of two up to a node is tried and the
+    plan that meets the TTFT target with the fewest GPUs (then the smallest TP) wins.
+    """
+    if tp is not None:
+        return _plan_at_tp(model, hardware, tp=tp, **kw)
+    hw = get_hardware(hardware)
+    plans: dict[int, ServingPlan] = {}
+    errors: dict[int, str] = {}
+    t = 1
+    while t <= max(hw.devices_per_node, 1) or (not plans and t <= 64):
+        try:
+            plans[t] = _plan_at_tp(model, hw, tp=t, **kw)
+        except InvalidRequestError as e:
+            if e.param not in ("tp", "kv_cache", "tok_per_s_per_user"):
+                raise
+            errors[t] = e.message
+        t *= 2
+    if not plans:
+        last = max(errors)
+        raise InvalidRequestError(f"no tensor-parallel degree up to {last} works: {errors[last]}", "tp")
+    best = min(plans.values(), key=lambda p: (not p.latency_ok, p.gpus, p.tp))
+    tried = ", ".join(
+        f"TP={k}: {plans[k].gpus} GPUs" + ("" if plans[k].latency_ok else " (misses TTFT)")
+        if k in plans
+        else f"TP={k}: no fit"
+        for k in sorted(set(plans) | set(errors))
+    )
+    choice = derive(
+        "tensor-parallel degree",
+        best.tp,
+        "GPUs per replica",
+        "fewest GPUs among TP degrees that meet the TTFT target",
+        tried,
+        {"tried": tried},
+    )
+    steps = {"TP choice": choice, **best.steps}
+    return replace(best, steps=steps)

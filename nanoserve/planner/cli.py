@@ -609,7 +609,10 @@ def t_plan(args: argparse.Namespace) -> Output:
     w_gpu = s["weights"].value / p.tp
     peak = _peak(hw, p.weight_dtype)
     points = (
-        (f"decode, batch {p.batch_per_replica}", 2 * n / p.tp * p.batch_per_replica / w_gpu),
+        (
+            f"decode, batch {p.batch_per_replica}",
+            2 * n / p.tp * p.batch_per_replica / (w_gpu + args.kv_read_fraction * kv_used),
+        ),
         (
             f"prefill, {args.prompt or args.context or 4096} tokens",
             2 * n * (args.prompt or args.context or 4096) / s["weights"].value,

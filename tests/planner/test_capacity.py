@@ -30,10 +30,35 @@ def test_chain_is_internally_consistent():
 
 
 def test_bf16_70b_needs_tensor_parallelism():
-    p = plan_serving("llama-3.1-70b", "h100", weight_dtype="bf16", usd_per_hour=3)
-    assert p.tp == 2  # 141 GB of weights do not fit one 80 GB GPU
-    assert p.gpus % 2 == 0
-    assert p.steps["KV budget per GPU"].value == pytest.approx(80e9 - p.steps["weights"].value / 2 - 5e9)
+    with pytest.raises(InvalidRequestError, match="exceed"):
+        plan_serving("llama-3.1-70b", "h100", weight_dtype="bf16", tp=1, usd_per_hour=3)
+    p2 = plan_serving("llama-3.1-70b", "h100", weight_dtype="bf16", tp=2, usd_per_hour=3)
+    assert p2.steps["KV budget per GPU"].value == pytest.approx(80e9 - p2.steps["weights"].value / 2 - 5e9)
+    assert p2.gpus % 2 == 0
+    comm = p2.steps["replica throughput"].steps[1]
+    assert comm.name == "TP all-reduce time per step" and comm.value > 0
+
+
+def test_auto_tp_picks_the_fewest_gpus():
+    auto = plan_serving("llama-3.1-70b", "h100", weight_dtype="bf16", usd_per_hour=3)
+    fixed = {
+        t: plan_serving("llama-3.1-70b", "h100", weight_dtype="bf16", tp=t, usd_per_hour=3) for t in (2, 4, 8)
+    }
+    assert auto.gpus == min(p.gpus for p in fixed.values())
+    assert auto.tp == min((p.gpus, t) for t, p in fixed.items())[1]
+    choice = auto.steps["TP choice"]
+    assert "TP=1: no fit" in choice.substituted and f"TP={auto.tp}: {auto.gpus} GPUs" in choice.substituted
+
+
+def test_auto_tp_keeps_the_workbook_capstone_on_one_gpu():
+    # with the seed's batch cap of 32, splitting the weights buys no batch, and TP's all-reduces cost time
+    p = plan_serving(
+        "llama-3.1-70b", "h100", n_params=70e9, max_batch=32, gpu_memory_bytes=80 * 2**30, usd_per_hour=2.2
+    )
+    assert p.tp == 1 and p.gpus == 36
+    kw = {"n_params": 70e9, "max_batch": 32, "gpu_memory_bytes": 80 * 2**30, "usd_per_hour": 2.2}
+    tp2 = plan_serving("llama-3.1-70b", "h100", tp=2, **kw)
+    assert tp2.gpus > 36 and f"TP=2: {tp2.gpus} GPUs" in p.steps["TP choice"].substituted
 
 
 def test_per_user_speed_can_bind():
@@ -79,7 +104,8 @@ def test_default_price_comes_from_the_preset():
         ({"context_tokens": 0}, "context_tokens"),
         ({"kv_read_fraction": 2}, "kv_read_fraction"),
         ({"weight_dtype": "int3"}, "dtype"),
-        ({"tok_per_s_per_user": 500}, "cannot give a user"),
+        ({"tok_per_s_per_user": 500, "tp": 1}, "cannot give a user"),
+        ({"tok_per_s_per_user": 50_000}, "no tensor-parallel degree up to 64 works"),
         ({"active_fraction": 0}, "active_fraction"),
     ],
 )

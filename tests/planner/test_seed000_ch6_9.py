@@ -278,10 +278,10 @@ def test_000_ex9_5_kv_cache_memory_budget():
     # H100 — or, with the H100's physical 80 GiB of HBM, (80 GiB − 35 GB − 5 GB) / 1.25 GiB = 34.
     assert math.floor(40e9 / kv_req) == 29
     assert math.floor((80 * GiB - 35e9 - 5e9) / kv_req) == 34
-    decimal = plan_serving("llama-3.1-70b", "h100", n_params=70e9, usd_per_hour=2.20)
+    decimal = plan_serving("llama-3.1-70b", "h100", tp=1, n_params=70e9, usd_per_hour=2.20)
     assert decimal.kv_concurrency_per_replica == 29
     physical = plan_serving(
-        "llama-3.1-70b", "h100", n_params=70e9, usd_per_hour=2.20, gpu_memory_bytes=80 * GiB
+        "llama-3.1-70b", "h100", tp=1, n_params=70e9, usd_per_hour=2.20, gpu_memory_bytes=80 * GiB
     )
     assert physical.kv_concurrency_per_replica == 34 >= 32
 

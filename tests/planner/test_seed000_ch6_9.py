@@ -166,6 +166,7 @@ def test_000_ex8_1_cost_per_million_tokens():
     assert c.steps[1].value == pytest.approx(10_800_000)
     assert c.value == pytest.approx(0.648, abs=5e-4)
     assert round(c.value, 2) == 0.65
+    assert 15 / c.value == pytest.approx(23.1, abs=0.05)  # "~23× less" than a $15/1M API price
 
 
 def test_000_ex8_2_spot_vs_on_demand():
@@ -221,6 +222,7 @@ def test_000_ex8_6_quantization_savings():
     new = cost.monthly_bill(int(total.value), 3.50).value
     assert new == pytest.approx(47_880)
     assert cost.monthly_bill(39, 3.50).value - new == pytest.approx(50_400)
+    assert 28 / per_model[1].value == 3.5  # "from 28 GPUs to 8 GPUs (3.5× reduction)"
 
 
 # ---------------------------------------------------------------- chapter 9: capstone

@@ -220,14 +220,21 @@ def top_p_is_ill_conditioned(row, p: SamplingParams) -> bool:
     return any(abs(m - p.top_p) < 1e-5 for m in mass_strictly_above(softmax64(x, keep)).values())
 
 
-@pytest.mark.parametrize("scale, wide", [(4.0, False), (0.3, True)])
-def test_masks_match_the_reference_on_a_large_vocabulary(scale, wide):
-    """V > the sorted candidates examined first: peaked rows stay inside them, flat rows need the fallback."""
-    gen = torch.Generator().manual_seed(10)
-    vocab = 3000
-    params = [SamplingParams(top_p=0.9), SamplingParams(top_k=400, top_p=0.95), SamplingParams(top_k=300),
+MIXED_ROWS = [SamplingParams(top_p=0.9), SamplingParams(top_k=400, top_p=0.95), SamplingParams(top_k=300),
               SamplingParams(top_p=0.7, min_p=0.01), SamplingParams(temperature=0.0, top_p=0.1),
               SamplingParams(top_k=-1)]
+# every top-p row also has a top-k below the candidate count: the normaliser comes from the candidates
+TOP_K_ROWS = [SamplingParams(top_k=200, top_p=0.9), SamplingParams(top_k=50, top_p=0.5),
+              SamplingParams(top_k=20), SamplingParams(temperature=0.0)]
+
+
+@pytest.mark.parametrize("scale, wide, params", [(4.0, False, MIXED_ROWS), (0.3, True, MIXED_ROWS),
+                                                 (4.0, False, TOP_K_ROWS), (0.3, True, TOP_K_ROWS)])
+def test_masks_match_the_reference_on_a_large_vocabulary(scale, wide, params):
+    """V > the sorted candidates examined first: peaked rows stay inside them, flat rows need the fallback
+    (with TOP_K_ROWS, ties with the k-th value reach past the candidates)."""
+    gen = torch.Generator().manual_seed(10)
+    vocab = 3000
     rows = (torch.randn(len(params), vocab, generator=gen) * scale).mul(4).round().div(4)  # with ties
     got = rows.clone()
     greedy = [p.greedy for p in params]

@@ -20,7 +20,7 @@ from nanoserve.bench.dataset import BenchRequest
 @dataclass
 class BaselineRun:
     elapsed_s: float
-    output_token_ids: list[list[int]]   # per request, in input order
+    output_token_ids: list[list[int]]  # per request, in input order
     load_s: float
 
 
@@ -39,14 +39,25 @@ def _generate(model, input_ids, attention_mask, max_new_tokens: int):
     if pad is None:
         pad = 0
     return model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=pad,
-        temperature=None, top_p=None, top_k=None,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
 
 
-def run_hf(model_dir: str, requests: list[BenchRequest], batch_size: int = 1, dtype: str = "auto",
-           progress: bool = False) -> BaselineRun:
+def run_hf(
+    model_dir: str,
+    requests: list[BenchRequest],
+    batch_size: int = 1,
+    dtype: str = "auto",
+    progress: bool = False,
+) -> BaselineRun:
     """Generate every request with transformers; batch_size 1 = `hf`, > 1 = `hf-batched`."""
     import torch
 
@@ -68,15 +79,15 @@ def run_hf(model_dir: str, requests: list[BenchRequest], batch_size: int = 1, dt
         for idx in batches:
             reqs = [requests[i] for i in idx]
             width = max(r.prompt_len for r in reqs)
-            ids = torch.zeros(len(reqs), width, dtype=torch.long)       # [B, width], left-padded
+            ids = torch.zeros(len(reqs), width, dtype=torch.long)  # [B, width], left-padded
             mask = torch.zeros(len(reqs), width, dtype=torch.long)
             for row, r in enumerate(reqs):
-                ids[row, width - r.prompt_len:] = torch.tensor(r.prompt_token_ids)
-                mask[row, width - r.prompt_len:] = 1
+                ids[row, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids)
+                mask[row, width - r.prompt_len :] = 1
             new = max(r.output_len for r in reqs)
-            out = _generate(model, ids, mask, new)                       # [B, width + new]
+            out = _generate(model, ids, mask, new)  # [B, width + new]
             for row, (i, r) in enumerate(zip(idx, reqs, strict=True)):
-                outputs[i] = out[row, width:width + r.output_len].tolist()
+                outputs[i] = out[row, width : width + r.output_len].tolist()
             if bar is not None:
                 bar.update(len(reqs))
     elapsed = time.perf_counter() - start

@@ -20,7 +20,7 @@ from nanoserve.errors import InvalidRequestError
 @dataclass
 class BenchRequest:
     prompt_token_ids: list[int]
-    output_len: int               # tokens the request asks for (max_tokens, with ignore_eos)
+    output_len: int  # tokens the request asks for (max_tokens, with ignore_eos)
 
     @property
     def prompt_len(self) -> int:
@@ -38,18 +38,26 @@ def length_bounds(length: int, range_ratio: float, what: str = "length") -> tupl
     return low, high
 
 
-def random_requests(num_prompts: int, input_len: int, output_len: int, vocab_size: int,
-                    range_ratio: float = 0.0, input_range_ratio: float | None = None,
-                    output_range_ratio: float | None = None, seed: int = 0,
-                    special_ids: Iterable[int] = ()) -> list[BenchRequest]:
+def random_requests(
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    vocab_size: int,
+    range_ratio: float = 0.0,
+    input_range_ratio: float | None = None,
+    output_range_ratio: float | None = None,
+    seed: int = 0,
+    special_ids: Iterable[int] = (),
+) -> list[BenchRequest]:
     """`num_prompts` requests with random prompts; the same seed gives the same requests."""
     if num_prompts < 1:
         raise InvalidRequestError(f"num_prompts must be >= 1 (got {num_prompts})", "num_prompts")
-    in_lo, in_hi = length_bounds(input_len, range_ratio if input_range_ratio is None else input_range_ratio,
-                                 "input_len")
-    out_lo, out_hi = length_bounds(output_len,
-                                   range_ratio if output_range_ratio is None else output_range_ratio,
-                                   "output_len")
+    in_lo, in_hi = length_bounds(
+        input_len, range_ratio if input_range_ratio is None else input_range_ratio, "input_len"
+    )
+    out_lo, out_hi = length_bounds(
+        output_len, range_ratio if output_range_ratio is None else output_range_ratio, "output_len"
+    )
     special = set(special_ids)
     allowed = [t for t in range(min(vocab_size, 1 << 20)) if t not in special]
     if not allowed:

@@ -1,3 +1,209 @@
-"""placeholder"""
-def add_arguments(p): pass
-def run(a): return 0
+"""`nanoserve bench latency`: batch-1 TTFT and TPOT against prompt length, with a PNG plot.
+
+One request at a time, for each prompt length, `--num-iters` times with fresh random prompts (prefix
+caching off, so no run reuses another's KV): TTFT grows with the prompt (prefill is compute-bound,
+~2N FLOPs per prompt token), TPOT stays nearly flat (each decode step streams the weights once;
+only the KV read grows with the context). Medians are reported.
+
+nanoserve's figures come from its own request metrics (arrival → first token, mean gap after it);
+the `hf` baseline's from transformers `generate`: TTFT = time of a 1-token generate, TPOT = the
+extra time of an `--output-len`-token generate per extra token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from nanoserve.bench.dataset import random_requests
+from nanoserve.bench.report import print_table, save_json
+
+
+@dataclass
+class LatencyPoint:
+    backend: str
+    prompt_len: int
+    output_len: int
+    ttft_ms: float  # median over iterations
+    tpot_ms: float  # median over iterations
+    ttft_all_ms: list[float]
+    tpot_all_ms: list[float]
+
+
+def nanoserve_latency(llm, prompt_ids: list[int], output_len: int) -> tuple[float, float]:
+    """(TTFT s, TPOT s) of one request alone on the engine."""
+    from nanoserve import SamplingParams
+
+    out = llm.generate(
+        [{"prompt_token_ids": prompt_ids}],
+        SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0),
+        use_tqdm=False,
+    )[0]
+    m = out.metrics
+    return m.ttft_s, m.tpot_s if m.tpot_s is not None else 0.0
+
+
+def hf_latency(model, prompt_ids: list[int], output_len: int) -> tuple[float, float]:
+    import torch
+
+    from nanoserve.bench.baselines import _generate
+
+    ids = torch.tensor([prompt_ids])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        _generate(model, ids, mask, 1)
+        ttft = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _generate(model, ids, mask, output_len)
+        full = time.perf_counter() - t0
+    return ttft, max(0.0, full - ttft) / max(1, output_len - 1)
+
+
+def measure(
+    model_dir: str,
+    backends: list[str],
+    input_lens: list[int],
+    output_len: int,
+    num_iters: int,
+    seed: int = 0,
+    dtype: str = "auto",
+) -> list[LatencyPoint]:
+    import gc
+
+    from nanoserve.bench.models import special_token_ids, vocab_size
+
+    vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
+    points: list[LatencyPoint] = []
+    for backend in backends:
+        if backend == "nanoserve":
+            from nanoserve import LLM
+
+            runner = LLM(
+                model=model_dir,
+                dtype=dtype,
+                seed=seed,
+                enable_prefix_caching=False,
+                max_num_batched_tokens=max(2048, max(input_lens)),
+            )
+            fn = nanoserve_latency
+        elif backend == "hf":
+            from nanoserve.bench.baselines import load_hf_model
+
+            runner = load_hf_model(model_dir, dtype)
+            fn = hf_latency
+        else:
+            raise ValueError(f"unknown backend {backend!r}; choose nanoserve or hf")
+        warm = random_requests(1, 16, 2, vocab, seed=seed + 999, special_ids=special)[0]
+        fn(runner, warm.prompt_token_ids, 2)
+        for i, n in enumerate(input_lens):
+            reqs = random_requests(num_iters, n, output_len, vocab, seed=seed + 1000 * i, special_ids=special)
+            ttfts, tpots = [], []
+            for r in reqs:
+                ttft, tpot = fn(runner, r.prompt_token_ids, output_len)
+                ttfts.append(ttft * 1e3)
+                tpots.append(tpot * 1e3)
+            points.append(
+                LatencyPoint(
+                    backend, n, output_len, statistics.median(ttfts), statistics.median(tpots), ttfts, tpots
+                )
+            )
+        del runner
+        gc.collect()
+    return points
+
+
+def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for backend in dict.fromkeys(p.backend for p in points):
+        ps = [p for p in points if p.backend == backend]
+        xs = [p.prompt_len for p in ps]
+        ax1.plot(xs, [p.ttft_ms for p in ps], marker="o", label=backend)
+        ax2.plot(xs, [p.tpot_ms for p in ps], marker="o", label=backend)
+    ax1.set(xlabel="prompt tokens", ylabel="TTFT (ms)", title="time to first token (batch 1)")
+    ax2.set(xlabel="prompt tokens", ylabel="TPOT (ms)", title="time per output token (batch 1)")
+    ax2.set_ylim(bottom=0)
+    ax1.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
+    g.add_argument(
+        "--random-model", default=None, metavar="PRESET", help="e.g. qwen2.5-0.5b (random weights)"
+    )
+    p.add_argument("--random-layers", type=int, default=None)
+    p.add_argument("--backend", default="nanoserve", help="comma-separated: nanoserve, hf")
+    p.add_argument("--input-lens", default="16,64,128,256,512,1024", help="prompt lengths to sweep")
+    p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--num-iters", type=int, default=3)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--plot", default="latency.png", metavar="FILE.png", help="'' for no plot")
+    p.add_argument("--save-result", default=None, metavar="FILE.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nanoserve.bench.models import resolve_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model_dir = resolve_model(args.model, args.random_model, args.random_layers)
+    input_lens = [int(x) for x in args.input_lens.split(",")]
+    if args.output_len < 2:
+        raise SystemExit("--output-len must be >= 2 to measure TPOT")
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    points = measure(model_dir, backends, input_lens, args.output_len, args.num_iters, args.seed, args.dtype)
+    print_table(
+        ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s"],
+        [
+            [
+                p.backend,
+                p.prompt_len,
+                f"{p.ttft_ms:.1f}",
+                f"{p.tpot_ms:.1f}",
+                f"{1e3 / p.tpot_ms:.1f}" if p.tpot_ms else "-",
+            ]
+            for p in points
+        ],
+        title=f"batch-1 latency, {args.output_len} output tokens, median of {args.num_iters}",
+    )
+    if args.plot:
+        from nanoserve.bench.report import environment
+
+        env = environment()
+        plot(
+            points,
+            args.plot,
+            f"{args.random_model or model_dir} · {env['date_utc']} · {env.get('torch_threads')} threads",
+        )
+        print(f"plot: {args.plot}")
+    if args.save_result:
+        save_json(
+            args.save_result,
+            {
+                "benchmark": "latency",
+                "model": model_dir,
+                "args": vars(args),
+                "points": [asdict(p) for p in points],
+            },
+        )
+    return 0

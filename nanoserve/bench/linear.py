@@ -17,12 +17,12 @@ from nanoserve.bench.report import print_table, save_json
 
 @dataclass
 class LinearResult:
-    backend: str                # requested backend
-    used: str                   # path actually taken (after fallbacks)
-    batch: int                  # activation rows per call
-    step_ms: float              # median time for all linears of one decode step
+    backend: str  # requested backend
+    used: str  # path actually taken (after fallbacks)
+    batch: int  # activation rows per call
+    step_ms: float  # median time for all linears of one decode step
     weight_bytes: int
-    bandwidth_gb_s: float       # weight_bytes / step time
+    bandwidth_gb_s: float  # weight_bytes / step time
     gflop_s: float
 
 
@@ -37,9 +37,14 @@ def linear_shapes(spec) -> list[tuple[int, int, bool]]:
     return per_layer * spec.layers + [(spec.vocab, spec.hidden, False)]
 
 
-def bench_linears(model: str = "qwen2.5-0.5b", batch_sizes: tuple[int, ...] = (1, 8, 32),
-                  backends: tuple[str, ...] = ("torch", "mkldnn", "avx512"), repeats: int = 10,
-                  layers: int | None = None, threads: int | None = None) -> list[LinearResult]:
+def bench_linears(
+    model: str = "qwen2.5-0.5b",
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    backends: tuple[str, ...] = ("torch", "mkldnn", "avx512"),
+    repeats: int = 10,
+    layers: int | None = None,
+    threads: int | None = None,
+) -> list[LinearResult]:
     import torch
 
     from nanoserve.model.cpu_linear import prepare_linear
@@ -52,9 +57,13 @@ def bench_linears(model: str = "qwen2.5-0.5b", batch_sizes: tuple[int, ...] = (1
         spec = spec.with_(layers=layers)
     shapes = linear_shapes(spec)
     gen = torch.Generator().manual_seed(0)
-    weights = [(torch.randn(n, k, generator=gen, dtype=torch.bfloat16) * 0.02,
-                torch.randn(n, generator=gen, dtype=torch.bfloat16) * 0.02 if b else None)
-               for n, k, b in shapes]
+    weights = [
+        (
+            torch.randn(n, k, generator=gen, dtype=torch.bfloat16) * 0.02,
+            torch.randn(n, generator=gen, dtype=torch.bfloat16) * 0.02 if b else None,
+        )
+        for n, k, b in shapes
+    ]
     weight_bytes = sum(w.numel() * w.element_size() for w, _ in weights)
     results: list[LinearResult] = []
     with torch.inference_mode():
@@ -72,8 +81,17 @@ def bench_linears(model: str = "qwen2.5-0.5b", batch_sizes: tuple[int, ...] = (1
                     times.append(time.perf_counter() - t0)
                 t = sorted(times)[len(times) // 2]
                 flops = 2 * m * sum(n * k for n, k, _ in shapes)
-                results.append(LinearResult(backend, ",".join(used), m, t * 1e3, weight_bytes,
-                                            weight_bytes / t / 1e9, flops / t / 1e9))
+                results.append(
+                    LinearResult(
+                        backend,
+                        ",".join(used),
+                        m,
+                        t * 1e3,
+                        weight_bytes,
+                        weight_bytes / t / 1e9,
+                        flops / t / 1e9,
+                    )
+                )
             del fns
     return results
 
@@ -94,12 +112,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    res = bench_linears(args.model_shape, tuple(int(b) for b in args.batch_sizes.split(",")),
-                        tuple(args.backends.split(",")), args.repeats, args.layers, args.threads)
-    print_table(["backend", "used", "batch", "step ms", "GB/s", "GFLOP/s"],
-                [[r.backend, r.used, r.batch, f"{r.step_ms:.1f}", f"{r.bandwidth_gb_s:.1f}",
-                  f"{r.gflop_s:.0f}"] for r in res],
-                title=f"linear layers of one decode step ({args.model_shape}, bf16)")
+    res = bench_linears(
+        args.model_shape,
+        tuple(int(b) for b in args.batch_sizes.split(",")),
+        tuple(args.backends.split(",")),
+        args.repeats,
+        args.layers,
+        args.threads,
+    )
+    print_table(
+        ["backend", "used", "batch", "step ms", "GB/s", "GFLOP/s"],
+        [
+            [r.backend, r.used, r.batch, f"{r.step_ms:.1f}", f"{r.bandwidth_gb_s:.1f}", f"{r.gflop_s:.0f}"]
+            for r in res
+        ],
+        title=f"linear layers of one decode step ({args.model_shape}, bf16)",
+    )
     if args.save_result:
         save_json(args.save_result, {"benchmark": "linear", "results": [asdict(r) for r in res]})
     return 0

@@ -49,8 +49,9 @@ def build_random_model(name: str, out_dir: str | Path | None = None, layers: int
     if layers:
         spec = spec.with_(layers=layers)
     if spec.is_moe or spec.mlp_kind != "swiglu" or spec.learned_positions:
-        raise InvalidRequestError(f"--random-model supports Llama/Qwen-shaped dense models, not {spec.name}",
-                                  "random_model")
+        raise InvalidRequestError(
+            f"--random-model supports Llama/Qwen-shaped dense models, not {spec.name}", "random_model"
+        )
     out = Path(out_dir) if out_dir else random_model_dir(name, layers)
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
@@ -58,11 +59,19 @@ def build_random_model(name: str, out_dir: str | Path | None = None, layers: int
     import transformers
 
     common = dict(
-        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim, max_position_embeddings=spec.max_position or 32768,
-        tie_word_embeddings=spec.tied_embeddings, rms_norm_eps=1e-6,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position or 32768,
+        tie_word_embeddings=spec.tied_embeddings,
+        rms_norm_eps=1e-6,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
     )
     if spec.qkv_bias:  # the Qwen2 family
         config = transformers.Qwen2Config(rope_theta=1e6, **common)
@@ -76,8 +85,12 @@ def build_random_model(name: str, out_dir: str | Path | None = None, layers: int
     model.save_pretrained(tmp)
     del model
     _word_tokenizer(spec.vocab).save_pretrained(tmp)
-    meta = {"random_model": name, "layers": spec.layers, "seed": RANDOM_MODEL_SEED,
-            "shape_source": spec.source}
+    meta = {
+        "random_model": name,
+        "layers": spec.layers,
+        "seed": RANDOM_MODEL_SEED,
+        "shape_source": spec.source,
+    }
     (tmp / "nanoserve_random_model.json").write_text(json.dumps(meta, indent=2))
     tmp.rename(out)
     return out
@@ -92,8 +105,9 @@ def _word_tokenizer(vocab_size: int):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<2>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<0>", eos_token="<1>", pad_token="<2>",
-                                   unk_token="<2>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<0>", eos_token="<1>", pad_token="<2>", unk_token="<2>"
+    )
 
 
 def special_token_ids(model_dir: str) -> set[int]:

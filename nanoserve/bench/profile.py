@@ -30,10 +30,10 @@ FORWARD_PARTS = ("linear", "attention", "other")
 
 @dataclass
 class StepRecord:
-    num_seqs: int = 0            # sequences scheduled
-    num_tokens: int = 0          # tokens run through the model
-    num_prefill_seqs: int = 0    # sequences with more than one new token
-    times_s: dict[str, float] = field(default_factory=dict)   # phase / forward part -> seconds
+    num_seqs: int = 0  # sequences scheduled
+    num_tokens: int = 0  # tokens run through the model
+    num_prefill_seqs: int = 0  # sequences with more than one new token
+    times_s: dict[str, float] = field(default_factory=dict)  # phase / forward part -> seconds
     total_s: float = 0.0
 
 
@@ -42,10 +42,10 @@ class PhaseSummary:
     label: str
     num_steps: int
     mean_step_ms: float
-    mean_ms: dict[str, float]        # phase -> mean ms per step
-    share: dict[str, float]          # phase -> fraction of step time
-    overhead_share: float            # everything but the forward pass, fraction of step time
-    mean_batch: float                # sequences per step
+    mean_ms: dict[str, float]  # phase -> mean ms per step
+    share: dict[str, float]  # phase -> fraction of step time
+    overhead_share: float  # everything but the forward pass, fraction of step time
+    mean_batch: float  # sequences per step
     mean_tokens: float
 
 
@@ -75,6 +75,7 @@ class StepProfiler:
                 if sync:
                     self._sync()
                 rec.times_s[key] = rec.times_s.get(key, 0.0) + time.perf_counter() - t0
+
         return wrapper
 
     def attach(self, engine: Any) -> StepProfiler:
@@ -195,24 +196,40 @@ def summarize_records(label: str, recs: list[StepRecord]) -> PhaseSummary:
         for p in PHASES[:-1] + FORWARD_PARTS[:2]:
             sums[p] += r.times_s.get(p, 0.0)
         if "linear" in r.times_s or "attention" in r.times_s:
-            sums["other"] += max(0.0, r.times_s.get("forward", 0.0) - r.times_s.get("linear", 0.0)
-                                 - r.times_s.get("attention", 0.0))
+            sums["other"] += max(
+                0.0,
+                r.times_s.get("forward", 0.0)
+                - r.times_s.get("linear", 0.0)
+                - r.times_s.get("attention", 0.0),
+            )
     mean_ms = {p: s / n * 1e3 for p, s in sums.items()}
     share = {p: (s / total if total else 0.0) for p, s in sums.items()}
-    return PhaseSummary(label, n, total / n * 1e3, mean_ms, share,
-                        1.0 - share["forward"], sum(r.num_seqs for r in recs) / n,
-                        sum(r.num_tokens for r in recs) / n)
+    return PhaseSummary(
+        label,
+        n,
+        total / n * 1e3,
+        mean_ms,
+        share,
+        1.0 - share["forward"],
+        sum(r.num_seqs for r in recs) / n,
+        sum(r.num_tokens for r in recs) / n,
+    )
 
 
 def print_profile(summaries: list[PhaseSummary]) -> None:
     from nanoserve.bench.report import print_table
 
-    header = ["steps", "n", "batch", "tokens", "step ms"] + [f"{p} ms" for p in PHASES] + \
-        ["(linear", "attn", "other)", "overhead"]
+    header = (
+        ["steps", "n", "batch", "tokens", "step ms"]
+        + [f"{p} ms" for p in PHASES]
+        + ["(linear", "attn", "other)", "overhead"]
+    )
     rows = []
     for s in summaries:
-        rows.append([s.label, s.num_steps, f"{s.mean_batch:.1f}", f"{s.mean_tokens:.0f}",
-                     f"{s.mean_step_ms:.1f}"]
-                    + [f"{s.mean_ms[p]:.2f} ({s.share[p]:.0%})" for p in PHASES]
-                    + [f"{s.mean_ms[p]:.1f}" for p in FORWARD_PARTS] + [f"{s.overhead_share:.1%}"])
+        rows.append(
+            [s.label, s.num_steps, f"{s.mean_batch:.1f}", f"{s.mean_tokens:.0f}", f"{s.mean_step_ms:.1f}"]
+            + [f"{s.mean_ms[p]:.2f} ({s.share[p]:.0%})" for p in PHASES]
+            + [f"{s.mean_ms[p]:.1f}" for p in FORWARD_PARTS]
+            + [f"{s.overhead_share:.1%}"]
+        )
     print_table(header, rows, title="engine step profile (mean per step; overhead = all but forward)")

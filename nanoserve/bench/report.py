@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -67,7 +68,18 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def _jsonable(x: Any) -> Any:
+    """inf / nan as strings: strict JSON has no Infinity."""
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
 def save_json(path: str | Path, result: dict[str, Any]) -> None:
-    result = {**result, "environment": environment()}
+    result = _jsonable({**result, "environment": environment()})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -26,7 +26,7 @@ class ThroughputResult:
     backend: str
     num_requests: int
     prompt_tokens: int
-    output_tokens: int           # tokens generated and returned (= requested, with ignore_eos)
+    output_tokens: int  # tokens generated and returned (= requested, with ignore_eos)
     elapsed_s: float
     load_s: float
     requests_per_s: float
@@ -35,13 +35,28 @@ class ThroughputResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _result(backend: str, requests: list[BenchRequest], outputs: list[list[int]], elapsed_s: float,
-            load_s: float, **extra: Any) -> ThroughputResult:
+def _result(
+    backend: str,
+    requests: list[BenchRequest],
+    outputs: list[list[int]],
+    elapsed_s: float,
+    load_s: float,
+    **extra: Any,
+) -> ThroughputResult:
     prompt_tokens, _ = token_counts(requests)
     out_tokens = sum(len(o) for o in outputs)
-    return ThroughputResult(backend, len(requests), prompt_tokens, out_tokens, elapsed_s, load_s,
-                            len(requests) / elapsed_s, out_tokens / elapsed_s,
-                            (prompt_tokens + out_tokens) / elapsed_s, dict(extra))
+    return ThroughputResult(
+        backend,
+        len(requests),
+        prompt_tokens,
+        out_tokens,
+        elapsed_s,
+        load_s,
+        len(requests) / elapsed_s,
+        out_tokens / elapsed_s,
+        (prompt_tokens + out_tokens) / elapsed_s,
+        dict(extra),
+    )
 
 
 def _warmup_prompt(requests: list[BenchRequest]) -> list[int]:
@@ -61,8 +76,14 @@ def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def run_nanoserve(model_dir: str, requests: list[BenchRequest], engine_kwargs: dict[str, Any],
-                  profile: bool = False, progress: bool = False, warmup: bool = True):
+def run_nanoserve(
+    model_dir: str,
+    requests: list[BenchRequest],
+    engine_kwargs: dict[str, Any],
+    profile: bool = False,
+    progress: bool = False,
+    warmup: bool = True,
+):
     """Returns (ThroughputResult, StepProfiler | None)."""
     from nanoserve import LLM, SamplingParams
     from nanoserve.bench.profile import StepProfiler
@@ -71,8 +92,11 @@ def run_nanoserve(model_dir: str, requests: list[BenchRequest], engine_kwargs: d
     llm = LLM(model=model_dir, **engine_kwargs)
     load_s = time.perf_counter() - t0
     if warmup:  # first calls pay one-off costs (kernel selection, allocator growth)
-        llm.generate([{"prompt_token_ids": _warmup_prompt(requests)}],
-                     SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0), use_tqdm=False)
+        llm.generate(
+            [{"prompt_token_ids": _warmup_prompt(requests)}],
+            SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0),
+            use_tqdm=False,
+        )
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
     params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0) for r in requests]
     profiler = StepProfiler().attach(llm.llm_engine) if profile else None
@@ -83,15 +107,29 @@ def run_nanoserve(model_dir: str, requests: list[BenchRequest], engine_kwargs: d
         profiler.detach()
     outputs = [o.outputs[0].token_ids for o in outs]
     stats = llm.llm_engine.get_stats()
-    res = _result("nanoserve", requests, outputs, elapsed, load_s, num_preemptions=stats.num_preemptions,
-                  prefix_cache_hits=stats.prefix_cache_hits)
+    res = _result(
+        "nanoserve",
+        requests,
+        outputs,
+        elapsed,
+        load_s,
+        num_preemptions=stats.num_preemptions,
+        prefix_cache_hits=stats.prefix_cache_hits,
+    )
     del llm
     gc.collect()
     return res, profiler
 
 
-def run_hf_backend(backend: str, model_dir: str, requests: list[BenchRequest], hf_batch_size: int,
-                   dtype: str, progress: bool = False, warmup: bool = True) -> ThroughputResult:
+def run_hf_backend(
+    backend: str,
+    model_dir: str,
+    requests: list[BenchRequest],
+    hf_batch_size: int,
+    dtype: str,
+    progress: bool = False,
+    warmup: bool = True,
+) -> ThroughputResult:
     from nanoserve.bench.baselines import run_hf
 
     batch = 1 if backend == "hf" else hf_batch_size
@@ -102,15 +140,25 @@ def run_hf_backend(backend: str, model_dir: str, requests: list[BenchRequest], h
     return _result(backend, requests, run.output_token_ids, run.elapsed_s, run.load_s, batch_size=batch)
 
 
-def run_benchmark(model_dir: str, requests: list[BenchRequest], backends: list[str], *, engine_kwargs=None,
-                  hf_batch_size: int = 8, dtype: str = "auto", profile: bool = False, progress: bool = False,
-                  warmup: bool = True) -> tuple[list[ThroughputResult], Any]:
+def run_benchmark(
+    model_dir: str,
+    requests: list[BenchRequest],
+    backends: list[str],
+    *,
+    engine_kwargs=None,
+    hf_batch_size: int = 8,
+    dtype: str = "auto",
+    profile: bool = False,
+    progress: bool = False,
+    warmup: bool = True,
+) -> tuple[list[ThroughputResult], Any]:
     results: list[ThroughputResult] = []
     profiler = None
     for backend in backends:
         if backend == "nanoserve":
-            res, profiler = run_nanoserve(model_dir, requests, engine_kwargs or {"dtype": dtype}, profile,
-                                          progress, warmup)
+            res, profiler = run_nanoserve(
+                model_dir, requests, engine_kwargs or {"dtype": dtype}, profile, progress, warmup
+            )
         elif backend in ("hf", "hf-batched"):
             res = run_hf_backend(backend, model_dir, requests, hf_batch_size, dtype, progress, warmup)
         else:
@@ -124,16 +172,43 @@ def ratios(results: list[ThroughputResult]) -> dict[str, float]:
     ours = next((r for r in results if r.backend == "nanoserve"), None)
     if ours is None:
         return {}
-    return {f"nanoserve/{r.backend}": ours.output_tok_per_s / r.output_tok_per_s
-            for r in results if r.backend != "nanoserve" and r.output_tok_per_s > 0}
+    return {
+        f"nanoserve/{r.backend}": ours.output_tok_per_s / r.output_tok_per_s
+        for r in results
+        if r.backend != "nanoserve" and r.output_tok_per_s > 0
+    }
 
 
 def print_results(results: list[ThroughputResult]) -> None:
-    rows = [[r.backend, r.num_requests, r.prompt_tokens, r.output_tokens, f"{r.elapsed_s:.2f}",
-             f"{r.requests_per_s:.3f}", f"{r.output_tok_per_s:.1f}", f"{r.total_tok_per_s:.1f}",
-             f"{r.load_s:.1f}"] for r in results]
-    print_table(["backend", "requests", "prompt tok", "output tok", "elapsed s", "req/s", "output tok/s",
-                 "total tok/s", "load s"], rows, title="offline throughput")
+    rows = [
+        [
+            r.backend,
+            r.num_requests,
+            r.prompt_tokens,
+            r.output_tokens,
+            f"{r.elapsed_s:.2f}",
+            f"{r.requests_per_s:.3f}",
+            f"{r.output_tok_per_s:.1f}",
+            f"{r.total_tok_per_s:.1f}",
+            f"{r.load_s:.1f}",
+        ]
+        for r in results
+    ]
+    print_table(
+        [
+            "backend",
+            "requests",
+            "prompt tok",
+            "output tok",
+            "elapsed s",
+            "req/s",
+            "output tok/s",
+            "total tok/s",
+            "load s",
+        ],
+        rows,
+        title="offline throughput",
+    )
     for name, value in ratios(results).items():
         print(f"{name} (output tok/s): {value:.2f}x")
 
@@ -141,16 +216,27 @@ def print_results(results: list[ThroughputResult]) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
-    g.add_argument("--random-model", default=None, metavar="PRESET",
-                   help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b")
+    g.add_argument(
+        "--random-model",
+        default=None,
+        metavar="PRESET",
+        help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b",
+    )
     p.add_argument("--random-layers", type=int, default=None, help="fewer layers for a quick random model")
-    p.add_argument("--backend", default="nanoserve,hf,hf-batched",
-                   help=f"comma-separated, several in one run: {', '.join(BACKENDS)}")
+    p.add_argument(
+        "--backend",
+        default="nanoserve,hf,hf-batched",
+        help=f"comma-separated, several in one run: {', '.join(BACKENDS)}",
+    )
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--range-ratio", type=float, default=0.0,
-                   help="lengths uniform in [L·(1−r), L·(1+r)] (vLLM's --random-range-ratio)")
+    p.add_argument(
+        "--range-ratio",
+        type=float,
+        default=0.0,
+        help="lengths uniform in [L·(1−r), L·(1+r)] (vLLM's --random-range-ratio)",
+    )
     p.add_argument("--input-range-ratio", type=float, default=None, help="--range-ratio for inputs")
     p.add_argument("--output-range-ratio", type=float, default=None, help="--range-ratio for outputs")
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the hf-batched backend")
@@ -163,9 +249,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-warmup", action="store_true")
-    p.add_argument("--profile", action="store_true",
-                   help="time each engine step: schedule, prepare, forward (linear/attention/other), sample, "
-                        "output processing")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="time each engine step: schedule, prepare, forward (linear/attention/other), sample, "
+        "output processing",
+    )
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
 
@@ -182,17 +271,34 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
-    requests = random_requests(args.num_prompts, args.input_len, args.output_len, vocab_size(model_dir),
-                               args.range_ratio, args.input_range_ratio, args.output_range_ratio, args.seed,
-                               special_token_ids(model_dir))
+    requests = random_requests(
+        args.num_prompts,
+        args.input_len,
+        args.output_len,
+        vocab_size(model_dir),
+        args.range_ratio,
+        args.input_range_ratio,
+        args.output_range_ratio,
+        args.seed,
+        special_token_ids(model_dir),
+    )
     n_in, n_out = token_counts(requests)
-    print(f"model {model_dir}: {len(requests)} requests, {n_in} prompt tokens, {n_out} output tokens "
-          f"(input {min(r.prompt_len for r in requests)}–{max(r.prompt_len for r in requests)}, "
-          f"output {min(r.output_len for r in requests)}–{max(r.output_len for r in requests)})")
+    print(
+        f"model {model_dir}: {len(requests)} requests, {n_in} prompt tokens, {n_out} output tokens "
+        f"(input {min(r.prompt_len for r in requests)}–{max(r.prompt_len for r in requests)}, "
+        f"output {min(r.output_len for r in requests)}–{max(r.output_len for r in requests)})"
+    )
     results, profiler = run_benchmark(
-        model_dir, requests, backends, engine_kwargs=engine_kwargs_from_args(args),
-        hf_batch_size=args.hf_batch_size, dtype=args.dtype, profile=args.profile, progress=args.progress,
-        warmup=not args.no_warmup)
+        model_dir,
+        requests,
+        backends,
+        engine_kwargs=engine_kwargs_from_args(args),
+        hf_batch_size=args.hf_batch_size,
+        dtype=args.dtype,
+        profile=args.profile,
+        progress=args.progress,
+        warmup=not args.no_warmup,
+    )
     print_results(results)
     summaries = []
     if profiler is not None:
@@ -202,8 +308,15 @@ def run(args: argparse.Namespace) -> int:
         print()
         print_profile(summaries)
     if args.save_result:
-        save_json(args.save_result, {
-            "benchmark": "throughput", "model": model_dir, "args": vars(args),
-            "results": [asdict(r) for r in results], "ratios": ratios(results),
-            "profile": [asdict(s) for s in summaries]})
+        save_json(
+            args.save_result,
+            {
+                "benchmark": "throughput",
+                "model": model_dir,
+                "args": vars(args),
+                "results": [asdict(r) for r in results],
+                "ratios": ratios(results),
+                "profile": [asdict(s) for s in summaries],
+            },
+        )
     return 0

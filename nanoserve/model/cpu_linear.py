@@ -169,7 +169,7 @@ class FastLinear:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
         self.out_features, self.in_features = weight.shape
-        self.weight = weight          # kept for the torch / avx512 paths; None on the mkldnn path
+        self.weight = weight  # kept for the torch / avx512 paths; None on the mkldnn path
         self.bias = bias
         self._packed: torch.Tensor | None = None
         self._bias_f32: torch.Tensor | None = None
@@ -209,7 +209,8 @@ class FastLinear:
         return f"FastLinear({self.in_features}→{self.out_features}, backend={self.backend})"
 
 
-def prepare_linear(weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   backend: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
+def prepare_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "auto"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a callable computing `F.linear(x, weight, bias)` by the fastest available path."""
     return FastLinear(weight, bias, backend)

@@ -165,14 +165,22 @@ def default_cpu_kv_budget_bytes() -> int:
     return min(int(available_cpu_memory_bytes() * CPU_KV_FRACTION_OF_AVAILABLE), CPU_KV_CAP_BYTES)
 
 
-def make_cache_config(args: EngineArgs, model_config: ModelConfig, budget_bytes: int) -> CacheConfig:
-    """Size the pool: an exact block count, an explicit byte budget, or the device default."""
+def make_cache_config(
+    args: EngineArgs, model_config: ModelConfig, budget_bytes: int, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+) -> CacheConfig:
+    """Size the pool: an exact block count, an explicit byte budget, or the device default.
+
+    The device default is also capped at what max_num_seqs full-length sequences could ever use, so a
+    small model does not zero gigabytes it can never fill.
+    """
     block_bytes = args.block_size * model_config.kv_bytes_per_token()
     if args.num_gpu_blocks_override is not None:
         num_blocks = args.num_gpu_blocks_override
+    elif args.kv_cache_memory_bytes is not None:
+        num_blocks = args.kv_cache_memory_bytes // block_bytes
     else:
-        budget = args.kv_cache_memory_bytes if args.kv_cache_memory_bytes is not None else budget_bytes
-        num_blocks = budget // block_bytes
+        per_seq_blocks = -(-model_config.max_model_len // args.block_size)
+        num_blocks = min(budget_bytes // block_bytes, max_num_seqs * per_seq_blocks)
     if num_blocks < 1:
         raise InvalidRequestError(
             f"the KV cache budget holds no block of {block_bytes} bytes; raise kv_cache_memory_bytes",

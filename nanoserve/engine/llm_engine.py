@@ -79,8 +79,8 @@ class LLMEngine:
             budget = int(free_bytes * args.gpu_memory_utilization) - (1 << 30)  # 1 GiB for activations
         else:
             budget = default_cpu_kv_budget_bytes()
-        cache_config = make_cache_config(args, model_config, budget)
         scheduler_config = make_scheduler_config(args, model_config.max_model_len)
+        cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
         runner = ModelRunner(model, model_config, cache_config, device)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
 

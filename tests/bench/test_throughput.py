@@ -1,0 +1,84 @@
+"""Offline throughput and the step profiler, end to end on a tiny model (no timing thresholds)."""
+
+import json
+
+from nanoserve.bench.profile import PHASES
+from nanoserve.cli import main
+
+
+def test_throughput_all_backends_write_complete_result(tiny_model, tmp_path, capsys):
+    model = tiny_model("qwen2")
+    out = tmp_path / "tp.json"
+    rc = main(
+        [
+            "bench",
+            "throughput",
+            "--model",
+            str(model),
+            "--backend",
+            "nanoserve,hf,hf-batched",
+            "--num-prompts",
+            "5",
+            "--input-len",
+            "12",
+            "--output-len",
+            "6",
+            "--range-ratio",
+            "0.5",
+            "--hf-batch-size",
+            "2",
+            "--profile",
+            "--save-result",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    data = json.loads(out.read_text())
+    results = {r["backend"]: r for r in data["results"]}
+    assert set(results) == {"nanoserve", "hf", "hf-batched"}
+    requested = None
+    for r in results.values():
+        assert r["num_requests"] == 5 and r["elapsed_s"] > 0
+        assert r["output_tok_per_s"] > 0 and r["total_tok_per_s"] > r["output_tok_per_s"]
+        # ignore_eos: every backend returns exactly the tokens that were asked for, the same count
+        requested = requested or r["output_tokens"]
+        assert r["output_tokens"] == requested
+        assert r["requests_per_s"] == r["num_requests"] / r["elapsed_s"]
+    assert 3 * 5 <= requested <= 9 * 5
+    assert set(data["ratios"]) == {"nanoserve/hf", "nanoserve/hf-batched"}
+    profile = {p["label"]: p for p in data["profile"]}
+    assert "all steps" in profile and "decode-only steps" in profile
+    allp = profile["all steps"]
+    assert allp["num_steps"] >= 5  # at least output_len - 1 decode steps
+    assert set(PHASES) <= set(allp["mean_ms"])
+    assert allp["mean_ms"]["forward"] > 0 and allp["mean_ms"]["sample"] > 0
+    assert abs(sum(allp["share"][p] for p in PHASES) - 1.0) < 1e-6
+    text = capsys.readouterr().out
+    assert "nanoserve/hf (output tok/s)" in text and "engine step profile" in text
+
+
+def test_profiler_detach_restores_engine(tiny_model):
+    from nanoserve import LLM, SamplingParams
+    from nanoserve.bench.profile import StepProfiler
+
+    llm = LLM(model=str(tiny_model("llama")), kv_cache_memory_bytes=1 << 22)
+    engine = llm.llm_engine
+    prof = StepProfiler().attach(engine)
+    assert "step" in vars(engine)
+    outs = llm.generate(
+        [{"prompt_token_ids": [5, 6, 7, 8]}, {"prompt_token_ids": [9, 10, 11]}],
+        SamplingParams(max_tokens=4, ignore_eos=True),
+        use_tqdm=False,
+    )
+    prof.detach()
+    assert all(len(o.outputs[0].token_ids) == 4 for o in outs)
+    assert "step" not in vars(engine) and "schedule" not in vars(engine.scheduler)
+    assert "forward" not in vars(engine.runner.model)
+    n = len(prof.records)
+    assert n == 4  # one prefill step for both, then 3 decode steps
+    rec = prof.records[0]
+    assert rec.num_seqs == 2 and rec.num_prefill_seqs == 2 and rec.num_tokens == 7
+    assert all(r.times_s.get("linear", 0) > 0 and r.times_s.get("attention", 0) > 0 for r in prof.records)
+    assert all(r.times_s["forward"] <= r.total_s for r in prof.records)
+    llm.generate([{"prompt_token_ids": [5, 6]}], SamplingParams(max_tokens=2), use_tqdm=False)
+    assert len(prof.records) == n  # detached: nothing more recorded

@@ -1,0 +1,99 @@
+"""Test helpers: the real `nanoserve serve` in a subprocess on a free loopback port; /metrics parsing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+API_KEY = "test-key"
+
+# The shared test server: a short context and a small body cap make the limits cheap to hit.
+MAX_MODEL_LEN = 512
+MAX_BODY_BYTES = 65536
+SERVER_ARGS = (
+    "--api-key", API_KEY, "--served-model-name", "tiny",
+    "--max-model-len", str(MAX_MODEL_LEN), "--max-request-body-bytes", str(MAX_BODY_BYTES),
+    "--num-gpu-blocks-override", "256", "--max-num-seqs", "64",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m nanoserve.cli serve ...` as a child process; its log goes to a file."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        # One torch thread: tiny models on a shared 2-core machine only lose to spin-waiting.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "nanoserve.cli", "serve", "--model", str(model_dir),
+               "--port", str(self.port), *args]
+        self._log = open(log_path, "w")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_server(model_dir: Path, log_path: Path, *args: str) -> ServerProcess:
+    server = ServerProcess(model_dir, log_path, *args)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def metric_values(url: str) -> dict[str, float]:
+    """GET /metrics as {"name{label=value,...}": value} plus {"name": value} for unlabelled lookups.
+
+    Labels other than model_name are kept in the key, e.g. `nanoserve:request_success_total{abort}`.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=5.0).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            extra = [v for k, v in sorted(sample.labels.items()) if k not in ("model_name",)]
+            key = sample.name + (f"{{{','.join(extra)}}}" if extra else "")
+            out[key] = out.get(key, 0.0) + sample.value
+    return out

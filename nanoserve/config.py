@@ -41,6 +41,8 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     device: str = "auto"  # "auto" = cuda when available, else cpu
     gpu_memory_utilization: float = 0.9
+    # torch's intra-op threads on CPU (None = torch's default). On a contended machine 1 can be far faster.
+    num_cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +59,7 @@ class EngineArgs:
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
+        _check_positive("num_cpu_threads", self.num_cpu_threads)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -67,6 +67,8 @@ class LLMEngine:
         from nanoserve.runner import ModelRunner
 
         torch.manual_seed(args.seed)
+        if args.num_cpu_threads is not None:
+            torch.set_num_threads(args.num_cpu_threads)
         model_config = load_model_config(args)
         device = resolve_device(args.device)
         tokenizer = load_tokenizer(model_config.tokenizer)

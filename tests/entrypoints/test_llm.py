@@ -1,0 +1,75 @@
+"""LLM.generate: prompt forms, per-prompt params, input order, progress bar, pool free afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from nanoserve import LLM, RequestOutput, SamplingParams
+from nanoserve.errors import InvalidRequestError
+
+
+@pytest.fixture
+def llm(tiny_llama):
+    llm = LLM(str(tiny_llama), num_gpu_blocks_override=64, max_num_seqs=3)
+    yield llm
+    assert not llm.llm_engine.has_unfinished_requests()
+    llm.llm_engine.check_all_blocks_free()
+
+
+def test_outputs_in_input_order_with_one_params_per_prompt(llm):
+    prompts = ["abc", {"prompt_token_ids": [5, 6, 7, 8]}, "hello world", {"prompt": "xyz"}, "q"]
+    params = [SamplingParams(temperature=0.0, max_tokens=k, ignore_eos=True) for k in (5, 1, 4, 2, 3)]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert all(isinstance(o, RequestOutput) and o.finished for o in outs)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [5, 1, 4, 2, 3]
+    assert [o.prompt for o in outs] == ["abc", None, "hello world", "xyz", "q"]
+    tok = llm.get_tokenizer()
+    assert outs[0].prompt_token_ids == tok.encode("abc") and outs[1].prompt_token_ids == [5, 6, 7, 8]
+
+
+def test_batched_greedy_equals_one_at_a_time(llm):
+    prompts = ["abc", "hello world", "0123456789" * 5, "q"]
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    together = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    alone = [llm.generate(p, params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    assert together == alone
+
+
+def test_seeded_sampling_is_the_same_alone_or_in_a_batch(llm):
+    seeded = SamplingParams(temperature=1.0, seed=1234, max_tokens=8, ignore_eos=True)
+    other = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True)
+    alone = llm.generate("hello", seeded, use_tqdm=False)[0].outputs[0].token_ids
+    batch = llm.generate(["zzz", "hello", "ab"], [other, seeded, other], use_tqdm=False)
+    assert batch[1].outputs[0].token_ids == alone
+
+
+def test_single_prompt_and_default_params(llm):
+    outs = llm.generate("abc", use_tqdm=False)
+    assert len(outs) == 1 and 1 <= len(outs[0].outputs[0].token_ids) <= 16
+
+
+def test_progress_bar_counts_prompts(llm, capsys):
+    llm.generate(["a", "b", "c"], SamplingParams(max_tokens=2), use_tqdm=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_params_list_of_the_wrong_length(llm):
+    with pytest.raises(InvalidRequestError, match="2 SamplingParams for 3 prompts"):
+        llm.generate(["a", "b", "c"], [SamplingParams(), SamplingParams()], use_tqdm=False)
+
+
+def test_a_bad_prompt_rejects_the_call_and_leaves_nothing_behind(llm):
+    with pytest.raises(InvalidRequestError, match="empty"):
+        llm.generate(["fine", "", "also fine"], SamplingParams(max_tokens=2), use_tqdm=False)
+    outs = llm.generate(["fine"], SamplingParams(max_tokens=2), use_tqdm=False)
+    assert outs[0].finished
+
+
+def test_stop_string_truncates_the_text(llm):
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    full = llm.generate("hello", greedy, use_tqdm=False)[0].outputs[0]
+    assert len(full.text) >= 6
+    stop = full.text[3:5]
+    first = full.text.find(stop)
+    out = llm.generate("hello", greedy.clone(stop=[stop]), use_tqdm=False)[0].outputs[0]
+    assert out.text == full.text[:first] and out.finish_reason == "stop" and out.stop_reason == stop

@@ -1,0 +1,100 @@
+"""The demo models' four tasks: problem generator, held-out split and grader.
+
+Shared by training (scripts/train_demo_models.py), evaluation (scripts/eval_demo_models.py) and the
+tests, so all three agree on what a problem looks like and which problems are never trained on.
+
+    add      "123+456="           -> "579"
+    sub      "503-78="            -> "425"     (negative results allowed: "78-503=" -> "-425")
+    sort     "sort 5 3 9 1 ="     -> "1 3 5 9" (1-12 digits, repeats allowed)
+    reverse  "reverse hello ="    -> "olleh"   (1-16 lowercase letters)
+
+Arithmetic operands have 1, 2 or 3 digits, each length equally likely, so mixed-length problems
+(``826+41=``) are as common in training as same-length ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+
+TASKS: tuple[str, ...] = ("add", "sub", "sort", "reverse")
+MAX_SORT_DIGITS = 12
+MAX_REVERSE_LETTERS = 16
+# A problem is held out (never trained on) when its hash lands in this 1-in-N bucket.
+HELD_OUT_ONE_IN = 50
+EVAL_SEED = 20261121
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str
+    prompt: str  # what the user sends, e.g. "123+456="
+    answer: str  # the expected reply, without EOS
+
+
+def _operand(rng: random.Random) -> int:
+    digits = rng.choice((1, 2, 3))
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(low, 10**digits - 1)
+
+
+def make_problem(task: str, rng: random.Random) -> Problem:
+    """One random problem of ``task`` drawn from the training distribution."""
+    if task == "add":
+        a, b = _operand(rng), _operand(rng)
+        return Problem(task, f"{a}+{b}=", str(a + b))
+    if task == "sub":
+        a, b = _operand(rng), _operand(rng)
+        return Problem(task, f"{a}-{b}=", str(a - b))
+    if task == "sort":
+        digits = [rng.randint(0, 9) for _ in range(rng.randint(1, MAX_SORT_DIGITS))]
+        return Problem(task, f"sort {' '.join(map(str, digits))} =", " ".join(map(str, sorted(digits))))
+    if task == "reverse":
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, MAX_REVERSE_LETTERS)))
+        return Problem(task, f"reverse {word} =", word[::-1])
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def is_held_out(prompt: str) -> bool:
+    """Whether a problem belongs to the evaluation split (decided by its text alone)."""
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % HELD_OUT_ONE_IN == 0
+
+
+def training_problem(task: str, rng: random.Random) -> Problem:
+    """A random problem that is not in the held-out split."""
+    while True:
+        problem = make_problem(task, rng)
+        if not is_held_out(problem.prompt):
+            return problem
+
+
+def held_out_problems(task: str, n: int = 2000, seed: int = EVAL_SEED) -> list[Problem]:
+    """``n`` distinct held-out problems of ``task``, the same on every machine for a given seed."""
+    rng = random.Random(f"{seed}-{task}")
+    seen: dict[str, Problem] = {}
+    attempts = 0
+    while len(seen) < n:
+        attempts += 1
+        if attempts > 2000 * n:
+            raise RuntimeError(f"could not draw {n} distinct held-out {task} problems")
+        problem = make_problem(task, rng)
+        if is_held_out(problem.prompt) and problem.prompt not in seen:
+            seen[problem.prompt] = problem
+    return list(seen.values())
+
+
+def grade(problem: Problem, reply: str) -> bool:
+    """Exact match of the reply (surrounding whitespace ignored) with the expected answer."""
+    return reply.strip() == problem.answer
+
+
+def task_of(prompt: str) -> str:
+    """Which task a prompt belongs to (for reporting)."""
+    if prompt.startswith("sort "):
+        return "sort"
+    if prompt.startswith("reverse "):
+        return "reverse"
+    return "sub" if "-" in prompt else "add"

@@ -1,0 +1,297 @@
+"""Train nanoserve's bundled demo models (toy-assistant and its draft) from scratch on CPU.
+
+    python scripts/train_demo_models.py --out models/ --which both --steps 4000 --draft-steps 3000
+
+Both are transformers ``LlamaForCausalLM`` models over a character-level tokenizer, trained on four
+tasks (nanoserve/demo_tasks.py): addition, subtraction, sorting digits, reversing a word. The prompt
+is ``<bos>{task}`` and the answer follows directly, ending with ``<eos>``; the chat template renders
+the last user message exactly that way, so raw prompts and chat requests are the same tokens.
+
+The run is seeded (same seed, same machine -> same weights). ``--minutes`` instead of ``--steps``
+times a few steps first and fixes the step count from the measured speed (printed, so the run can be
+repeated with ``--steps``). The model directory is rewritten every ``--save-every-s`` seconds, so a
+usable model exists even if the run is cut short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nanoserve.demo_tasks import TASKS, Problem, grade, held_out_problems, training_problem  # noqa: E402
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+# Renders <bos> + the last user message (trimmed); an assistant reply after it ends with <eos>.
+# The toy assistant has no memory: earlier turns and system messages are dropped.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last=0) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- bos_token -}}"
+    "{%- for m in messages[ns.last:] -%}"
+    "{%- if m['role'] == 'user' -%}{{- m['content'] | trim -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- m['content'] | trim -}}{{- eos_token -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+# Share of training prompts given a doubled or missing <bos>, so a client that tokenizes the
+# rendered chat prompt with add_special_tokens=True (or sends raw ids) still gets right answers.
+BOS_NOISE = 0.03
+MAX_MODEL_LEN = 128
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    lr: float
+
+
+MAIN = ModelSpec("toy-assistant", 192, 512, 4, 6, 2, 1.5e-3)
+DRAFT = ModelSpec("toy-assistant-draft", 128, 320, 2, 4, 2, 2e-3)
+# Problems per step for each task: arithmetic is the hardest, so it gets the most.
+BATCH = {"add": 48, "sub": 64, "sort": 24, "reverse": 24}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: 4 specials + printable ASCII; unknown characters map to <unk>."""
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + chars)}
+    # BPE with no merges splits every string into single characters (spaces included).
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tok.decoder = decoders.Fuse()
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=MAX_MODEL_LEN, clean_up_tokenization_spaces=False,
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=MAX_MODEL_LEN,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.02,
+    )
+    return LlamaForCausalLM(config)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def encode_batch(problems: list[Problem], tok: PreTrainedTokenizerFast, rng: random.Random):
+    """Token ids and labels (loss on the answer and <eos> only), right-padded to the longest."""
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    rows = []
+    for p in problems:
+        prompt = tok.encode(p.prompt, add_special_tokens=False)
+        answer = tok.encode(p.answer, add_special_tokens=False) + [eos]
+        r = rng.random()
+        prefix = [bos, bos] if r < BOS_NOISE else ([] if r < 2 * BOS_NOISE else [bos])
+        rows.append((prefix + prompt, answer))
+    width = max(len(a) + len(b) for a, b in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # [batch, width]
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # [batch, width]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [batch, width]
+    for i, (prompt, answer) in enumerate(rows):
+        n = len(prompt) + len(answer)
+        ids[i, :n] = torch.tensor(prompt + answer)
+        labels[i, len(prompt) : n] = torch.tensor(answer)
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
+def train_step(model, optimizer, tok, rng: random.Random, autocast: bool) -> float:
+    """One optimizer step over a batch of every task; each task is its own micro-batch so short
+    arithmetic problems are not padded to the length of long sort problems."""
+    optimizer.zero_grad(set_to_none=True)
+    groups = {t: [training_problem(t, rng) for _ in range(n)] for t, n in BATCH.items()}
+    total_answer_tokens = sum(len(p.answer) + 1 for ps in groups.values() for p in ps)
+    loss_sum = 0.0
+    for problems in groups.values():
+        ids, labels, mask = encode_batch(problems, tok, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, width, vocab]
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+            ignore_index=-100, reduction="sum",
+        ) / total_answer_tokens
+        loss.backward()
+        loss_sum += loss.item()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss_sum
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+    """transformers' greedy decoding, prompts grouped by token length so no padding is needed."""
+    model.eval()
+    by_len: dict[int, list[int]] = {}
+    encoded = [tok.encode(p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    out = [""] * len(prompts)
+    for idx in by_len.values():
+        ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
+        gen = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+            do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        for row, i in enumerate(idx):
+            out[i] = tok.decode(gen[row, ids.shape[1] :], skip_special_tokens=True)
+    model.train()
+    return out
+
+
+def accuracy(model, tok, problems_by_task: dict[str, list[Problem]]) -> dict[str, float]:
+    acc = {}
+    for task, problems in problems_by_task.items():
+        replies = greedy_answers(model, tok, [p.prompt for p in problems])
+        acc[task] = sum(grade(p, r) for p, r in zip(problems, replies, strict=True)) / len(problems)
+    return acc
+
+
+def save(model, tok, out_dir: Path) -> None:
+    """Write the HF directory atomically (a reader never sees a half-written model)."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        do_sample=False, max_new_tokens=32,
+    ).save_pretrained(tmp)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, out_dir / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> dict:
+    torch.manual_seed(args.seed)
+    rng = random.Random(f"{args.seed}-{spec.name}")
+    tok = build_tokenizer()
+    model = build_model(spec, tok)
+    model.train()
+    out_dir = Path(args.out) / spec.name
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    monitor = {t: held_out_problems(t, args.monitor_n, seed=args.seed + 1) for t in TASKS}
+    print(f"[{spec.name}] {num_params(model):,} parameters, layers={spec.num_hidden_layers} "
+          f"hidden={spec.hidden_size} heads={spec.num_attention_heads}/{spec.num_key_value_heads} "
+          f"ffn={spec.intermediate_size}", flush=True)
+
+    t0 = time.monotonic()
+    if steps is None:  # time a few steps at peak-lr warmup, then fix the step count
+        calib = 20
+        for s in range(calib):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(s, 10**9, spec.lr)
+            train_step(model, optimizer, tok, rng, args.autocast)
+        per_step_s = (time.monotonic() - t0) / calib
+        steps = max(calib + 1, int(minutes * 60 / per_step_s))
+        print(f"[{spec.name}] {per_step_s:.3f} s/step measured -> {steps} steps for {minutes} min "
+              f"(repeat with --steps {steps})", flush=True)
+        start = calib
+    else:
+        start = 0
+
+    last_save = last_eval = time.monotonic()
+    losses: list[float] = []
+    for step in range(start, steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, steps, spec.lr)
+        losses.append(train_step(model, optimizer, tok, rng, args.autocast))
+        now = time.monotonic()
+        if (step + 1) % 50 == 0:
+            print(f"[{spec.name}] step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
+                  f"lr {optimizer.param_groups[0]['lr']:.2e} {now - t0:.0f}s", flush=True)
+            losses.clear()
+        if now - last_eval > args.eval_every_s:
+            acc = accuracy(model, tok, monitor)
+            print(f"[{spec.name}] step {step + 1} held-out sample acc "
+                  + " ".join(f"{t}={a:.3f}" for t, a in acc.items()), flush=True)
+            last_eval = time.monotonic()
+        if now - last_save > args.save_every_s:
+            save(model, tok, out_dir)
+            last_save = time.monotonic()
+    train_s = time.monotonic() - t0
+    save(model, tok, out_dir)
+    acc = accuracy(model, tok, {t: held_out_problems(t, args.final_n) for t in TASKS})
+    result = {
+        "name": spec.name, "params": num_params(model), "steps": steps, "train_s": round(train_s, 1),
+        "problems_per_step": sum(BATCH.values()), "accuracy_hf": acc, "spec": spec.__dict__,
+        "seed": args.seed, "threads": args.threads, "final_n": args.final_n,
+    }
+    print(f"[{spec.name}] done in {train_s / 60:.1f} min: " + json.dumps(result), flush=True)
+    (out_dir.parent / f".{spec.name}.train.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="models/")
+    ap.add_argument("--which", choices=("main", "draft", "both"), default="both")
+    ap.add_argument("--steps", type=int, default=None, help="main model's steps (exactly reproducible)")
+    ap.add_argument("--draft-steps", type=int, default=None, help="draft model's steps")
+    ap.add_argument("--minutes", type=float, default=None, help="main model's time budget instead of steps")
+    ap.add_argument("--draft-minutes", type=float, default=None, help="draft model's time budget")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    # bf16 autocast was ~3x slower than float32 for these small matrices on this CPU
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (default float32)")
+    ap.add_argument("--eval-every-s", type=float, default=300)
+    ap.add_argument("--save-every-s", type=float, default=300)
+    ap.add_argument("--monitor-n", type=int, default=100, help="held-out problems per task for progress")
+    ap.add_argument("--final-n", type=int, default=2000, help="held-out problems per task at the end")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    if args.which in ("main", "both"):
+        if args.steps is None and args.minutes is None:
+            args.minutes = 45.0
+        results.append(train(MAIN, args, args.steps, args.minutes))
+    if args.which in ("draft", "both"):
+        if args.draft_steps is None and args.draft_minutes is None:
+            args.draft_minutes = 20.0
+        results.append(train(DRAFT, args, args.draft_steps, args.draft_minutes))
+    print("\nmodel                 params     steps  min    " + "  ".join(f"{t:>7}" for t in TASKS))
+    for r in results:
+        print(f"{r['name']:<20} {r['params']:>9,} {r['steps']:>6} {r['train_s'] / 60:5.1f}  "
+              + "  ".join(f"{r['accuracy_hf'][t]:7.4f}" for t in TASKS))
+
+
+if __name__ == "__main__":
+    main()

@@ -73,3 +73,36 @@ def test_stop_string_truncates_the_text(llm):
     first = full.text.find(stop)
     out = llm.generate("hello", greedy.clone(stop=[stop]), use_tqdm=False)[0].outputs[0]
     assert out.text == full.text[:first] and out.finish_reason == "stop" and out.stop_reason == stop
+
+
+def test_chat_applies_the_template(llm):
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2), use_tqdm=False)[0]
+    assert out.prompt == "<user>hi\n<assistant>"
+    assert out.prompt_token_ids == llm.get_tokenizer().encode(out.prompt, add_special_tokens=False)
+    two = llm.chat(
+        [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
+        SamplingParams(max_tokens=1),
+        use_tqdm=False,
+    )
+    assert [o.prompt for o in two] == ["<user>a\n<assistant>", "<user>b\n<assistant>"]
+
+
+def test_logprobs_hold_the_chosen_token_and_top_n(llm):
+    out = llm.generate(
+        "abc", SamplingParams(temperature=0.0, max_tokens=4, logprobs=3, ignore_eos=True), use_tqdm=False
+    )[0].outputs[0]
+    assert out.logprobs is not None and len(out.logprobs) == 4
+    for token, lp in zip(out.token_ids, out.logprobs, strict=True):
+        assert token in lp and len(lp) >= 3
+        assert lp[token] == max(lp.values())  # greedy picks the most likely token
+
+
+def test_min_tokens_defers_stop_tokens(llm):
+    greedy = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    first = llm.generate("abc", greedy, use_tqdm=False)[0].outputs[0].token_ids[0]
+    stopped = llm.generate("abc", greedy.clone(stop_token_ids=[first]), use_tqdm=False)[0].outputs[0]
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+    out = llm.generate("abc", greedy.clone(stop_token_ids=[first], min_tokens=2), use_tqdm=False)[0].outputs[
+        0
+    ]
+    assert len(out.token_ids) >= 2 and out.token_ids[0] != first

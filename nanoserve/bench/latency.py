@@ -70,6 +70,7 @@ def measure(
     num_iters: int,
     seed: int = 0,
     dtype: str = "auto",
+    cpu_linear: str = "off",
 ) -> list[LatencyPoint]:
     import gc
 
@@ -88,6 +89,9 @@ def measure(
                 enable_prefix_caching=False,
                 max_num_batched_tokens=max(2048, max(input_lens)),
             )
+            from nanoserve.bench.patch import patch_engine
+
+            patch_engine(runner.llm_engine, cpu_linear)
             fn = nanoserve_latency
         elif backend == "hf":
             from nanoserve.bench.baselines import load_hf_model
@@ -142,6 +146,9 @@ def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from nanoserve.bench.patch import add_cpu_linear_argument
+
+    add_cpu_linear_argument(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
     g.add_argument(
@@ -171,7 +178,16 @@ def run(args: argparse.Namespace) -> int:
     if args.output_len < 2:
         raise SystemExit("--output-len must be >= 2 to measure TPOT")
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    points = measure(model_dir, backends, input_lens, args.output_len, args.num_iters, args.seed, args.dtype)
+    points = measure(
+        model_dir,
+        backends,
+        input_lens,
+        args.output_len,
+        args.num_iters,
+        args.seed,
+        args.dtype,
+        args.cpu_linear,
+    )
     print_table(
         ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s"],
         [
@@ -193,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
         plot(
             points,
             args.plot,
-            f"{args.random_model or model_dir} · {env['date_utc']} · {env.get('torch_threads')} threads",
+            f"{args.random_model or model_dir}"
+            f"{f' ({args.random_layers} layers)' if args.random_layers else ''}"
+            f" · {env['date_utc']} · {env.get('torch_threads')} threads · cpu-linear {args.cpu_linear}",
         )
         print(f"plot: {args.plot}")
     if args.save_result:

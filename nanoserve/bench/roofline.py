@@ -156,6 +156,7 @@ def measure_engine(
     prefill_len: int,
     dtype: str = "auto",
     seed: int = 0,
+    cpu_linear: str = "off",
 ) -> tuple[dict[int, tuple[float, int]], float]:
     """({batch: (median decode step s, mean context)}, prefill step s) on the nanoserve engine."""
     from nanoserve import LLM, SamplingParams
@@ -173,6 +174,9 @@ def measure_engine(
         max_num_batched_tokens=max(2048, prefill_len, input_len * max(batches)),
     )
     engine = llm.llm_engine
+    from nanoserve.bench.patch import patch_engine
+
+    patch_engine(engine, cpu_linear)
     llm.generate(
         [{"prompt_token_ids": [3 + i % 50 for i in range(16)]}],
         SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0),
@@ -234,6 +238,9 @@ def print_report(p: Probe, rows: list[RooflineRow]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from nanoserve.bench.patch import add_cpu_linear_argument
+
+    add_cpu_linear_argument(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
     g.add_argument(
@@ -263,7 +270,14 @@ def run(args: argparse.Namespace) -> int:
         model_dir = resolve_model(args.model, args.random_model, args.random_layers)
         batches = [int(b) for b in args.batch_sizes.split(",")]
         decode, prefill_s = measure_engine(
-            model_dir, batches, args.input_len, args.output_len, args.prefill_len, args.dtype, args.seed
+            model_dir,
+            batches,
+            args.input_len,
+            args.output_len,
+            args.prefill_len,
+            args.dtype,
+            args.seed,
+            args.cpu_linear,
         )
         rows = [decode_row(model_dir, p, b, ctx, s) for b, (s, ctx) in sorted(decode.items())]
         rows.append(prefill_row(model_dir, p, args.prefill_len, prefill_s))

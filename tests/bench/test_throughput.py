@@ -82,3 +82,20 @@ def test_profiler_detach_restores_engine(tiny_model):
     assert all(r.times_s["forward"] <= r.total_s for r in prof.records)
     llm.generate([{"prompt_token_ids": [5, 6]}], SamplingParams(max_tokens=2), use_tqdm=False)
     assert len(prof.records) == n  # detached: nothing more recorded
+
+
+def test_cpu_linear_patch_keeps_greedy_tokens(tiny_model):
+    """The FastLinear experiment swaps every bf16 linear and changes no greedy token."""
+    from nanoserve import LLM, SamplingParams
+    from nanoserve.bench.patch import patch_engine
+
+    llm = LLM(model=str(tiny_model("qwen2", dtype="bfloat16")), kv_cache_memory_bytes=1 << 22)
+    prompts = [{"prompt_token_ids": [5, 6, 7, 8, 9]}, {"prompt_token_ids": [20, 21, 22]}]
+    params = SamplingParams(max_tokens=6, ignore_eos=True, temperature=0.0)
+    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    used = patch_engine(llm.llm_engine, "auto")
+    n_linear = 7 * 2 + 1  # q, k, v, o, gate, up, down per layer + lm_head
+    assert sum(used.values()) == n_linear
+    after = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert after == before
+    assert patch_engine(llm.llm_engine, "auto") == {}  # already patched: nothing to do

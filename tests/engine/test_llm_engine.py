@@ -256,3 +256,17 @@ def test_eos_stops_with_reason_stop(make_llm):
     c = out.outputs[0]
     assert c.token_ids == [first] and c.finish_reason == "stop" and c.stop_reason == first
     assert eos in llm.llm_engine.model_config.eos_token_ids
+
+
+def test_greedy_siblings_through_copy_on_write_and_preemption_match_transformers(make_llm, tiny_model):
+    """n=3 greedy: every sibling must produce transformers' tokens, so the shared and copied blocks hold
+    the right K/V (a wrong copy-on-write would change the siblings' attention)."""
+    llm = make_llm("qwen3", num_gpu_blocks_override=16, block_size=8, max_num_batched_tokens=40)
+    prompts = [p for p in make_prompts(seed=2) if 5 <= len(p) <= 100][:6]
+    params = SamplingParams(n=3, temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert llm.llm_engine.get_stats().num_preemptions > 0
+    path = tiny_model("qwen3")
+    for prompt, out in zip(prompts, outs, strict=True):
+        ref = hf_greedy(path, prompt)
+        assert [c.token_ids for c in out.outputs] == [ref] * 3

@@ -1,0 +1,165 @@
+// nanoserve workbook: submit attempts, show feedback and the planner's derivation, keyboard shortcuts.
+"use strict";
+
+function renderMath(el) {
+  if (window.renderMathInElement) {
+    window.renderMathInElement(el, {delimiters: [
+      {left: "\\(", right: "\\)", display: false}, {left: "$$", right: "$$", display: true}],
+      throwOnError: false});
+  }
+}
+
+function setText(id, value) {
+  const el = document.getElementById(id);
+  if (el && value !== undefined && value !== null) el.textContent = value;
+}
+
+async function submitAttempt(payload) {
+  const ex = document.getElementById("exercise");
+  const fb = document.getElementById("feedback");
+  fb.hidden = false;
+  fb.className = "feedback pending";
+  fb.textContent = ex.dataset.type === "build" ? "Running hidden tests…" : "Checking…";
+  let data;
+  try {
+    const resp = await fetch("/api/attempt", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(Object.assign({id: ex.dataset.id, variant: Number(ex.dataset.variant)}, payload)),
+    });
+    data = await resp.json();
+    if (!resp.ok) throw new Error((data.error && data.error.message) || resp.statusText);
+  } catch (err) {
+    fb.className = "feedback wrong";
+    fb.textContent = "Could not check: " + err.message;
+    return;
+  }
+  fb.className = "feedback " + (data.correct ? "right" : (data.counts ? "wrong" : "invalid"));
+  fb.textContent = data.message;
+  if (data.details && data.details.length) {
+    const ul = document.createElement("ul");
+    ul.className = "cases";
+    for (const c of data.details) {
+      const li = document.createElement("li");
+      li.textContent = (c.passed ? "✓ " : "✗ ") + "(" + c.args.map(a => JSON.stringify(a)).join(", ") + ")" +
+        (c.passed ? "" : (c.error ? " → " + c.error : " → " + JSON.stringify(c.got)));
+      ul.appendChild(li);
+    }
+    fb.appendChild(ul);
+  }
+  if (data.counts) {
+    const after = document.getElementById("after");
+    after.hidden = false;
+    if (data.correct) after.open = true;
+    setText("expected", data.expected ? "Answer: " + data.expected : "");
+    setText("derivation", data.derivation || "");
+    document.getElementById("derivation").hidden = !data.derivation;
+    setText("explanation", data.explanation || "");
+    renderMath(after);
+    setText("streak", data.streak);
+    setText("best-streak", data.best_streak);
+    setText("mastery-count", data.mastered);
+  }
+}
+
+function debugSetup() {
+  for (const btn of document.querySelectorAll("#debug-code .line")) {
+    btn.addEventListener("click", () => {
+      for (const b of document.querySelectorAll("#debug-code .line")) b.classList.remove("picked");
+      btn.classList.add("picked");
+      submitAttempt({line: Number(btn.dataset.line)});
+    });
+  }
+}
+
+function designMove(li, dir) {
+  const list = li.parentElement;
+  if (dir < 0 && li.previousElementSibling) list.insertBefore(li, li.previousElementSibling);
+  if (dir > 0 && li.nextElementSibling) list.insertBefore(li.nextElementSibling, li);
+  li.focus();
+}
+
+function designSetup() {
+  const list = document.getElementById("design-list");
+  if (!list) return;
+  list.addEventListener("click", ev => {
+    const li = ev.target.closest("li");
+    if (!li) return;
+    if (ev.target.classList.contains("up")) designMove(li, -1);
+    if (ev.target.classList.contains("down")) designMove(li, 1);
+  });
+  list.addEventListener("keydown", ev => {
+    const li = ev.target.closest("li");
+    if (!li || !ev.altKey) return;
+    if (ev.key === "ArrowUp") { designMove(li, -1); ev.preventDefault(); }
+    if (ev.key === "ArrowDown") { designMove(li, 1); ev.preventDefault(); }
+  });
+}
+
+function exerciseSetup() {
+  const ex = document.getElementById("exercise");
+  if (!ex) return;
+  const form = document.getElementById("answer-form");
+  const type = ex.dataset.type;
+  if (form) {
+    form.addEventListener("submit", ev => {
+      ev.preventDefault();
+      if (type === "derive") submitAttempt({answer: document.getElementById("answer").value});
+      else if (type === "trace") {
+        const picked = form.querySelector("input[name=choice]:checked");
+        submitAttempt({choice: picked ? Number(picked.value) : null});
+      } else if (type === "build") submitAttempt({code: document.getElementById("code").value});
+      else if (type === "design") {
+        submitAttempt({order: Array.from(document.querySelectorAll("#design-list li")).map(li => li.dataset.step)});
+      }
+    });
+  }
+  const code = document.getElementById("code");
+  if (code) {
+    code.addEventListener("keydown", ev => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); form.requestSubmit(); }
+      if (ev.key === "Tab") {  // indent instead of leaving the editor
+        ev.preventDefault();
+        const s = code.selectionStart;
+        code.setRangeText("    ", s, code.selectionEnd, "end");
+      }
+    });
+  }
+  if (type === "debug") debugSetup();
+  if (type === "design") designSetup();
+  document.addEventListener("keydown", ev => {
+    const tag = (ev.target.tagName || "").toLowerCase();
+    if (tag === "input" && ev.target.type === "text" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.key === "n") { const a = document.getElementById("next-link"); if (a) location.href = a.href; }
+    if (ev.key === "v") { const a = document.getElementById("variant-link"); if (a) location.href = a.href; }
+    if (ev.key === "h") { const d = document.getElementById("hints"); if (d) d.open = !d.open; }
+    if (type === "trace" && /^[1-8a-h]$/.test(ev.key)) {
+      const idx = /[1-8]/.test(ev.key) ? Number(ev.key) - 1 : ev.key.charCodeAt(0) - 97;
+      const radio = document.querySelectorAll("input[name=choice]")[idx];
+      if (radio) { radio.checked = true; radio.focus(); }
+    }
+    if (type === "trace" && ev.key === "Enter" && tag !== "button") form.requestSubmit();
+    if (ev.key === "?") alert("Enter: submit · n: next exercise · v: new variant · h: hints\n" +
+      "Trace: 1-4 / a-d pick an option · Design: Alt+↑/↓ moves the focused step · Build: Ctrl+Enter runs");
+  });
+}
+
+function importSetup() {
+  const input = document.getElementById("import-file");
+  if (!input) return;
+  input.addEventListener("change", async () => {
+    const file = input.files[0];
+    if (!file) return;
+    const resp = await fetch("/api/import", {method: "POST", body: await file.text(),
+                                              headers: {"Content-Type": "application/json"}});
+    const data = await resp.json();
+    document.getElementById("import-status").textContent = resp.ok
+      ? "Imported " + data.attempts + " attempts into " + data.imported + "." : "Import failed: " + data.error.message;
+    if (resp.ok) setTimeout(() => location.reload(), 600);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  renderMath(document.body);
+  exerciseSetup();
+  importSetup();
+});

@@ -270,3 +270,40 @@ def test_greedy_siblings_through_copy_on_write_and_preemption_match_transformers
     for prompt, out in zip(prompts, outs, strict=True):
         ref = hf_greedy(path, prompt)
         assert [c.token_ids for c in out.outputs] == [ref] * 3
+
+
+def test_mixed_workload_with_aborts_finishes_everything_and_frees_the_pool(make_llm):
+    llm = make_llm(
+        "llama_mqa", num_gpu_blocks_override=12, block_size=8, max_num_batched_tokens=32, max_num_seqs=6
+    )
+    engine = llm.llm_engine
+    rng = random.Random(5)
+    for i in range(20):
+        params = SamplingParams(
+            n=rng.choice([1, 1, 2, 3]),
+            temperature=rng.choice([0.0, 0.7, 1.0]),
+            top_k=rng.choice([-1, 5]),
+            seed=rng.choice([None, i]),
+            stop=rng.choice([None, ["ab"]]),
+            max_tokens=rng.randint(1, 20),
+            presence_penalty=rng.choice([0.0, 0.5]),
+        )
+        engine.add_request(f"r{i}", [rng.randrange(3, 128) for _ in range(rng.randint(1, 60))], params)
+    finished: dict = {}
+    aborted: list[str] = []
+    for step in range(10_000):
+        if step == 4:
+            aborted = sorted(engine.requests)[:3]  # still unfinished, some running, some waiting
+            assert len(aborted) == 3
+            engine.abort_request(aborted)
+        for out in engine.step():
+            if out.finished:
+                assert out.request_id not in finished
+                finished[out.request_id] = out
+        if not engine.has_unfinished_requests():
+            break
+    assert set(finished) == {f"r{i}" for i in range(20)}
+    for rid, out in finished.items():
+        reasons = {c.finish_reason for c in out.outputs}
+        assert reasons == {"abort"} if rid in aborted else reasons <= {"stop", "length"}
+    assert engine.get_stats().num_preemptions > 0

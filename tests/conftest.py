@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Tiny models: thread start-up and spinning cost far more than the math, and the suite shares two
+# cores with itself (servers in threads, subprocesses); one intra-op thread is 30x faster here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the planner's tests do not need torch
+    pass
 
 from tiny_models import VARIANTS, build_tiny_model  # noqa: E402
 

@@ -9,6 +9,7 @@ machine and every asset (KaTeX included) is served from static/.
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,8 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
 
     @app.post("/profile/select")
     async def select_profile(request: Request) -> Response:
-        form = await request.form()
+        # A plain urlencoded form, parsed here: no python-multipart dependency for one field.
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
         name = str(form.get("name", "")).strip()
         progress.profile_id(name)           # creates it; raises a clear 400 for a bad name
         resp = RedirectResponse(str(form.get("back") or "/profile"), status_code=303)

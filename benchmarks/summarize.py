@@ -1,0 +1,203 @@
+"""Markdown tables from benchmarks/results/*.json (the figures pasted into RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def when(d: dict) -> str:
+    env = d.get("environment", {})
+    return (
+        f"{env.get('date_utc')}, load avg {env.get('load_avg_1m', 0):.1f}, {env.get('torch_threads')} threads"
+    )
+
+
+def throughput(names: list[str]) -> None:
+    rows = []
+    for name in names:
+        d = load(name)
+        if not d:
+            continue
+        for r in d["results"]:
+            patch = r["extra"].get("cpu_linear_patch")
+            label = r["backend"] + (f" (+FastLinear {','.join(patch)})" if patch else "")
+            rows.append(
+                [
+                    name,
+                    label,
+                    r["num_requests"],
+                    r["output_tokens"],
+                    f"{r['elapsed_s']:.1f}",
+                    f"{r['requests_per_s']:.3f}",
+                    f"{r['output_tok_per_s']:.1f}",
+                    f"{r['total_tok_per_s']:.1f}",
+                    when(d),
+                ]
+            )
+        for k, v in d.get("ratios", {}).items():
+            rows.append([name, k, "", "", "", "", f"**{v:.2f}x**", "", ""])
+    print(
+        table(
+            [
+                "run",
+                "backend",
+                "requests",
+                "output tok",
+                "elapsed s",
+                "req/s",
+                "output tok/s",
+                "total tok/s",
+                "when",
+            ],
+            rows,
+        )
+    )
+
+
+def profiles(names: list[str]) -> None:
+    rows = []
+    for name in names:
+        d = load(name)
+        if not d:
+            continue
+        for s in d.get("profile", []):
+            ms = s["mean_ms"]
+            rows.append(
+                [name, s["label"], s["num_steps"], f"{s['mean_batch']:.1f}", f"{s['mean_step_ms']:.1f}"]
+                + [f"{ms[p]:.2f}" for p in ("schedule", "prepare", "forward", "sample", "output")]
+                + [f"{ms[p]:.1f}" for p in ("linear", "attention", "other")]
+                + [f"{s['overhead_share']:.1%}"]
+            )
+    print(
+        table(
+            [
+                "run",
+                "steps",
+                "n",
+                "batch",
+                "step ms",
+                "schedule",
+                "prepare",
+                "forward",
+                "sample",
+                "output",
+                "linear",
+                "attention",
+                "other",
+                "overhead",
+            ],
+            rows,
+        )
+    )
+
+
+def roofline(names: list[str]) -> None:
+    for name in names:
+        d = load(name)
+        if not d:
+            continue
+        p = d["probe"]
+        print(
+            f"\n{name} ({when(d)}): probe read {p['read_gb_s_best']:.1f} GB/s best / "
+            f"{p['read_gb_s_median']:.1f} median; matmul bf16 {p['bf16_gflop_s']:.0f} GFLOP/s, "
+            f"fp32 {p['fp32_gflop_s']:.0f} GFLOP/s\n"
+        )
+        print(
+            table(
+                ["phase", "batch", "tokens", "measured ms", "bound ms", "bound", "tok/s", "MBU", "MFU"],
+                [
+                    [
+                        r["phase"],
+                        r["batch"],
+                        r["tokens"],
+                        f"{r['measured_ms']:.1f}",
+                        f"{r['bound_ms']:.1f}",
+                        r["bound"],
+                        f"{r['tok_per_s']:.1f}",
+                        f"{r['mbu']:.0%}",
+                        f"{r['mfu']:.0%}",
+                    ]
+                    for r in d["rows"]
+                ],
+            )
+        )
+
+
+def main() -> None:
+    what = sys.argv[1:] or ["linear", "roofline", "batch", "offline", "latency", "serve"]
+    if "linear" in what and (d := load("linear")):
+        print(f"\nlinear ({when(d)})\n")
+        print(
+            table(
+                ["backend", "path", "batch", "step ms", "GB/s", "GFLOP/s"],
+                [
+                    [
+                        r["backend"],
+                        r["used"],
+                        r["batch"],
+                        f"{r['step_ms']:.1f}",
+                        f"{r['bandwidth_gb_s']:.1f}",
+                        f"{r['gflop_s']:.0f}",
+                    ]
+                    for r in d["results"]
+                ],
+            )
+        )
+    if "roofline" in what:
+        roofline(["roofline-off", "roofline-auto"])
+    if "batch" in what:
+        names = [f"batch{n}-{c}" for n in (1, 8, 32) for c in ("off", "auto")]
+        print()
+        throughput(names)
+        print()
+        profiles(names)
+    if "offline" in what:
+        print()
+        throughput(["offline-off", "offline-auto"])
+        print()
+        profiles(["offline-off", "offline-auto"])
+    if "latency" in what and (d := load("latency")):
+        print(f"\nlatency ({when(d)})\n")
+        print(
+            table(
+                ["backend", "prompt", "TTFT ms", "TPOT ms"],
+                [
+                    [p["backend"], p["prompt_len"], f"{p['ttft_ms']:.1f}", f"{p['tpot_ms']:.1f}"]
+                    for p in d["points"]
+                ],
+            )
+        )
+    if "serve" in what and (d := load("serve")):
+        print(
+            f"\nserve ({when(d)}): {d['completed']}/{d['num_requests']} ok, {d['failed']} failed, "
+            f"{d['duration_s']:.1f} s, {d['request_throughput']:.2f} req/s, "
+            f"{d['output_throughput']:.1f} out tok/s, goodput {d['goodput']}\n"
+        )
+        print(
+            table(
+                ["metric (ms)", "mean", "median", "p90", "p99"],
+                [
+                    [m.upper()] + [f"{d['metrics_ms'][m][k]:.1f}" for k in ("mean", "median", "p90", "p99")]
+                    for m in ("ttft", "tpot", "itl", "e2el")
+                ],
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

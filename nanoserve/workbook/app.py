@@ -9,10 +9,10 @@ machine and every asset (KaTeX included) is served from static/.
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qs
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -106,7 +106,8 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         try:
             verdict = check(e, variant, body)
         except BankError as ex:   # a bank entry the planner cannot solve yet: say so, keep serving
-            return JSONResponse({"correct": False, "counts": False, "message": f"this exercise is broken: {ex}"})
+            msg = f"this exercise is broken: {ex}"
+            return JSONResponse({"correct": False, "counts": False, "message": msg})
         profile = profile_of(request)
         out = verdict.to_dict()
         if verdict.counts:
@@ -123,14 +124,16 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         profile = profile_of(request)
         now = datetime.now(UTC)
         due = [(bank.by_id[i], d) for i, d in progress.due_reviews(profile, now) if i in bank.by_id]
-        upcoming = [(bank.by_id[i], d) for i, d in progress.next_due(profile) if i in bank.by_id and d > now][:20]
+        upcoming = [(bank.by_id[i], d) for i, d in progress.next_due(profile)
+                    if i in bank.by_id and d > now][:20]
         return page(request, "review.html", due=due, upcoming=upcoming, now=now)
 
     @app.get("/profile", response_class=HTMLResponse)
     def profile_page(request: Request) -> HTMLResponse:
         profile = profile_of(request)
         skills = progress.mastery(profile, bank.skills())
-        per_seed = progress.mastery(profile, {s: [e.id for e in bank.exercises if e.seed == s] for s in SEEDS})
+        by_seed = {s: [e.id for e in bank.exercises if e.seed == s] for s in SEEDS}
+        per_seed = progress.mastery(profile, by_seed)
         recent = list(reversed(progress.attempts(profile)))[:15]
         return page(request, "profile.html", skills=skills, per_seed=per_seed, seeds=SEEDS, recent=recent,
                     days=progress.practice_days(profile)[-60:])

@@ -279,10 +279,12 @@ def validate(e: Exercise) -> None:
             raise BankError(f"{where}: tolerance must be in (0, 0.1) so a 10%-off answer fails")
     for step in e.steps:
         if "call" not in step or not str(step["call"]).startswith(PLANNER_PREFIX):
-            raise BankError(f"{where}: every step calls a {PLANNER_PREFIX}* function, got {step.get('call')!r}")
+            raise BankError(f"{where}: every step calls a {PLANNER_PREFIX}* function, "
+                            f"got {step.get('call')!r}")
     if e.type == "trace":
         if len(e.options) < 2 or e.correct is None or not 0 <= e.correct < len(e.options) or not e.reasoning:
-            raise BankError(f"{where}: a trace exercise needs ≥2 options, a valid correct index and reasoning")
+            raise BankError(f"{where}: a trace exercise needs ≥2 options, a valid correct index "
+                            "and reasoning")
     if e.type == "build":
         if not (e.function and e.starter and e.tests and e.solution):
             raise BankError(f"{where}: a build exercise needs function, starter, solution and tests")

@@ -70,7 +70,8 @@ def _trace(e: Exercise, variant: int, choice: Any) -> Verdict:
         if not 0 <= idx < len(r.options):
             raise ValueError
     except (TypeError, ValueError):
-        return Verdict(False, f"pick one of the {len(r.options)} options", counts=False, answer_text=str(choice))
+        msg = f"pick one of the {len(r.options)} options"
+        return Verdict(False, msg, counts=False, answer_text=str(choice))
     ok = idx == e.correct
     derivation = solve(e, variant).explain() if e.steps else ""
     msg = "Correct." if ok else f"Not this one: option {chr(65 + idx)} is wrong."

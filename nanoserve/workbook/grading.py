@@ -239,7 +239,8 @@ def grade_number(
             return Grade(False, f"Not quite: {shown} {unit} is off by {name}; check the unit prefix.",
                          given, expected, err)
     direction = "high" if given > expected else "low"
-    return Grade(False, f"Not quite: {shown} {unit} is too {direction} ({err:.0%} off).", given, expected, err)
+    msg = f"Not quite: {shown} {unit} is too {direction} ({err:.0%} off)."
+    return Grade(False, msg, given, expected, err)
 
 
 def _fmt(v: float) -> str:

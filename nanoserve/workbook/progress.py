@@ -71,7 +71,8 @@ class Progress:
             return int(row["id"])
         if not create:
             raise InvalidRequestError(f"no profile named {name!r}", "profile")
-        cur = self.db.execute("INSERT INTO profiles (name, created_at) VALUES (?, ?)", (name, _now().isoformat()))
+        cur = self.db.execute("INSERT INTO profiles (name, created_at) VALUES (?, ?)",
+                              (name, _now().isoformat()))
         self.db.commit()
         return int(cur.lastrowid)
 
@@ -139,7 +140,8 @@ class Progress:
     # mastery ----------------------------------------------------------------------------------
     def mastered(self, profile: str) -> set[str]:
         pid = self.profile_id(profile)
-        rows = self.db.execute("SELECT DISTINCT exercise_id FROM attempts WHERE profile_id=? AND correct=1", (pid,))
+        rows = self.db.execute(
+            "SELECT DISTINCT exercise_id FROM attempts WHERE profile_id=? AND correct=1", (pid,))
         return {r["exercise_id"] for r in rows}
 
     def is_mastered(self, profile: str, exercise_id: str) -> bool:
@@ -208,17 +210,20 @@ class Progress:
         name = profile or str(data.get("profile") or "")
         pid = self.profile_id(name)
         try:
-            attempts = [(pid, str(a["exercise_id"]), int(a["variant"]), str(a["answer"]), int(bool(a["correct"])),
-                         str(a["at"]), date.fromisoformat(str(a["day"])).isoformat()) for a in data["attempts"]]
+            attempts = [(pid, str(a["exercise_id"]), int(a["variant"]), str(a["answer"]),
+                         int(bool(a["correct"])), str(a["at"]), date.fromisoformat(str(a["day"])).isoformat())
+                        for a in data["attempts"]]
             cards = [(pid, str(e), json.dumps(c), Card.from_dict(c).due.isoformat())
                      for e, c in dict(data["cards"]).items()]
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidRequestError(f"progress export is malformed: {e}", "file") from None
         self.db.execute("DELETE FROM attempts WHERE profile_id=?", (pid,))
         self.db.execute("DELETE FROM cards WHERE profile_id=?", (pid,))
-        self.db.executemany("INSERT INTO attempts (profile_id, exercise_id, variant, answer, correct, at, day) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
-        self.db.executemany("INSERT INTO cards (profile_id, exercise_id, card, due) VALUES (?, ?, ?, ?)", cards)
-        self.db.execute("UPDATE profiles SET best_streak=? WHERE id=?", (int(data.get("best_streak") or 0), pid))
+        self.db.executemany("INSERT INTO attempts (profile_id, exercise_id, variant, answer, correct, at, "
+                            "day) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
+        self.db.executemany("INSERT INTO cards (profile_id, exercise_id, card, due) VALUES (?, ?, ?, ?)",
+                            cards)
+        best = int(data.get("best_streak") or 0)
+        self.db.execute("UPDATE profiles SET best_streak=? WHERE id=?", (best, pid))
         self.db.commit()
         return name

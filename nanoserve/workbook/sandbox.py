@@ -98,12 +98,14 @@ def check_source(code: str, function_name: str) -> None:
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             raise SourceRefused(f"line {node.lineno}: `{node.id}` is refused in the sandbox")
         elif isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr.endswith("__"):
-            raise SourceRefused(f"line {node.lineno}: dunder attribute `.{node.attr}` is refused in the sandbox")
+            raise SourceRefused(f"line {node.lineno}: dunder attribute `.{node.attr}` is refused "
+                                "in the sandbox")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "__" in node.value:
             raise SourceRefused(f"line {node.lineno}: strings containing '__' are refused in the sandbox")
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     if function_name not in defined:
-        raise SourceRefused(f"define a function named `{function_name}` (found: {', '.join(sorted(defined)) or 'none'})")
+        found = ", ".join(sorted(defined)) or "none"
+        raise SourceRefused(f"define a function named `{function_name}` (found: {found})")
 
 
 # The child: reads {"code", "function", "cases"} from stdin, prints one JSON line with the outputs.
@@ -266,8 +268,9 @@ def grade_function(
         return SandboxResult(True, f"All {n_ok} hidden tests passed.", results, wall_s=wall)
     first = next(r for r in results if not r.passed)
     detail = first.error or f"returned {first.got!r}, expected {_short(first.expected)}"
-    return SandboxResult(False, f"{n_ok}/{len(results)} hidden tests passed. First failure: "
-                                f"{function_name}({', '.join(map(repr, first.args))}) {detail}", results, wall_s=wall)
+    call = f"{function_name}({', '.join(map(repr, first.args))})"
+    return SandboxResult(False, f"{n_ok}/{len(results)} hidden tests passed. First failure: {call} {detail}",
+                         results, wall_s=wall)
 
 
 def _short(v: Any) -> str:

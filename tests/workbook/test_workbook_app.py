@@ -48,14 +48,16 @@ def test_variant_pages_show_new_numbers_graded_by_the_planner(client):
     e = default_bank().get("000-0.5")
     v = 4
     value = solve(e, v).value
-    assert client.post("/api/attempt", json={"id": e.id, "variant": v, "answer": f"{value} GB"}).json()["correct"]
+    r = client.post("/api/attempt", json={"id": e.id, "variant": v, "answer": f"{value} GB"})
+    assert r.json()["correct"]
 
 
 def test_bad_requests_get_clear_errors_and_server_keeps_going(client):
     assert client.post("/api/attempt", content=b"{oops").json()["error"]["param"] == "body"
     assert client.post("/api/attempt", json=[1]).status_code == 400
     assert client.post("/api/attempt", json={"id": "000-0.5", "variant": "x"}).status_code == 400
-    r = client.post("/api/attempt", json={"id": "000-1.5", "code": "import socket\ndef pipeline_bubble_fraction(p, m):\n    return 0\n"})
+    code = "import socket\ndef pipeline_bubble_fraction(p, m):\n    return 0\n"
+    r = client.post("/api/attempt", json={"id": "000-1.5", "code": code})
     assert r.status_code == 200 and "refused" in r.json()["message"] and not r.json()["counts"]
     loop = "def pipeline_bubble_fraction(pp, m):\n    while True:\n        pass\n"
     r = client.post("/api/attempt", json={"id": "000-1.5", "code": loop}).json()

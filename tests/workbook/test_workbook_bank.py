@@ -9,14 +9,23 @@ from collections import Counter
 
 import pytest
 
-from nanoserve.workbook.bank import BankError, build_cases, default_bank, draw_params, planner_calls, render, solve
+from nanoserve.workbook.bank import (
+    BankError,
+    build_cases,
+    default_bank,
+    draw_params,
+    planner_calls,
+    render,
+    solve,
+)
 from nanoserve.workbook.checker import check, design_shuffle
 from nanoserve.workbook.grading import grade_number
 from nanoserve.workbook.sandbox import grade_function
 
 BANK = default_bank()
 N_VARIANTS = 20
-_PLACEHOLDER = re.compile(r"(?<![\^_]){[A-Za-z_]\w*(:[^}]*)?}")  # {name} left unformatted (LaTeX ^{..} is fine)
+# a {name} left unformatted (LaTeX's ^{..} is fine)
+_PLACEHOLDER = re.compile(r"(?<![\^_]){[A-Za-z_]\w*(:[^}]*)?}")
 
 
 def _missing(e) -> str | None:
@@ -135,7 +144,8 @@ def test_build_solution_passes_and_starter_fails(e):
     assert not grade_function(e.starter, e.function, cases).ok
 
 
-@pytest.mark.parametrize("e", [e for e in BANK.exercises if e.type in ("debug", "design")], ids=lambda e: e.id)
+@pytest.mark.parametrize("e", [e for e in BANK.exercises if e.type in ("debug", "design")],
+                         ids=lambda e: e.id)
 def test_debug_and_design_grading(e):
     if e.type == "debug":
         assert check(e, 0, {"line": e.bug_line}).correct

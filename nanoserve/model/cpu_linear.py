@@ -214,3 +214,22 @@ def prepare_linear(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a callable computing `F.linear(x, weight, bias)` by the fastest available path."""
     return FastLinear(weight, bias, backend)
+
+
+def prepare_merged_linear(
+    weights: list[torch.Tensor], biases: list[torch.Tensor | None] | None = None, backend: str = "auto"
+) -> tuple[FastLinear, list[int]]:
+    """One FastLinear for several projections of the same input (q/k/v, gate/up) and their widths.
+
+    One call streams all their rows in one parallel pass instead of several small ones; split the
+    output with `y.split(sizes, dim=-1)`. Missing biases are zeros when any projection has one.
+    """
+    sizes = [w.shape[0] for w in weights]
+    weight = torch.cat([w.detach() for w in weights], dim=0)  # [sum(sizes), in_features]
+    bias = None
+    if biases is not None and any(b is not None for b in biases):
+        parts = [
+            b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, sizes, strict=True)
+        ]
+        bias = torch.cat(parts)
+    return FastLinear(weight, bias, backend), sizes

@@ -74,3 +74,16 @@ def test_native_kernel_is_used_where_the_cpu_has_it():
     f = FastLinear(w, b, "avx512")
     assert f.backend == "avx512", cpu_linear.avx512_unavailable_reason()
     assert f.weight.data_ptr() == w.data_ptr()  # no copy of the weight
+
+
+def test_merged_linear_splits_like_separate_projections():
+    from nanoserve.model.cpu_linear import prepare_merged_linear
+
+    x, wq, bq = _case(3, 64, 48, True, seed=1)
+    _, wk, _ = _case(3, 16, 48, False, seed=2)
+    _, wv, bv = _case(3, 16, 48, True, seed=3)
+    fused, sizes = prepare_merged_linear([wq, wk, wv], [bq, None, bv])
+    assert sizes == [64, 16, 16]
+    q, k, v = fused(x).split(sizes, dim=-1)
+    for y, w, b in ((q, wq, bq), (k, wk, None), (v, wv, bv)):
+        assert _close_to_reference(y.contiguous(), x, w, b)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from server_process import MAX_MODEL_LEN, SERVER_ARGS, ServerProcess, start_server
+from server_process import BUSY_SERVER_ARGS, MAX_MODEL_LEN, SERVER_ARGS, ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -15,10 +15,30 @@ def server_model(tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(server_model, tmp_path_factory) -> ServerProcess:
-    proc = start_server(server_model, tmp_path_factory.mktemp("server") / "serve.log", *SERVER_ARGS)
+def _launched(server_model, tmp_path_factory) -> dict[str, ServerProcess]:
+    """Both test servers, launched together: their start-up (imports, model load) overlaps."""
+    logs = tmp_path_factory.mktemp("servers")
+    procs = {"main": ServerProcess(server_model, logs / "main.log", *SERVER_ARGS),
+             "busy": ServerProcess(server_model, logs / "busy.log", *BUSY_SERVER_ARGS)}
+    yield procs
+    for proc in procs.values():
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(_launched) -> ServerProcess:
+    proc = _launched["main"]
+    proc.wait_ready()
     yield proc
     assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope="session")
+def busy_server(_launched) -> ServerProcess:
+    """test_shutdown.py's server (it stops it with SIGTERM)."""
+    proc = _launched["busy"]
+    proc.wait_ready()
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,12 @@ SERVER_ARGS = (
     "--max-model-len", str(MAX_MODEL_LEN), "--max-request-body-bytes", str(MAX_BODY_BYTES),
     "--num-gpu-blocks-override", "256", "--max-num-seqs", "64",
 )
+# The server that test_shutdown.py kills: two running slots, at most one waiting request.
+SHUTDOWN_GRACE_S = 2.0
+BUSY_SERVER_ARGS = (
+    "--max-num-seqs", "2", "--max-num-queued-reqs", "1", "--shutdown-grace-s", str(SHUTDOWN_GRACE_S),
+    "--num-gpu-blocks-override", "128", "--max-model-len", "1024",
+)
 
 
 def free_port() -> int:
@@ -68,7 +74,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -130,8 +131,9 @@ safe["__build_class__"] = builtins.__build_class__
 safe["__name__"] = "learner"
 out = sys.stdout
 g = {"__builtins__": safe, "__name__": "learner"}
+MARK = req["marker"]  # a per-run nonce the learner's code cannot see, so it cannot forge a result line
 def emit(obj):
-    out.write("\n@@RESULT@@" + json.dumps(obj) + "\n")
+    out.write("\n" + MARK + json.dumps(obj) + "\n")
     out.flush()
 try:
     exec(compile(req["code"], "<your code>", "exec"), g)
@@ -176,7 +178,8 @@ def run_function(
     """(per-case outputs or None, error message, timed_out, wall_s). Static check first."""
     check_source(code, function_name)
     child = _CHILD % {"allowed": sorted(ALLOWED_IMPORTS), "forbidden": sorted(FORBIDDEN_NAMES)}
-    payload = json.dumps({"code": code, "function": function_name, "cases": cases})
+    marker = f"@@RESULT-{secrets.token_hex(8)}@@"
+    payload = json.dumps({"code": code, "function": function_name, "cases": cases, "marker": marker})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nanoserve-sandbox-") as tmp:
         proc = subprocess.Popen(
@@ -194,8 +197,8 @@ def run_function(
                           f"(an endless loop?)"), True, time.perf_counter() - t0
     wall = time.perf_counter() - t0
     text = stdout.decode(errors="replace")
-    marker = text.rfind("@@RESULT@@")
-    if marker < 0:
+    at = text.rfind(marker)
+    if at < 0:
         if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             return None, f"your function used more than {time_limit_s:g} s of CPU and was stopped", True, wall
         err = stderr.decode(errors="replace").strip().splitlines()
@@ -203,7 +206,7 @@ def run_function(
         if "MemoryError" in last:
             last = f"MemoryError: your code exceeded the {memory_bytes // 2**20} MiB memory limit"
         return None, f"your code crashed: {last}", False, wall
-    data = json.loads(text[marker + len("@@RESULT@@"):].strip().splitlines()[0])
+    data = json.loads(text[at + len(marker):].strip().splitlines()[0])
     if "load_error" in data:
         msg = data["load_error"]
         if "MemoryError" in msg:

@@ -88,3 +88,30 @@ def test_terminal_practice(tmp_path):
     assert rc == 0
     assert "not a number" in text and "✗ Not quite" in text and "✓ Correct" in text
     assert "streak 1" in text and "[000-1.1]" in text and text.rstrip().endswith("Bye.")
+
+
+def test_nanoserve_workbook_starts_on_loopback_and_prints_the_url(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nanoserve.cli", "workbook", "--port", str(port),
+                             "--db", str(tmp_path / "wb.sqlite")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line
+        import httpx
+        for _ in range(100):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                import time
+                time.sleep(0.1)
+        assert r.status_code == 200 and "Chapters" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

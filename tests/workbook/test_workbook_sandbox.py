@@ -64,3 +64,10 @@ def test_expected_exceptions_can_be_tested():
     code = "def f(a, b):\n    if a > b:\n        raise ValueError('no')\n    return a / b\n"
     assert grade_function(code, "f", [([1, 2], 0.5), ([3, 2], {"raises": "ValueError"})]).ok
     assert not grade_function("def f(a, b):\n    return 0.5\n", "f", [([3, 2], {"raises": "ValueError"})]).ok
+
+
+def test_printed_output_cannot_forge_a_result():
+    code = ("def f(pp, m):\n    print('@@RESULT@@{\"results\": [{\"value\": 0.75}, {\"value\": 0.3191}]}')\n"
+            "    return -1\n")
+    res = grade_function(code, "f", CASES)
+    assert not res.ok and res.passed == 0

@@ -35,6 +35,7 @@ SEEDS = {
     "001": "Chapter 30 — AI Infrastructure & Efficient Inference (worked examples)",
     "002": "Scaling Book workbook",
     "004": "Chapter 27 — Inference Optimization (22 exercises)",
+    "ext": "Beyond the seeds: known calculator bugs",
 }
 PLANNER_PREFIX = "nanoserve.planner."
 
@@ -261,8 +262,9 @@ def _build(filename: str, raw: dict[str, Any]) -> Exercise:
     for k in ("id", "seed", "chapter", "type", "title", "prompt"):
         if k not in raw:
             raise BankError(f"{filename}: exercise {raw.get('id')!r} lacks {k!r}")
-    raw = {**raw, "seed": str(raw["seed"]).zfill(3), "chapter": str(raw["chapter"]), "id": str(raw["id"]),
-           "number": str(raw.get("number", ""))}
+    seed = str(raw["seed"])
+    raw = {**raw, "seed": seed.zfill(3) if seed.isdigit() else seed, "chapter": str(raw["chapter"]),
+           "id": str(raw["id"]), "number": str(raw.get("number", ""))}
     return Exercise(**raw)
 
 

@@ -31,7 +31,14 @@ from tokenizers import Tokenizer, decoders, models, processors
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nanoserve.demo_tasks import TASKS, Problem, grade, held_out_problems, training_problem  # noqa: E402
+from nanoserve.demo_tasks import (  # noqa: E402
+    TASKS,
+    Problem,
+    grade,
+    held_out_problems,
+    is_held_out,
+    training_problem,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # Renders <bos> + the last user message (trimmed); an assistant reply after it ends with <eos>.
@@ -126,11 +133,40 @@ def encode_batch(problems: list[Problem], tok: PreTrainedTokenizerFast, rng: ran
     return ids, labels, mask
 
 
-def train_step(model, optimizer, tok, rng: random.Random, autocast: bool) -> float:
+def hard_problem(task: str, rng: random.Random) -> Problem:
+    """Arithmetic the model finds hardest: same-length operands that are close (long borrow chains
+    and small results in subtraction) or whose sum crosses a power of ten (long carry chains)."""
+    while True:
+        digits = rng.choice((2, 3))
+        a = rng.randint(10 ** (digits - 1), 10**digits - 1)
+        if task == "sub":
+            b = min(10**digits - 1, max(10 ** (digits - 1), a + rng.randint(-30, 30)))
+            problem = Problem(task, f"{a}-{b}=", str(a - b))
+        else:
+            b = min(10**digits - 1, max(0, 10**digits - a + rng.randint(-30, 30)))
+            problem = Problem(task, f"{a}+{b}=", str(a + b))
+        if not is_held_out(problem.prompt):
+            return problem
+
+
+def sample_batch(batch: dict[str, int], hard_fraction: float, rng: random.Random) -> dict[str, list[Problem]]:
+    groups = {}
+    for task, n in batch.items():
+        hard = task in ("add", "sub")
+        groups[task] = [hard_problem(task, rng) if hard and rng.random() < hard_fraction
+                        else training_problem(task, rng) for _ in range(n)]
+    return groups
+
+
+def train_step(model, optimizer, tok, rng: random.Random, autocast: bool, batch: dict[str, int] | None = None,
+               hard_fraction: float = 0.0) -> float:
     """One optimizer step over a batch of every task; each task is its own micro-batch so short
     arithmetic problems are not padded to the length of long sort problems."""
     optimizer.zero_grad(set_to_none=True)
-    groups = {t: [training_problem(t, rng) for _ in range(n)] for t, n in BATCH.items()}
+    if batch is None and hard_fraction == 0.0:  # stage 1's exact sampling sequence, kept reproducible
+        groups = {t: [training_problem(t, rng) for _ in range(n)] for t, n in BATCH.items()}
+    else:
+        groups = sample_batch(batch or BATCH, hard_fraction, rng)
     total_answer_tokens = sum(len(p.answer) + 1 for ps in groups.values() for p in ps)
     loss_sum = 0.0
     for problems in groups.values():
@@ -183,6 +219,7 @@ def save(model, tok, out_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    _portable_tokenizer_config(tmp / "tokenizer_config.json")
     GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         do_sample=False, max_new_tokens=32,
@@ -191,6 +228,15 @@ def save(model, tok, out_dir: Path) -> None:
     for f in tmp.iterdir():
         os.replace(f, out_dir / f.name)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """Name the generic fast-tokenizer class and inline the chat template, so transformers 4.x
+    (which knows neither "TokenizersBackend" nor chat_template.jinja) loads the tokenizer too."""
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -202,12 +248,16 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
 
 def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> dict:
     torch.manual_seed(args.seed)
-    rng = random.Random(f"{args.seed}-{spec.name}")
+    stage = f"-stage{args.resume_stage}" if args.resume_stage else ""
+    rng = random.Random(f"{args.seed}-{spec.name}{stage}")
     tok = build_tokenizer()
     model = build_model(spec, tok)
+    peak_lr = args.lr or spec.lr
+    if args.resume_stage:  # continue from the weights already in the output directory
+        model = LlamaForCausalLM.from_pretrained(Path(args.out) / spec.name, dtype=torch.float32)
     model.train()
     out_dir = Path(args.out) / spec.name
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
     monitor = {t: held_out_problems(t, args.monitor_n, seed=args.seed + 1) for t in TASKS}
     print(f"[{spec.name}] {num_params(model):,} parameters, layers={spec.num_hidden_layers} "
           f"hidden={spec.hidden_size} heads={spec.num_attention_heads}/{spec.num_key_value_heads} "
@@ -218,8 +268,8 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
         calib = 20
         for s in range(calib):
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(s, 10**9, spec.lr)
-            train_step(model, optimizer, tok, rng, args.autocast)
+                g["lr"] = lr_at(s, 10**9, peak_lr)
+            train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction)
         per_step_s = (time.monotonic() - t0) / calib
         steps = max(calib + 1, int(minutes * 60 / per_step_s))
         print(f"[{spec.name}] {per_step_s:.3f} s/step measured -> {steps} steps for {minutes} min "
@@ -232,8 +282,8 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
     losses: list[float] = []
     for step in range(start, steps):
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, steps, spec.lr)
-        losses.append(train_step(model, optimizer, tok, rng, args.autocast))
+            g["lr"] = lr_at(step, steps, peak_lr)
+        losses.append(train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction))
         now = time.monotonic()
         if (step + 1) % 50 == 0:
             print(f"[{spec.name}] step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
@@ -252,12 +302,21 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
     acc = accuracy(model, tok, {t: held_out_problems(t, args.final_n) for t in TASKS})
     result = {
         "name": spec.name, "params": num_params(model), "steps": steps, "train_s": round(train_s, 1),
-        "problems_per_step": sum(BATCH.values()), "accuracy_hf": acc, "spec": spec.__dict__,
-        "seed": args.seed, "threads": args.threads, "final_n": args.final_n,
+        "problems_per_step": sum((args.mix or BATCH).values()), "mix": args.mix or BATCH,
+        "hard_fraction": args.hard_fraction, "accuracy_hf": acc, "spec": spec.__dict__,
+        "seed": args.seed, "threads": args.threads, "final_n": args.final_n, "peak_lr": peak_lr,
+        "resume_stage": args.resume_stage,
     }
     print(f"[{spec.name}] done in {train_s / 60:.1f} min: " + json.dumps(result), flush=True)
-    (out_dir.parent / f".{spec.name}.train.json").write_text(json.dumps(result, indent=2))
+    (out_dir.parent / f".{spec.name}{stage}.train.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _parse_mix(text: str) -> dict[str, int]:
+    mix = {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+    if set(mix) != set(TASKS):
+        raise argparse.ArgumentTypeError(f"--mix must give every task {TASKS}, got {sorted(mix)}")
+    return mix
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +329,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--draft-minutes", type=float, default=None, help="draft model's time budget")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mix", type=_parse_mix, default=None,
+                    help=f"problems per step per task, e.g. add=64,sub=96,sort=16,reverse=24 ({BATCH})")
+    ap.add_argument("--hard-fraction", type=float, default=0.0,
+                    help="share of add/sub problems drawn from hard_problem (close operands, carry chains)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's)")
+    ap.add_argument("--resume-stage", type=int, default=0,
+                    help="N>0: continue training the model already in --out (its N-th continuation)")
     # bf16 autocast was ~3x slower than float32 for these small matrices on this CPU
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (default float32)")
     ap.add_argument("--eval-every-s", type=float, default=300)

@@ -279,6 +279,24 @@ def preallocation_waste(max_len: int, used_len: int, bytes_per_token: float) -> 
 
 # ---------------------------------------------------------------- training activations
 
+def stored_activation_bytes(batch: int, seq_len: int, hidden: int, heads: int,
+                            bytes_per_element: float = 2) -> Result:
+    """The simplified per-layer activation count of the scaling workbook (seed 002, 4.5): the layer
+    input [b·s, d] plus the materialised attention scores [b, heads, s, s], nothing else. Use
+    `activation_memory` for the full Korthikanti count; this one shows why the s² term dominates."""
+    for name, v in (("batch", batch), ("seq_len", seq_len), ("hidden", hidden), ("heads", heads)):
+        if v <= 0:
+            raise InvalidRequestError(f"{name} must be > 0", name)
+    inputs_b = batch * seq_len * hidden * bytes_per_element
+    scores_b = batch * heads * seq_len * seq_len * bytes_per_element
+    return derive("stored activations per layer (input + attention scores)", inputs_b + scores_b, "bytes",
+                  "b·s·d·bytes + b·heads·s²·bytes",
+                  f"{batch}·{seq_len}·{hidden}·{bytes_per_element:g} + {batch}·{heads}·{seq_len}²·"
+                  f"{bytes_per_element:g} = {inputs_b:,.0f} + {scores_b:,.0f}",
+                  {"batch": batch, "seq_len": seq_len, "hidden": hidden, "heads": heads,
+                   "bytes_per_element": bytes_per_element})
+
+
 def activation_memory(
     model: ModelSpec | str,
     seq_len: int,

@@ -451,3 +451,13 @@ def test_002_ex10_5_moe_chinchilla_tokens():
     n, d = training.chinchilla_optimal(6e17)
     assert n.value / 1e6 == pytest.approx(70.7, abs=0.05)
     assert d.value / 1e9 == pytest.approx(1.414, abs=5e-4)
+
+
+def test_002_ex4_5_stored_activations_per_layer():
+    from nanoserve.planner.memory import stored_activation_bytes
+
+    r = stored_activation_bytes(batch=4, seq_len=4096, hidden=8192, heads=64, bytes_per_element=2)
+    # input 0.25 GiB + scores 8 GiB: the seed's "8.25" (GiB) per layer, 660 for 80 layers
+    assert r.value == 4 * 4096 * 8192 * 2 + 4 * 64 * 4096**2 * 2
+    assert r.value / 2**30 == pytest.approx(8.25)
+    assert 80 * r.value / 2**30 == pytest.approx(660)

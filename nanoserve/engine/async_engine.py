@@ -104,17 +104,21 @@ class RequestStream:
             raise StopAsyncIteration
         item = await self._queue.get()
         if isinstance(item, BaseException):
-            self.finished = True
+            self._finish()
             raise item
         if item.finished:
-            self.finished = True
+            self._finish()
         return item
 
     def abort(self) -> None:
         """Abort the request if it is still running (idempotent, never blocks)."""
         if not self.finished:
-            self.finished = True
+            self._finish()
             self._engine._submit_abort([self.request_id])
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._engine._live.discard(self)
 
     async def __aenter__(self) -> RequestStream:
         return self
@@ -214,7 +218,8 @@ class AsyncLLMEngine:
         except asyncio.CancelledError:
             stream.abort()  # the caller went away before the engine answered
             raise
-        self._live.add(stream)
+        if not stream.finished:
+            self._live.add(stream)
         return stream
 
     async def generate(self, request_id: str, prompt: Any, params: Any) -> AsyncIterator[Any]:
@@ -257,8 +262,7 @@ class AsyncLLMEngine:
             raise EngineShuttingDownError("The engine is not running.")
 
     def _live_unfinished(self) -> list[RequestStream]:
-        self._live = {s for s in self._live if not s.finished}
-        return list(self._live)
+        return [s for s in self._live if not s.finished]
 
     def _submit_abort(self, request_ids: list[str]) -> None:
         if request_ids:

@@ -181,3 +181,17 @@ def test_steps_run_off_the_event_loop():
 async def _drain(stream):
     async for _ in stream:
         pass
+
+
+def test_finished_and_aborted_streams_are_forgotten():
+    engine = FakeEngine(step_s=0.001)
+
+    async def go(front):
+        for i in range(5):
+            _ = [o async for o in front.generate(f"done{i}", "abc", SamplingParams(max_tokens=2))]
+        stream = await front.add_request("left", "abc", SamplingParams(max_tokens=1000))
+        live_while_running = front.num_live_requests
+        stream.abort()
+        return live_while_running, front.num_live_requests, len(front._live)
+
+    assert run(go, engine) == (1, 0, 0)

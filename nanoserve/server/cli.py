@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -74,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on")
     server = DrainingServer(config, engine, args.shutdown_grace_s)
+    # Everything loaded so far (torch, transformers, the model) lives as long as the process: moving it
+    # out of the collector's reach keeps full collections short, which are GIL-holding pauses that
+    # would stall the event loop (vLLM does the same).
+    gc.collect()
+    gc.freeze()
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
                 args.port, kv_pool_summary(engine.engine))
     server.run()

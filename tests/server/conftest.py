@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from server_process import BUSY_SERVER_ARGS, MAX_MODEL_LEN, SERVER_ARGS, ServerProcess
+from server_process import BUSY_MAX_MODEL_LEN, BUSY_SERVER_ARGS, MAX_MODEL_LEN, SERVER_ARGS, ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -15,11 +15,12 @@ def server_model(tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _launched(server_model, tmp_path_factory) -> dict[str, ServerProcess]:
+def _launched(server_model, tiny_model, tmp_path_factory) -> dict[str, ServerProcess]:
     """Both test servers, launched together: their start-up (imports, model load) overlaps."""
     logs = tmp_path_factory.mktemp("servers")
+    long_model = tiny_model("llama", max_position_embeddings=BUSY_MAX_MODEL_LEN)
     procs = {"main": ServerProcess(server_model, logs / "main.log", *SERVER_ARGS),
-             "busy": ServerProcess(server_model, logs / "busy.log", *BUSY_SERVER_ARGS)}
+             "busy": ServerProcess(long_model, logs / "busy.log", *BUSY_SERVER_ARGS)}
     yield procs
     for proc in procs.values():
         proc.stop()

@@ -22,11 +22,14 @@ SERVER_ARGS = (
     "--max-model-len", str(MAX_MODEL_LEN), "--max-request-body-bytes", str(MAX_BODY_BYTES),
     "--num-gpu-blocks-override", "256", "--max-num-seqs", "64",
 )
-# The server that test_shutdown.py kills: two running slots, at most one waiting request.
-SHUTDOWN_GRACE_S = 2.0
+# The server that test_shutdown.py kills: two running slots, at most one waiting request, and a long
+# context so that a "long" request (LONG_MAX_TOKENS, thousands of steps) cannot end within the grace period.
+SHUTDOWN_GRACE_S = 1.5
+BUSY_MAX_MODEL_LEN = 4096
+LONG_MAX_TOKENS = 4000
 BUSY_SERVER_ARGS = (
     "--max-num-seqs", "2", "--max-num-queued-reqs", "1", "--shutdown-grace-s", str(SHUTDOWN_GRACE_S),
-    "--num-gpu-blocks-override", "128", "--max-model-len", "1024",
+    "--num-gpu-blocks-override", "600", "--max-model-len", str(BUSY_MAX_MODEL_LEN),
 )
 
 

@@ -9,8 +9,8 @@ import threading
 import time
 
 import httpx
+from server_process import LONG_MAX_TOKENS, metric_values
 from server_process import SHUTDOWN_GRACE_S as GRACE_S
-from server_process import metric_values
 
 
 class StreamReader(threading.Thread):
@@ -56,11 +56,11 @@ def wait_metric(url: str, name: str, value: float, timeout_s: float = 30) -> Non
 
 def test_queue_overflow_is_503(busy_server):
     url = busy_server.url
-    readers = [StreamReader(url, 1000) for _ in range(2)]
+    readers = [StreamReader(url, LONG_MAX_TOKENS) for _ in range(2)]
     for r in readers:  # one at a time: a request counts as queued until its first step
         r.start()
         r.wait_tokens(2)
-    readers.append(StreamReader(url, 1000))
+    readers.append(StreamReader(url, LONG_MAX_TOKENS))
     readers[-1].start()
     wait_metric(url, "nanoserve:num_requests_waiting", 1)
     resp = httpx.post(url + "/v1/completions", json={"prompt": "one too many", "max_tokens": 2})
@@ -76,11 +76,10 @@ def test_queue_overflow_is_503(busy_server):
 
 def test_sigterm_finishes_short_requests_ends_long_ones_and_exits_0(busy_server):
     url = busy_server.url
-    long, short = StreamReader(url, 1000), StreamReader(url, 30)
-    long.start()
-    short.start()
-    long.wait_tokens(2)
-    short.wait_tokens(2)
+    long, short = StreamReader(url, LONG_MAX_TOKENS), StreamReader(url, 30)
+    for r in (long, short):  # one at a time: a request counts as queued until its first step
+        r.start()
+        r.wait_tokens(2)
     busy_server.proc.send_signal(signal.SIGTERM)
     t_signal = time.monotonic()
     time.sleep(0.3)

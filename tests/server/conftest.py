@@ -36,7 +36,7 @@ def server(_launched) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def busy_server(_launched) -> ServerProcess:
-    """test_shutdown.py's server (it stops it with SIGTERM)."""
+    """test_graceful_shutdown.py's server (it stops it with SIGTERM)."""
     proc = _launched["busy"]
     proc.wait_ready()
     return proc

@@ -22,7 +22,7 @@ SERVER_ARGS = (
     "--max-model-len", str(MAX_MODEL_LEN), "--max-request-body-bytes", str(MAX_BODY_BYTES),
     "--num-gpu-blocks-override", "256", "--max-num-seqs", "64",
 )
-# The server that test_shutdown.py kills: two running slots, at most one waiting request, and a long
+# The server that test_graceful_shutdown.py kills: two running slots, at most one waiting request, and a long
 # context so that a "long" request (LONG_MAX_TOKENS, thousands of steps) cannot end within the grace period.
 SHUTDOWN_GRACE_S = 1.5
 BUSY_MAX_MODEL_LEN = 4096

@@ -17,6 +17,8 @@ from nanoserve.errors import InvalidRequestError
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# cpu_linear's paths for bf16 CPU weights; "torch" is plain F.linear (the reference path).
+CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512")
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
@@ -43,6 +45,8 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9
     # torch's intra-op threads on CPU (None = torch's default). On a contended machine 1 can be far faster.
     num_cpu_threads: int | None = None
+    # How bf16 linears run on CPU (see nanoserve/model/cpu_linear.py); "torch" turns the fast paths off.
+    cpu_linear: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,6 +58,10 @@ class EngineArgs:
             raise InvalidRequestError(f"dtype must be one of {DTYPES}, got {self.dtype!r}", "dtype")
         if self.block_size < 1 or self.block_size > 1024:
             raise InvalidRequestError(f"block_size must be in [1, 1024], got {self.block_size}", "block_size")
+        if self.cpu_linear not in CPU_LINEAR_BACKENDS:
+            raise InvalidRequestError(
+                f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}", "cpu_linear"
+            )
         _check_positive("max_model_len", self.max_model_len)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)

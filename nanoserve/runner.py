@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.model.attention import AttentionMetadata
+from nanoserve.model.attention_kernel import load_decode_attention_kernel
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
 from nanoserve.sampler import Sampler, SamplingMetadata, child_seed, make_generator
@@ -57,10 +59,15 @@ class ModelRunner:
         self.sampler = Sampler()
         mc = model_config
         dtype = TORCH_DTYPES[mc.dtype]
-        shape = (mc.num_layers, 2, cache_config.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.dtype = dtype
+        shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
+        # Built (or loaded from the disk cache) now, so no step pays for it; None -> PyTorch decode path.
+        native = load_decode_attention_kernel() if device.type == "cpu" else None
+        self.native_attention = native is not None
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+            attn.backend.native = native
 
     # ---- step --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -93,31 +100,40 @@ class ModelRunner:
         """Copy-on-write of shared partial blocks, in every layer, for K and V."""
         src = torch.tensor([s for s, _ in copies], device=self.device)
         dst = torch.tensor([d for _, d in copies], device=self.device)
-        self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
+        self.kv_cache[:, :, :, dst] = self.kv_cache[:, :, :, src]
 
     def prepare(self, out: SchedulerOutput) -> StepInputs:
+        """The step's flat tensors, built from Python lists with one tensor per field (no per-layer work)."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_start = [0]
         context_lens: list[int] = []
-        query_lens: list[int] = []
         tables: list[list[int]] = []
         logits_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         sample_src: list[int] = []
         row_of_seq: dict[int, int] = {}
-        for item in out.scheduled:
+        decode_idx: list[int] = []
+        prefill_idx: list[int] = []
+        for i, item in enumerate(out.scheduled):
             seq, start, n = item.seq, item.start, item.num_new_tokens
             end = start + n
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            if n == 1:  # a decode: no per-token ranges
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+                decode_idx.append(i)
+            else:
+                input_ids.extend(seq.token_ids[start:end])
+                pos = np.arange(start, end)
+                positions.extend(pos.tolist())
+                slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
+                prefill_idx.append(i)
             query_start.append(query_start[-1] + n)
             context_lens.append(end)
-            query_lens.append(n)
             tables.append(table)
             if item.samples:
                 row_of_seq[seq.seq_id] = len(logits_rows)
@@ -127,23 +143,27 @@ class ModelRunner:
         for child, parent in out.forked:
             sample_seqs.append(child)
             sample_src.append(row_of_seq[parent.seq_id])
-        max_blocks = max(len(t) for t in tables)
         dev = self.device
-        block_tables = torch.tensor(
-            [t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.int32, device=dev
-        )  # [B, max_blocks]
-        decode_idx = [i for i, q in enumerate(query_lens) if q == 1]
+        num_seqs = len(tables)
+        max_blocks = max(len(t) for t in tables)
+        table_arr = np.zeros((num_seqs, max_blocks), dtype=np.int64)  # [B, max_blocks], padded with 0
+        for i, t in enumerate(tables):
+            table_arr[i, : len(t)] = t
+        ctx_arr = np.asarray(context_lens, dtype=np.int64)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
             query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
-            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
-            block_tables=block_tables,
-            query_lens_list=query_lens,
+            context_lens=torch.from_numpy(ctx_arr).to(dev),
+            block_tables=torch.from_numpy(table_arr).to(dev),
+            query_lens_list=np.diff(query_start).tolist(),
             context_lens_list=context_lens,
             decode_indices=torch.tensor(decode_idx, dtype=torch.int64, device=dev),
-            prefill_indices_list=[i for i, q in enumerate(query_lens) if q > 1],
+            prefill_indices_list=prefill_idx,
             block_size=bs,
+            query_start_list=query_start if prefill_idx else None,
         )
+        if decode_idx:
+            self._decode_meta(meta, decode_idx, table_arr, ctx_arr, query_start, len(prefill_idx) > 0)
         return StepInputs(
             input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),
@@ -152,3 +172,30 @@ class ModelRunner:
             sample_seqs=sample_seqs,
             sample_src=sample_src,
         )
+
+    def _decode_meta(
+        self,
+        meta: AttentionMetadata,
+        decode_idx: list[int],
+        table_arr: np.ndarray,
+        ctx_arr: np.ndarray,
+        query_start: list[int],
+        mixed: bool,
+    ) -> None:
+        """Padded block tables and the additive mask of the step's decodes, shared by every layer."""
+        bs, dev = self.block_size, self.device
+        ctx = ctx_arr[decode_idx] if mixed else ctx_arr  # [Bd]
+        nb = -(-int(ctx.max()) // bs)
+        tables = table_arr[decode_idx, :nb] if mixed else table_arr[:, :nb]  # [Bd, nb]
+        meta.decode_tables = torch.from_numpy(np.ascontiguousarray(tables)).to(dev)
+        if self.native_attention:
+            meta.decode_ctx_lens = torch.from_numpy(np.ascontiguousarray(ctx))
+        else:
+            masked = np.arange(nb * bs)[None, :] >= ctx[:, None]  # [Bd, L]: padding past each context
+            bias = torch.zeros(masked.shape, dtype=self.dtype)
+            bias.masked_fill_(torch.from_numpy(masked), float("-inf"))
+            meta.decode_bias = bias.unsqueeze(1).to(dev)  # [Bd, 1, L]
+        if mixed:
+            meta.decode_rows = torch.tensor(
+                [query_start[i] for i in decode_idx], dtype=torch.int64, device=dev
+            )

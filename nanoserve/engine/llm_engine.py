@@ -75,7 +75,7 @@ class LLMEngine:
         eos = getattr(tokenizer, "eos_token_id", None)
         if isinstance(eos, int) and eos not in model_config.eos_token_ids:
             model_config.eos_token_ids.append(eos)
-        model = load_model(model_config, device)
+        model = load_model(model_config, device, args.cpu_linear)
         if device.type == "cuda":
             free_bytes, _ = torch.cuda.mem_get_info(device)
             budget = int(free_bytes * args.gpu_memory_utilization) - (1 << 30)  # 1 GiB for activations

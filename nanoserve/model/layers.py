@@ -1,7 +1,8 @@
-"""Building blocks of the Llama-family decoder: RMSNorm, rotary embedding, gated SiLU MLP.
+"""Building blocks of the Llama-family decoder: RMSNorm, rotary embedding, gated SiLU MLP, packed linears.
 
 Numerics follow transformers' reference implementations (norm in float32, rotary tables in
-float32) so that greedy outputs are token-identical to it.
+float32) so that greedy outputs are token-identical to it. Every block is a handful of large tensor
+operations: a decode step runs them once per layer, so each extra small op costs ~24 × 5 µs a step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoserve.errors import ModelLoadError
+from nanoserve.model.cpu_linear import FastLinear
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
@@ -25,10 +27,43 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        # F.rms_norm in float32 is bit-identical to transformers' x * rsqrt(mean(x²) + eps), in one op.
+        h = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class PackedLinear(nn.Module):
+    """`y = x @ weight.T + bias` through `cpu_linear.FastLinear`, made once at load from loaded weights.
+
+    Several projections of one input (q/k/v, gate/up) are concatenated into one weight, so one call
+    streams all their rows; `sizes` says how to split the output. backend "torch" is the plain
+    `F.linear` reference path; bf16 weights on CPU take the faster paths with any other backend. The
+    weight is held by the FastLinear, not registered as a parameter (the oneDNN path keeps only its
+    packed copy).
+    """
+
+    def __init__(
+        self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.sizes = [w.shape[0] for w in weights]
+        weight = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
+        bias = None
+        if any(b is not None for b in biases):
+            pairs = zip(biases, self.sizes, strict=True)
+            bias = torch.cat([b.detach() if b is not None else weight.new_zeros(n) for b, n in pairs])
+        self.linear = FastLinear(weight, bias, backend)
+        self.backend = self.linear.backend
+
+    @classmethod
+    def merge(cls, linears: list[nn.Linear], backend: str = "auto") -> PackedLinear:
+        return cls([m.weight for m in linears], [m.bias for m in linears], backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, backend={self.backend}"
 
 
 class GatedMLP(nn.Module):
@@ -40,8 +75,17 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
         self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
 
+        self.gate_up_proj: PackedLinear | None = None  # made by pack()
+
+    def pack(self, backend: str) -> None:
+        """Replace gate/up by one concatenated projection (and down by a packed one)."""
+        self.gate_up_proj = PackedLinear.merge([self.gate_proj, self.up_proj], backend)
+        self.down_proj = PackedLinear.merge([self.down_proj], backend)
+        del self.gate_proj, self.up_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 def rope_inv_freq(head_dim: int, rope: dict[str, Any]) -> torch.Tensor:
@@ -84,15 +128,20 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.cos, self.sin = emb.cos().to(device), emb.sin().to(device)
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, H, D], k [T, KVH, D], positions [T]."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        half = self.head_dim // 2
+        # rotate_half(x) * sin == flip_halves(x) * sin_signed with sin_signed = [-sin_lo, sin_hi]: exact.
+        self.sin_signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
+
+    def gather(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin_signed [T, 1, D] in `dtype` for the step's positions: once per step, for every layer."""
+        cos = self.cos[positions].to(dtype).unsqueeze(1)
+        sin = self.sin_signed[positions].to(dtype).unsqueeze(1)
+        return cos, sin
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x [T, N, D] (any N heads, e.g. q and k side by side) -> rotated copy; bit-identical to
+    transformers' `x * cos + rotate_half(x) * sin`."""
+    t, n, d = x.shape
+    flipped = x.view(t, n, 2, d // 2).flip(2).view(t, n, d)  # [x_hi, x_lo]
+    return (x * cos).add_(flipped * sin_signed)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
-from nanoserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding
+from nanoserve.model.layers import GatedMLP, PackedLinear, RMSNorm, RotaryEmbedding, apply_rotary
 
 
 @dataclass
@@ -51,21 +51,31 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, spec.rms_norm_eps)
             self.k_norm = RMSNorm(d, spec.rms_norm_eps)
         self.qk_norm = spec.qk_norm
-        self.rotary = [rotary]  # shared; a list so it is not registered once per layer
         self.backend = TorchAttentionBackend(h, kvh, d, d**-0.5)
-        self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, KVH, D], bound by the runner
+        self.k_cache: torch.Tensor | None = None  # [KVH, num_blocks, block_size, D], bound by the runner
         self.v_cache: torch.Tensor | None = None
+        self.qkv_proj: PackedLinear | None = None  # made by pack()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+    def pack(self, backend: str) -> None:
+        """Replace q/k/v by one concatenated projection (q, k, v side by side in its output)."""
+        self.qkv_proj = PackedLinear.merge([self.q_proj, self.k_proj, self.v_proj], backend)
+        self.o_proj = PackedLinear.merge([self.o_proj], backend)
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
+    ) -> torch.Tensor:
+        t, h, kvh, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
+        v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary[0](positions, q, k)
-        o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta)
-        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+            q = apply_rotary(self.q_norm(qkv[:, : h * d].view(t, h, d)), *rope)
+            k = apply_rotary(self.k_norm(qkv[:, h * d : (h + kvh) * d].view(t, kvh, d)), *rope)
+        else:  # q and k are adjacent: rotate both heads' groups in one pass
+            qk = apply_rotary(qkv[:, : (h + kvh) * d].view(t, h + kvh, d), *rope)
+            q, k = qk[:, :h], qk[:, h:]
+        o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta)  # [T, H, D]
+        return self.o_proj(o.view(t, h * d))
 
 
 class DecoderLayer(nn.Module):
@@ -76,9 +86,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))
 
 
 class DecoderModel(nn.Module):
@@ -92,9 +104,10 @@ class DecoderModel(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids)  # [T, hidden]
+        rope = self.rotary_emb.gather(positions, x.dtype)  # shared by every layer
         for layer in self.layers:
-            x = layer(x, positions, meta)
+            x = layer(x, rope, meta)
         return self.norm(x)
 
 
@@ -108,6 +121,17 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+        self.packed = False
+
+    def pack(self, backend: str = "auto") -> None:
+        """After the weights are loaded: fuse q/k/v and gate/up and route every linear through
+        cpu_linear (backend "torch" = plain F.linear, the reference path)."""
+        for layer in self.model.layers:
+            layer.self_attn.pack(backend)
+            layer.mlp.pack(backend)
+        self.lm_head = PackedLinear.merge([self.lm_head], backend)
+        self.packed = True
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn for layer in self.model.layers]

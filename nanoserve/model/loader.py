@@ -198,8 +198,9 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     raise ModelLoadError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
 
 
-def load_model(mc: ModelConfig, device: torch.device) -> LlamaForCausalLM:
-    """Build the model on `device` in mc.dtype and load its weights (checked by name and shape)."""
+def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
+    """Build the model on `device` in mc.dtype, load its weights (checked by name and shape), then pack
+    them for inference: q/k/v and gate/up fused, linears through cpu_linear's `cpu_linear` path."""
     from safetensors import safe_open
 
     files = weight_files(mc.model)
@@ -238,6 +239,7 @@ def load_model(mc: ModelConfig, device: torch.device) -> LlamaForCausalLM:
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
     model.eval()
+    model.pack(cpu_linear)
     return model
 
 

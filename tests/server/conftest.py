@@ -49,5 +49,7 @@ def offline_llm(server_model):
 
     from nanoserve import LLM
 
-    torch.set_num_threads(1)
-    return LLM(str(server_model), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: more threads only spin
+    yield LLM(str(server_model), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=256)
+    torch.set_num_threads(threads)

@@ -1,0 +1,139 @@
+"""The engine's fast paths agree with the plain ones: fused q/k/v and gate/up weights equal the
+separate projections, cpu_linear's bf16 paths keep greedy tokens, and the native decode-attention
+kernel equals the PyTorch decode path (and the engine still matches without it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from nanoserve import LLM, SamplingParams
+from nanoserve.config import EngineArgs
+from nanoserve.errors import InvalidRequestError
+from nanoserve.model import attention_kernel, cpu_linear
+from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
+from nanoserve.model.layers import PackedLinear
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+PROMPTS = [[5, 9, 33, 7, 100, 3], list(range(10, 67)), [42], list(range(10, 40)) + [7, 7]]
+
+
+def _generate(path, **kw) -> list[list[int]]:
+    llm = LLM(str(path), num_gpu_blocks_override=64, block_size=4, max_num_batched_tokens=24, **kw)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    llm.llm_engine.check_all_blocks_free()
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama"])  # with and without q/k/v bias
+def test_fused_projections_equal_the_checkpoint_projections(variant, tiny_model):
+    path = tiny_model(variant)
+    llm = LLM(str(path), num_gpu_blocks_override=16, cpu_linear="torch")
+    layer = llm.llm_engine.runner.model.model.layers[1]
+    w = load_file(str(path / "model.safetensors"))
+    x = torch.randn(5, w["model.layers.1.self_attn.q_proj.weight"].shape[1])
+    p = "model.layers.1."
+    expected = torch.cat(
+        [
+            F.linear(x, w[f"{p}self_attn.{n}_proj.weight"], w.get(f"{p}self_attn.{n}_proj.bias"))
+            for n in "qkv"
+        ],
+        dim=-1,
+    )
+    assert layer.self_attn.qkv_proj.backend == "torch"
+    assert not hasattr(layer.self_attn, "q_proj"), "the separate projections are dropped after fusing"
+    torch.testing.assert_close(layer.self_attn.qkv_proj(x), expected, rtol=1e-6, atol=1e-6)
+    gate_up = layer.mlp.gate_up_proj(x)
+    expected = torch.cat([F.linear(x, w[f"{p}mlp.{n}_proj.weight"]) for n in ("gate", "up")], dim=-1)
+    torch.testing.assert_close(gate_up, expected, rtol=1e-6, atol=1e-6)
+    assert layer.mlp.gate_up_proj.sizes == [w[f"{p}mlp.gate_proj.weight"].shape[0]] * 2
+
+
+def test_packed_linear_zero_fills_missing_biases():
+    wq, wk = torch.randn(6, 4), torch.randn(2, 4)
+    bq = torch.randn(6)
+    packed = PackedLinear([wq, wk], [bq, None], "torch")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(packed(x), torch.cat([F.linear(x, wq, bq), F.linear(x, wk)], dim=-1))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama_mqa"])
+def test_bf16_fast_linear_keeps_the_plain_paths_greedy_tokens(variant, tiny_model):
+    path = tiny_model(variant)
+    plain = _generate(path, dtype="bfloat16", cpu_linear="torch")
+    fast_llm = LLM(str(path), dtype="bfloat16", num_gpu_blocks_override=8, cpu_linear="auto")
+    backends = {m.backend for m in fast_llm.llm_engine.runner.model.modules() if isinstance(m, PackedLinear)}
+    del fast_llm
+    if cpu_linear.mkldnn_available() or cpu_linear.load_avx512_kernel() is not None:
+        assert backends <= {"avx512", "mkldnn"}, f"bf16 linears should take a fast path, got {backends}"
+    fast = _generate(path, dtype="bfloat16", cpu_linear="auto")
+    assert fast == plain, f"cpu_linear paths {backends} changed greedy tokens"
+    assert all(len(t) == GREEDY.max_tokens for t in fast)
+
+
+def test_cpu_linear_flag_is_validated(tiny_model):
+    with pytest.raises(InvalidRequestError, match="cpu_linear"):
+        EngineArgs(model=str(tiny_model("llama")), cpu_linear="cuda")
+
+
+def _random_decode_case(dtype, b, kvh, g, d, block_size=16, num_blocks=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(kvh, num_blocks, block_size, d, generator=gen).to(dtype)
+    v_cache = torch.randn(kvh, num_blocks, block_size, d, generator=gen).to(dtype)
+    ctx = torch.randint(1, 8 * block_size, (b,), generator=gen)
+    ctx[0] = 1  # a one-token context
+    nb = int(-(-ctx.max() // block_size))
+    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:nb] for _ in range(b)])  # [B, nb]
+    q = torch.randn(b, kvh * g, d, generator=gen).to(dtype)
+    masked = torch.arange(nb * block_size)[None, :] >= ctx[:, None]
+    bias = torch.zeros(masked.shape, dtype=dtype).masked_fill_(masked, float("-inf")).unsqueeze(1)
+    meta = AttentionMetadata(
+        slot_mapping=torch.empty(0, dtype=torch.int64),
+        query_start_loc=torch.arange(b + 1, dtype=torch.int32),
+        context_lens=ctx,
+        block_tables=tables,
+        query_lens_list=[1] * b,
+        context_lens_list=ctx.tolist(),
+        decode_indices=torch.arange(b),
+        prefill_indices_list=[],
+        block_size=block_size,
+        decode_tables=tables,
+        decode_bias=bias,
+        decode_ctx_lens=ctx,
+    )
+    return q, k_cache, v_cache, meta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "b,kvh,g,d", [(1, 2, 7, 64), (9, 2, 7, 64), (5, 1, 4, 32), (3, 4, 1, 128), (4, 2, 2, 16)]
+)
+def test_native_decode_attention_equals_the_pytorch_path(dtype, b, kvh, g, d):
+    ext = attention_kernel.load_decode_attention_kernel()
+    if ext is None:
+        pytest.skip(f"native kernel unavailable: {attention_kernel.native_attention_unavailable_reason()}")
+    q, k_cache, v_cache, meta = _random_decode_case(dtype, b, kvh, g, d)
+    backend = TorchAttentionBackend(kvh * g, kvh, d, d**-0.5)
+    ref = backend._decode(q, k_cache, v_cache, meta).float()
+    backend.native = ext
+    out = backend._decode(q, k_cache, v_cache, meta).float()
+    assert out.shape == (b, kvh * g, d)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    # a single-token context attends to exactly its one value row
+    v0 = v_cache[:, meta.decode_tables[0, 0], 0].float().repeat_interleave(g, dim=0)  # [H, D]
+    torch.testing.assert_close(out[0], v0, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
+def test_engine_without_the_native_kernel_gives_the_same_tokens(variant, tiny_model, monkeypatch):
+    path = tiny_model(variant)
+    native = _generate(path)
+    monkeypatch.setattr(attention_kernel, "_ext", None)
+    monkeypatch.setattr(attention_kernel, "_ext_error", "disabled for this test")
+    llm = LLM(str(path), num_gpu_blocks_override=8)
+    assert not llm.llm_engine.runner.native_attention
+    del llm
+    assert _generate(path) == native

@@ -18,9 +18,9 @@ from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.model.attention import AttentionMetadata
-from nanoserve.model.attention_kernel import load_decode_attention_kernel
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
+from nanoserve.model.native_kernels import load_native_kernels
 from nanoserve.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ModelRunner:
         shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
         # Built (or loaded from the disk cache) now, so no step pays for it; None -> PyTorch decode path.
-        native = load_decode_attention_kernel() if device.type == "cpu" else None
+        native = load_native_kernels() if device.type == "cpu" else None
         self.native_attention = native is not None
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]

@@ -3,7 +3,7 @@
 A step's tokens are packed flat: sequence i owns rows query_start_loc[i]:query_start_loc[i+1] of
 q/k/v. Its new K/V go to the cache slots in slot_mapping; then each query attends over everything
 cached for its sequence up to its own position (cached context + the causal part of its chunk).
-On CPU, decodes go through one native kernel call per layer (attention_kernel.py) when it builds.
+On CPU, decodes go through one native kernel call per layer (native_kernels.py) when it builds.
 
 Cache layout per layer: [KVH, num_blocks, block_size, D], so gathering a batch's blocks with one
 index op gives [KVH, B, L, D]: (kv head, sequence) fold into one batch dimension of a plain batched
@@ -50,21 +50,25 @@ class TorchAttentionBackend:
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
-        self.native = None  # attention_kernel's extension, set by the runner on CPU when it built
+        self.native = None  # native_kernels' extension, set by the runner on CPU when it built
 
     def forward(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        """q [T, H, D], k/v [T, KVH, D], caches [KVH, num_blocks, block_size, D] -> out [T, H, D]."""
+        """q [T, H, D], k/v [T, KVH, D], caches [KVH, num_blocks, block_size, D] -> out [T, H, D].
+
+        k/v None: the caller already wrote this step's K/V to the caches (native rope_cache).
+        """
         kvh, d = self.num_kv_heads, self.head_dim
-        k_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
-        v_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        if k is not None:
+            k_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+            v_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
         if not meta.prefill_indices_list:
             return self._decode(q, k_cache, v_cache, meta)
         out = torch.empty_like(q)  # [T, H, D]

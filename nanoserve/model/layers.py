@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoserve.errors import ModelLoadError
+from nanoserve.model import native_kernels
 from nanoserve.model.cpu_linear import FastLinear
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
@@ -26,7 +27,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x), or with `residual`: x += residual in place (the new residual stream), then norm(x)."""
+        native = native_kernels.loaded()
+        if native is not None and x.device.type == "cpu" and x.is_contiguous():
+            return native.add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x.add_(residual)
         # F.rms_norm in float32 is bit-identical to transformers' x * rsqrt(mean(x²) + eps), in one op.
         h = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
         return self.weight * h.to(x.dtype)
@@ -84,7 +91,11 @@ class GatedMLP(nn.Module):
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        native = native_kernels.loaded()
+        if native is not None and gate_up.device.type == "cpu":
+            return self.down_proj(native.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
         return self.down_proj(F.silu(gate).mul_(up))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanoserve.model import native_kernels
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
 from nanoserve.model.layers import GatedMLP, PackedLinear, RMSNorm, RotaryEmbedding, apply_rotary
 
@@ -67,6 +68,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         t, h, kvh, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
+        native = native_kernels.loaded()
+        if native is not None and not self.qk_norm and qkv.device.type == "cpu":
+            # one call: rotate q and k, write k and v to the cache; the backend skips its cache write
+            q = native.rope_cache(
+                qkv, rope[0], rope[1], meta.slot_mapping, self.k_cache, self.v_cache, h, kvh
+            )
+            o = self.backend.forward(q, None, None, self.k_cache, self.v_cache, meta)
+            return self.o_proj(o.view(t, h * d))
         v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
         if self.qk_norm:
             q = apply_rotary(self.q_norm(qkv[:, : h * d].view(t, h, d)), *rope)
@@ -87,10 +96,23 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the previous layer's output, not yet added to the residual stream (None before layer 0).
+
+        Returns (this layer's MLP output, the residual stream): each add is fused into the next norm.
+        """
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h = self.input_layernorm(residual, x)  # residual += x; h = norm(residual)
+        h = self.self_attn(h, rope, meta)
+        h = self.post_attention_layernorm(residual, h)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -106,9 +128,10 @@ class DecoderModel(nn.Module):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary_emb.gather(positions, x.dtype)  # shared by every layer
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, meta)
+        return self.norm(residual, x)
 
 
 class LlamaForCausalLM(nn.Module):

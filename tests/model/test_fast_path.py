@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from nanoserve import LLM, SamplingParams
 from nanoserve.config import EngineArgs
 from nanoserve.errors import InvalidRequestError
-from nanoserve.model import attention_kernel, cpu_linear
+from nanoserve.model import cpu_linear, native_kernels
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
 from nanoserve.model.layers import PackedLinear
 
@@ -111,9 +111,9 @@ def _random_decode_case(dtype, b, kvh, g, d, block_size=16, num_blocks=64, seed=
     "b,kvh,g,d", [(1, 2, 7, 64), (9, 2, 7, 64), (5, 1, 4, 32), (3, 4, 1, 128), (4, 2, 2, 16)]
 )
 def test_native_decode_attention_equals_the_pytorch_path(dtype, b, kvh, g, d):
-    ext = attention_kernel.load_decode_attention_kernel()
+    ext = native_kernels.load_native_kernels()
     if ext is None:
-        pytest.skip(f"native kernel unavailable: {attention_kernel.native_attention_unavailable_reason()}")
+        pytest.skip(f"native kernel unavailable: {native_kernels.unavailable_reason()}")
     q, k_cache, v_cache, meta = _random_decode_case(dtype, b, kvh, g, d)
     backend = TorchAttentionBackend(kvh * g, kvh, d, d**-0.5)
     ref = backend._decode(q, k_cache, v_cache, meta).float()
@@ -131,9 +131,54 @@ def test_native_decode_attention_equals_the_pytorch_path(dtype, b, kvh, g, d):
 def test_engine_without_the_native_kernel_gives_the_same_tokens(variant, tiny_model, monkeypatch):
     path = tiny_model(variant)
     native = _generate(path)
-    monkeypatch.setattr(attention_kernel, "_ext", None)
-    monkeypatch.setattr(attention_kernel, "_ext_error", "disabled for this test")
+    monkeypatch.setattr(native_kernels, "_ext", None)
+    monkeypatch.setattr(native_kernels, "_ext_error", "disabled for this test")
     llm = LLM(str(path), num_gpu_blocks_override=8)
     assert not llm.llm_engine.runner.native_attention
     del llm
     assert _generate(path) == native
+
+
+def _native_or_skip():
+    ext = native_kernels.load_native_kernels()
+    if ext is None:
+        pytest.skip(f"native kernels unavailable: {native_kernels.unavailable_reason()}")
+    return ext
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_norm_silu_and_rope_equal_the_pytorch_ops(dtype):
+    from nanoserve.model.layers import RMSNorm, RotaryEmbedding, apply_rotary
+
+    ext = _native_or_skip()
+    gen = torch.Generator().manual_seed(1)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2**-7, "atol": 2**-7}
+    # residual add + RMSNorm: the residual stream is updated in place, the norm returned
+    x, r = (torch.randn(5, 96, generator=gen).to(dtype) for _ in range(2))
+    norm = RMSNorm(96, 1e-6).to(dtype)
+    norm.weight.data = torch.randn(96, generator=gen).to(dtype)
+    x_ref = x.clone()
+    ref = norm.weight * torch.nn.functional.rms_norm((x_ref + r).float(), (96,), None, 1e-6).to(dtype)
+    out = ext.add_rms_norm(x, r, norm.weight, 1e-6)
+    assert torch.equal(x, x_ref + r)
+    torch.testing.assert_close(out, ref, **tol)
+    # silu(gate) * up
+    gu = torch.randn(3, 2 * 40, generator=gen).to(dtype)
+    g, u = gu.chunk(2, dim=-1)
+    torch.testing.assert_close(ext.silu_mul(gu), F.silu(g) * u, **tol)
+    # rotary on q and k + K/V written to their cache slots
+    h, kvh, d, t = 4, 2, 16, 3
+    rotary = RotaryEmbedding(d, 64, {"rope_theta": 10000.0})
+    positions = torch.tensor([0, 17, 40])
+    cos, sin = rotary.gather(positions, dtype)
+    qkv = torch.randn(t, (h + 2 * kvh) * d, generator=gen).to(dtype)
+    k_cache = torch.zeros(kvh, 4, 8, d, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([3, 9, 30])
+    q = ext.rope_cache(qkv, cos, sin, slots, k_cache, v_cache, h, kvh)
+    qk = apply_rotary(qkv[:, : (h + kvh) * d].view(t, h + kvh, d), cos, sin)
+    torch.testing.assert_close(q, qk[:, :h], **tol)
+    torch.testing.assert_close(k_cache.view(kvh, -1, d)[:, slots].transpose(0, 1), qk[:, h:], **tol)
+    v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
+    assert torch.equal(v_cache.view(kvh, -1, d)[:, slots].transpose(0, 1), v)
+    assert v_cache.view(kvh, -1, d).abs().sum(-1).count_nonzero() == kvh * t, "only the slots are written"

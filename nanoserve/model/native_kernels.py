@@ -1,0 +1,240 @@
+"""Native CPU kernels for the decode step's small, non-matmul work: paged decode attention, fused
+residual-add + RMSNorm, SiLU-and-multiply, and rotary + KV-cache write.
+
+In eager PyTorch each of these is several small ops per layer (attention alone is gather K, gather V,
+two batched matmuls, mask, softmax, transposes; RMSNorm is ~8 ops) and each op costs microseconds on
+CPU whatever its size, so at batch 1 they cost more than the math. Each kernel here is one call.
+
+- `decode_attention`: for each (sequence, kv head) walk the sequence's block table, dot the G query
+  heads sharing that kv head with each key row (read once), softmax, accumulate V, all in fp32. No
+  gather copy, no mask: each sequence stops at its own context length.
+- `add_rms_norm`, `silu_mul`, `rope_cache`: elementwise work that rounds to the model's dtype
+  wherever transformers' graph does, so outputs match the PyTorch path within float rounding (fp32
+  sums in another order, vectorized exp) and at most one bf16 rounding apart in bf16.
+
+Built once with `torch.utils.cpp_extension.load_inline` (~20–60 s the first time, cached on disk after)
+and threaded with ATen's pool. `load_native_kernels()` (called by the runner on CPU) returns None when
+they cannot be built (no compiler) or NANOSERVE_DISABLE_NATIVE_KERNELS=1; `loaded()` is what the
+model's layers check, and every caller has a PyTorch path for None.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+_CPP = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+static inline float to_f(float x) { return x; }
+static inline float to_f(c10::BFloat16 x) {  // exact: bf16 is the high half of an fp32
+  uint32_t bits = uint32_t(x.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+static inline float to_f(c10::Half x) { return float(x); }
+template <typename T> static inline T rnd(float x) { return T(x); }  // one rounding to T, like torch
+// DD > 0: head_dim known at compile time (64, 128), so the inner loops vectorize fully.
+template <typename T, int DD>
+static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, const int64_t* ctx_lens,
+                T* out, int64_t B, int64_t H, int64_t KVH, int64_t D_, int64_t NB, int64_t BS,
+                int64_t max_blocks, float scale) {
+  const int64_t D = DD > 0 ? DD : D_;
+  const int64_t G = H / KVH;
+  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> qf(G * D), acc(G * D), kv(D), s, inv_sum(G);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / KVH, kh = i % KVH, ctx = ctx_lens[b];
+      const int64_t* table = tables + b * max_blocks;
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < D; ++d) qf[g * D + d] = to_f(q[(b * H + kh * G + g) * D + d]) * scale;
+      s.assign(G * ctx, 0.f);
+      // scores: each key row is read once and dotted with the G query heads of this kv head
+      for (int64_t t = 0; t < ctx; ++t) {
+        const T* kp = kc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
+        float* kvp = kv.data();
+        for (int64_t d = 0; d < D; ++d) kvp[d] = to_f(kp[d]);
+        for (int64_t g = 0; g < G; ++g) {
+          float dot = 0.f;
+          const float* qg = qf.data() + g * D;
+          for (int64_t d = 0; d < D; ++d) dot += qg[d] * kvp[d];
+          s[g * ctx + t] = dot;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        float* sg = s.data() + g * ctx;
+        float m = sg[0];
+        for (int64_t t = 1; t < ctx; ++t) m = sg[t] > m ? sg[t] : m;
+        float sum = 0.f;
+        for (int64_t t = 0; t < ctx; ++t) { sg[t] = std::exp(sg[t] - m); sum += sg[t]; }
+        inv_sum[g] = 1.f / sum;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t = 0; t < ctx; ++t) {
+        const T* vp = vc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
+        float* kvp = kv.data();
+        for (int64_t d = 0; d < D; ++d) kvp[d] = to_f(vp[d]);
+        for (int64_t g = 0; g < G; ++g) {
+          const float p = s[g * ctx + t];
+          float* ag = acc.data() + g * D;
+          for (int64_t d = 0; d < D; ++d) ag[d] += p * kvp[d];
+        }
+      }
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < D; ++d)
+          out[(b * H + kh * G + g) * D + d] = T(acc[g * D + d] * inv_sum[g]);
+    }
+  });
+}
+
+
+// x [T, N] (in/out: x += r when r is given, rounded to T as torch's add); out = w * T(norm(x)).
+torch::Tensor add_rms_norm(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor w,
+                           double eps) {
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "add_rms_norm: contiguous inputs");
+  auto out = torch::empty_like(x);
+  const int64_t N = x.size(-1), rows = x.numel() / N;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm", [&] {
+    scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* rp = residual.has_value() ? residual->contiguous().data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<float> h(N);
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t* xr = xp + r * N;
+        if (rp) {
+          for (int64_t j = 0; j < N; ++j) xr[j] = rnd<scalar_t>(to_f(xr[j]) + to_f(rp[r * N + j]));
+        }
+        float ss = 0.f;
+        for (int64_t j = 0; j < N; ++j) { h[j] = to_f(xr[j]); ss += h[j] * h[j]; }
+        const float inv = 1.f / std::sqrt(ss / N + (float)eps);
+        for (int64_t j = 0; j < N; ++j)
+          op[r * N + j] = rnd<scalar_t>(to_f(wp[j]) * to_f(rnd<scalar_t>(h[j] * inv)));
+      }
+    });
+  });
+  return out;
+}
+
+// gu [T, 2I] = [gate | up] -> T(silu(gate)) * up  [T, I]
+torch::Tensor silu_mul(torch::Tensor gu) {
+  TORCH_CHECK(gu.is_contiguous(), "silu_mul: contiguous input");
+  const int64_t I = gu.size(-1) / 2, rows = gu.numel() / (2 * I);
+  auto out = torch::empty({rows, I}, gu.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gu.scalar_type(), "silu_mul", [&] {
+    const scalar_t* gp = gu.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows * I, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / I, j = i % I;
+        const float g = to_f(gp[r * 2 * I + j]);
+        const float a = to_f(rnd<scalar_t>(g / (1.f + std::exp(-g))));
+        op[i] = rnd<scalar_t>(a * to_f(gp[r * 2 * I + I + j]));
+      }
+    });
+  });
+  return out;
+}
+
+// qkv [T, (H + 2 KVH) D]; cos, sin_signed [T, D] (in T's dtype; sin_signed = [-sin_lo, sin_hi]).
+// Returns rotated q [T, H, D]; writes rotated k and v to the caches [KVH, NB, BS, D] at slots [T].
+torch::Tensor rope_cache(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor slots,
+                         torch::Tensor k_cache, torch::Tensor v_cache, int64_t H, int64_t KVH) {
+  TORCH_CHECK(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous(), "rope_cache: contiguous");
+  const int64_t T = qkv.size(0), D = k_cache.size(3), half = D / 2;
+  const int64_t slots_per_head = k_cache.size(1) * k_cache.size(2), W = (H + 2 * KVH) * D;
+  auto q = torch::empty({T, H, D}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rope_cache", [&] {
+    const scalar_t* xp = qkv.data_ptr<scalar_t>();
+    const scalar_t* cp = cos.data_ptr<scalar_t>();
+    const scalar_t* sp = sin.data_ptr<scalar_t>();
+    const int64_t* slot = slots.data_ptr<int64_t>();
+    scalar_t* qp = q.data_ptr<scalar_t>();
+    scalar_t* kc = k_cache.data_ptr<scalar_t>();
+    scalar_t* vc = v_cache.data_ptr<scalar_t>();
+    at::parallel_for(0, T * (H + KVH), 8, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i / (H + KVH), n = i % (H + KVH);
+        const scalar_t* x = xp + t * W + n * D;
+        scalar_t* y = n < H ? qp + (t * H + n) * D : kc + ((n - H) * slots_per_head + slot[t]) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float rot = to_f(x[d < half ? d + half : d - half]);  // [x_hi, x_lo]
+          const float a = to_f(rnd<scalar_t>(to_f(x[d]) * to_f(cp[t * D + d])));
+          const float b = to_f(rnd<scalar_t>(rot * to_f(sp[t * D + d])));
+          y[d] = rnd<scalar_t>(a + b);
+        }
+        if (n >= H) {  // this kv head's v row goes to the cache too
+          const scalar_t* v = xp + t * W + (H + KVH + n - H) * D;
+          std::memcpy(vc + ((n - H) * slots_per_head + slot[t]) * D, v, D * sizeof(scalar_t));
+        }
+      }
+    });
+  });
+  return q;
+}
+
+// q [B, H, D]; caches [KVH, NB, BS, D]; tables [B, max_blocks] int64; ctx_lens [B] int64 -> out [B, H, D]
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                               torch::Tensor tables, torch::Tensor ctx_lens, double scale) {
+  q = q.contiguous();
+  auto out = torch::empty_like(q);
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t KVH = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
+    auto f = D == 64 ? run<scalar_t, 64> : D == 128 ? run<scalar_t, 128> : run<scalar_t, 0>;
+    f(q.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
+      tables.data_ptr<int64_t>(), ctx_lens.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
+      B, H, KVH, D, NB, BS, tables.size(1), (float)scale);
+  });
+  return out;
+}
+"""
+
+_ext = None
+_ext_error: str | None = None
+_lock = threading.Lock()
+
+
+def loaded():
+    """The extension if `load_native_kernels()` has built it, else None (never builds)."""
+    return _ext
+
+
+def load_native_kernels():
+    """Build (first call only; cached on disk) and return the extension, or None with a logged reason."""
+    global _ext, _ext_error
+    with _lock:
+        if _ext is not None or _ext_error is not None:
+            return _ext
+        if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") == "1":
+            _ext_error = "disabled by NANOSERVE_DISABLE_NATIVE_KERNELS=1"
+        else:
+            try:
+                from torch.utils.cpp_extension import load_inline
+
+                _ext = load_inline(
+                    name="nanoserve_native_kernels_v1",
+                    cpp_sources=_CPP,
+                    functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache"],
+                    extra_cflags=["-O3", "-march=native", "-ffast-math"],
+                    extra_ldflags=["-lmvec"],
+                    verbose=False,
+                )
+            except Exception as e:  # no compiler, missing headers...
+                _ext_error = f"native kernels build failed: {type(e).__name__}: {str(e)[:300]}"
+        if _ext_error:
+            log.info("native kernels unavailable (%s); using the PyTorch paths", _ext_error)
+        return _ext
+
+
+def unavailable_reason() -> str | None:
+    return _ext_error

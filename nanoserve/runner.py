@@ -78,7 +78,7 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         if not inputs.sample_seqs:
             return StepResult([], [], [])
-        logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab] float32
+        logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]
         if len(inputs.sample_src) != logits.shape[0]:  # forked siblings reuse their parent's row
             logits = logits[torch.tensor(inputs.sample_src, device=logits.device)]
         seqs = inputs.sample_seqs

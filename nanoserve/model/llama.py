@@ -166,5 +166,5 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> float32 logits [N, vocab]."""
-        return self.lm_head(hidden).float()
+        """hidden [N, hidden] -> logits [N, vocab] in the model's dtype (the sampler upcasts when it must)."""
+        return self.lm_head(hidden)

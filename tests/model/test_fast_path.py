@@ -182,3 +182,30 @@ def test_native_norm_silu_and_rope_equal_the_pytorch_ops(dtype):
     v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
     assert torch.equal(v_cache.view(kvh, -1, d)[:, slots].transpose(0, 1), v)
     assert v_cache.view(kvh, -1, d).abs().sum(-1).count_nonzero() == kvh * t, "only the slots are written"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_argmax_is_torchs_first_maximum(dtype):
+    ext = _native_or_skip()
+    x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(2)).to(dtype)
+    x[1, 10] = x[1, 900] = 50.0  # a tie: the first index wins
+    x[2, -1] = 60.0  # the last column
+    x[3] = -3.0  # a constant row
+    assert torch.equal(ext.argmax_rows(x), x.argmax(dim=-1))
+    assert ext.argmax_rows(x)[1] == 10 and ext.argmax_rows(x)[3] == 0
+
+
+def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
+    from nanoserve.sampler import Sampler, SamplingMetadata
+
+    _native_or_skip()
+    logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(3)).bfloat16()
+
+    def meta(params):
+        n = logits.shape[0]
+        return SamplingMetadata([params] * n, [[1, 2]] * n, [[3]] * n, [None] * n, eos_token_ids=[0])
+
+    fast = Sampler()(logits, meta(SamplingParams(temperature=0.0)))
+    full = Sampler()(logits, meta(SamplingParams(temperature=0.0, logprobs=1)))  # takes the full path
+    assert fast.token_ids == full.token_ids == logits.float().argmax(dim=-1).tolist()
+    assert fast.logprobs == [None] * 6 and all(lp is not None for lp in full.logprobs)

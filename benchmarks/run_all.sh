@@ -23,24 +23,21 @@ case $step in
 linear)
   run linear $NS bench linear --threads 2 --repeats 10 --save-result $OUT/linear.json ;;
 roofline)
-  for cl in off auto; do
-    run roofline-$cl $NS bench roofline $MODEL --threads 2 --batch-sizes 1,8,32 --input-len 128 \
-      --output-len 16 --prefill-len 512 --cpu-linear $cl --save-result $OUT/roofline-$cl.json
-  done ;;
+  run roofline $NS bench roofline $MODEL --threads 2 --batch-sizes 1,8,32 --input-len 128 \
+    --output-len 16 --prefill-len 512 --save-result $OUT/roofline.json ;;
 batch)  # the table: prompt 128, 128 output tokens, N requests at once, greedy
   for n in 1 8 32; do
     run batch$n $NS bench throughput $MODEL --threads 2 --num-prompts $n --input-len 128 --output-len 128 \
-      --backend nanoserve,hf-batched --hf-batch-size $n --profile --save-result $OUT/batch$n-off.json
-    run batch$n-fast $NS bench throughput $MODEL --threads 2 --num-prompts $n --input-len 128 \
-      --output-len 128 --backend nanoserve --cpu-linear auto --profile --save-result $OUT/batch$n-auto.json
+      --backend nanoserve,hf-batched --hf-batch-size $n --profile --save-result $OUT/batch$n.json
+  done
+  for n in 1 32; do  # the engine with plain F.linear instead of cpu_linear's fast paths
+    run batch$n-torch $NS bench throughput $MODEL --threads 2 --num-prompts $n --input-len 128 \
+      --output-len 128 --backend nanoserve --cpu-linear torch --profile --save-result $OUT/batch$n-torch.json
   done ;;
 offline)  # input uniform in [64, 512], output uniform in [16, 256]; fewer than 64 requests (hf is slow)
   run offline $NS bench throughput $MODEL --threads 2 --num-prompts ${OFFLINE_N:-16} --input-len 288 \
     --input-range-ratio 0.7778 --output-len 136 --output-range-ratio 0.8823 --backend nanoserve,hf,hf-batched \
-    --hf-batch-size 16 --profile --save-result $OUT/offline-off.json
-  run offline-fast $NS bench throughput $MODEL --threads 2 --num-prompts ${OFFLINE_N:-16} --input-len 288 \
-    --input-range-ratio 0.7778 --output-len 136 --output-range-ratio 0.8823 --backend nanoserve \
-    --cpu-linear auto --profile --save-result $OUT/offline-auto.json ;;
+    --hf-batch-size 16 --profile --save-result $OUT/offline.json ;;
 latency)
   run latency $NS bench latency $MODEL --threads 2 --backend nanoserve,hf --input-lens 32,128,512,1024 \
     --output-len 16 --num-iters 2 --plot benchmarks/latency.png --save-result $OUT/latency.json ;;

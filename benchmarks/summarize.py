@@ -34,8 +34,8 @@ def throughput(names: list[str]) -> None:
         if not d:
             continue
         for r in d["results"]:
-            patch = r["extra"].get("cpu_linear_patch")
-            label = r["backend"] + (f" (+FastLinear {','.join(patch)})" if patch else "")
+            paths = r["extra"].get("linear_paths")
+            label = r["backend"] + (f" (linears: {','.join(paths)})" if paths else "")
             rows.append(
                 [
                     name,
@@ -152,12 +152,12 @@ def plot_batches(path: Path) -> None:
 
     series: dict[str, list[float]] = {}
     for i, n in enumerate((1, 8, 32)):
-        for cfg in ("off", "auto"):
-            d = load(f"batch{n}-{cfg}")
+        for cfg in ("", "-torch"):
+            d = load(f"batch{n}{cfg}")
             for r in d["results"] if d else []:
                 label = "nanoserve" if r["backend"] == "nanoserve" else f"{r['backend']} (this run)"
-                if r["backend"] == "nanoserve" and cfg == "auto":
-                    label = "nanoserve + FastLinear"
+                if r["backend"] == "nanoserve" and cfg:
+                    label = "nanoserve, plain F.linear"
                 series.setdefault(label, [0.0, 0.0, 0.0])[i] = r["output_tok_per_s"]
     for name, vals in PEERS.items():
         series[name] = list(vals)
@@ -203,18 +203,18 @@ def main() -> None:
             )
         )
     if "roofline" in what:
-        roofline(["roofline-off", "roofline-auto"])
+        roofline(["roofline"])
     if "batch" in what:
-        names = [f"batch{n}-{c}" for n in (1, 8, 32) for c in ("off", "auto")]
+        names = [f"batch{n}{c}" for n in (1, 8, 32) for c in ("", "-torch")]
         print()
         throughput(names)
         print()
         profiles(names)
     if "offline" in what:
         print()
-        throughput(["offline-off", "offline-auto"])
+        throughput(["offline"])
         print()
-        profiles(["offline-off", "offline-auto"])
+        profiles(["offline"])
     if "latency" in what and (d := load("latency")):
         print(f"\nlatency ({when(d)})\n")
         print(

@@ -70,10 +70,11 @@ def measure(
     num_iters: int,
     seed: int = 0,
     dtype: str = "auto",
-    cpu_linear: str = "off",
+    cpu_linear: str | None = None,
 ) -> list[LatencyPoint]:
     import gc
 
+    from nanoserve.bench.linear_paths import engine_kwargs
     from nanoserve.bench.models import special_token_ids, vocab_size
 
     vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
@@ -88,10 +89,8 @@ def measure(
                 seed=seed,
                 enable_prefix_caching=False,
                 max_num_batched_tokens=max(2048, max(input_lens)),
+                **engine_kwargs(cpu_linear),
             )
-            from nanoserve.bench.patch import patch_engine
-
-            patch_engine(runner.llm_engine, cpu_linear)
             fn = nanoserve_latency
         elif backend == "hf":
             from nanoserve.bench.baselines import load_hf_model
@@ -146,7 +145,7 @@ def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.patch import add_cpu_linear_argument
+    from nanoserve.bench.linear_paths import add_cpu_linear_argument
 
     add_cpu_linear_argument(p)
     g = p.add_mutually_exclusive_group()
@@ -211,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
             args.plot,
             f"{args.random_model or model_dir}"
             f"{f' ({args.random_layers} layers)' if args.random_layers else ''}"
-            f" · {env['date_utc']} · {env.get('torch_threads')} threads · cpu-linear {args.cpu_linear}",
+            f" · {env['date_utc']} · {env.get('torch_threads')} threads"
+            f" · cpu-linear {args.cpu_linear or 'default'}",
         )
         print(f"plot: {args.plot}")
     if args.save_result:

@@ -156,11 +156,12 @@ def measure_engine(
     prefill_len: int,
     dtype: str = "auto",
     seed: int = 0,
-    cpu_linear: str = "off",
+    cpu_linear: str | None = None,
 ) -> tuple[dict[int, tuple[float, int]], float]:
     """({batch: (median decode step s, mean context)}, prefill step s) on the nanoserve engine."""
     from nanoserve import LLM, SamplingParams
     from nanoserve.bench.dataset import random_requests
+    from nanoserve.bench.linear_paths import engine_kwargs
     from nanoserve.bench.models import special_token_ids, vocab_size
     from nanoserve.bench.profile import StepProfiler
 
@@ -172,11 +173,9 @@ def measure_engine(
         enable_prefix_caching=False,
         max_num_seqs=max(batches),
         max_num_batched_tokens=max(2048, prefill_len, input_len * max(batches)),
+        **engine_kwargs(cpu_linear),
     )
     engine = llm.llm_engine
-    from nanoserve.bench.patch import patch_engine
-
-    patch_engine(engine, cpu_linear)
     llm.generate(
         [{"prompt_token_ids": [3 + i % 50 for i in range(16)]}],
         SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0),
@@ -238,7 +237,7 @@ def print_report(p: Probe, rows: list[RooflineRow]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.patch import add_cpu_linear_argument
+    from nanoserve.bench.linear_paths import add_cpu_linear_argument
 
     add_cpu_linear_argument(p)
     g = p.add_mutually_exclusive_group()

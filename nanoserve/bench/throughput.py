@@ -71,6 +71,8 @@ def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, name, None)
         if v is not None:
             kw[name] = v
+    if getattr(args, "cpu_linear", None):
+        kw["cpu_linear"] = args.cpu_linear
     if getattr(args, "threads", None):
         kw["num_cpu_threads"] = args.threads
     if getattr(args, "no_prefix_caching", False):
@@ -85,17 +87,16 @@ def run_nanoserve(
     profile: bool = False,
     progress: bool = False,
     warmup: bool = True,
-    cpu_linear: str = "off",
 ):
     """Returns (ThroughputResult, StepProfiler | None)."""
     from nanoserve import LLM, SamplingParams
-    from nanoserve.bench.patch import patch_engine
+    from nanoserve.bench.linear_paths import linear_paths
     from nanoserve.bench.profile import StepProfiler
 
     t0 = time.perf_counter()
     llm = LLM(model=model_dir, **engine_kwargs)
     load_s = time.perf_counter() - t0
-    patched = patch_engine(llm.llm_engine, cpu_linear)
+    paths = linear_paths(llm.llm_engine)
     if warmup:  # first calls pay one-off costs (kernel selection, allocator growth)
         llm.generate(
             [{"prompt_token_ids": _warmup_prompt(requests)}],
@@ -120,7 +121,7 @@ def run_nanoserve(
         load_s,
         num_preemptions=stats.num_preemptions,
         prefix_cache_hits=stats.prefix_cache_hits,
-        cpu_linear_patch=dict(patched),
+        linear_paths=paths,
     )
     del llm
     gc.collect()
@@ -157,14 +158,13 @@ def run_benchmark(
     profile: bool = False,
     progress: bool = False,
     warmup: bool = True,
-    cpu_linear: str = "off",
 ) -> tuple[list[ThroughputResult], Any]:
     results: list[ThroughputResult] = []
     profiler = None
     for backend in backends:
         if backend == "nanoserve":
             res, profiler = run_nanoserve(
-                model_dir, requests, engine_kwargs or {"dtype": dtype}, profile, progress, warmup, cpu_linear
+                model_dir, requests, engine_kwargs or {"dtype": dtype}, profile, progress, warmup
             )
         elif backend in ("hf", "hf-batched"):
             res = run_hf_backend(backend, model_dir, requests, hf_batch_size, dtype, progress, warmup)
@@ -221,7 +221,7 @@ def print_results(results: list[ThroughputResult]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.patch import add_cpu_linear_argument
+    from nanoserve.bench.linear_paths import add_cpu_linear_argument
 
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
@@ -308,7 +308,6 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         progress=args.progress,
         warmup=not args.no_warmup,
-        cpu_linear=args.cpu_linear,
     )
     print_results(results)
     summaries = []

@@ -84,18 +84,34 @@ def test_profiler_detach_restores_engine(tiny_model):
     assert len(prof.records) == n  # detached: nothing more recorded
 
 
-def test_cpu_linear_patch_keeps_greedy_tokens(tiny_model):
-    """The FastLinear experiment swaps every bf16 linear and changes no greedy token."""
-    from nanoserve import LLM, SamplingParams
-    from nanoserve.bench.patch import patch_engine
-
-    llm = LLM(model=str(tiny_model("qwen2", dtype="bfloat16")), kv_cache_memory_bytes=1 << 22)
-    prompts = [{"prompt_token_ids": [5, 6, 7, 8, 9]}, {"prompt_token_ids": [20, 21, 22]}]
-    params = SamplingParams(max_tokens=6, ignore_eos=True, temperature=0.0)
-    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-    used = patch_engine(llm.llm_engine, "auto")
-    n_linear = 7 * 2 + 1  # q, k, v, o, gate, up, down per layer + lm_head
-    assert sum(used.values()) == n_linear
-    after = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-    assert after == before
-    assert patch_engine(llm.llm_engine, "auto") == {}  # already patched: nothing to do
+def test_cpu_linear_choice_reaches_the_engine(tiny_model, tmp_path):
+    model = tiny_model("qwen2", dtype="bfloat16")
+    paths = {}
+    for choice in ("torch", "auto"):
+        out = tmp_path / f"{choice}.json"
+        rc = main(
+            [
+                "bench",
+                "throughput",
+                "--model",
+                str(model),
+                "--backend",
+                "nanoserve",
+                "--num-prompts",
+                "2",
+                "--input-len",
+                "6",
+                "--output-len",
+                "3",
+                "--cpu-linear",
+                choice,
+                "--save-result",
+                str(out),
+            ]
+        )
+        assert rc == 0
+        res = json.loads(out.read_text())["results"][0]
+        assert res["output_tokens"] == 6
+        paths[choice] = res["extra"]["linear_paths"]
+    assert paths["torch"] == {"torch": sum(paths["torch"].values())} and sum(paths["torch"].values()) >= 3
+    assert sum(paths["auto"].values()) == sum(paths["torch"].values())

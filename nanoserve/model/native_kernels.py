@@ -44,6 +44,12 @@ static inline float to_f(c10::BFloat16 x) {  // exact: bf16 is the high half of 
 }
 static inline float to_f(c10::Half x) { return float(x); }
 template <typename T> static inline T rnd(float x) { return T(x); }  // one rounding to T, like torch
+template <> inline c10::BFloat16 rnd<c10::BFloat16>(float x) {  // round to nearest even, branch-free
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return c10::BFloat16(uint16_t(bits >> 16), c10::BFloat16::from_bits());
+}
 // DD > 0: head_dim known at compile time (64, 128), so the inner loops vectorize fully.
 template <typename T, int DD>
 static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, const int64_t* ctx_lens,
@@ -135,12 +141,15 @@ torch::Tensor silu_mul(torch::Tensor gu) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gu.scalar_type(), "silu_mul", [&] {
     const scalar_t* gp = gu.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows * I, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = i / I, j = i % I;
-        const float g = to_f(gp[r * 2 * I + j]);
-        const float a = to_f(rnd<scalar_t>(g / (1.f + std::exp(-g))));
-        op[i] = rnd<scalar_t>(a * to_f(gp[r * 2 * I + I + j]));
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> a(I);
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* g = gp + r * 2 * I;
+        const scalar_t* u = g + I;
+        scalar_t* o = op + r * I;
+        for (int64_t j = 0; j < I; ++j) a[j] = to_f(g[j]);
+        for (int64_t j = 0; j < I; ++j) a[j] = a[j] / (1.f + std::exp(-a[j]));  // vectorized exp
+        for (int64_t j = 0; j < I; ++j) o[j] = rnd<scalar_t>(to_f(rnd<scalar_t>(a[j])) * to_f(u[j]));
       }
     });
   });
@@ -246,7 +255,7 @@ def load_native_kernels():
                 from torch.utils.cpp_extension import load_inline
 
                 _ext = load_inline(
-                    name="nanoserve_native_kernels_v2",
+                    name="nanoserve_native_kernels_v3",
                     cpp_sources=_CPP,
                     functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache", "argmax_rows"],
                     extra_cflags=["-O3", "-march=native", "-ffast-math"],

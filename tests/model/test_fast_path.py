@@ -209,3 +209,27 @@ def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
     full = Sampler()(logits, meta(SamplingParams(temperature=0.0, logprobs=1)))  # takes the full path
     assert fast.token_ids == full.token_ids == logits.float().argmax(dim=-1).tolist()
     assert fast.logprobs == [None] * 6 and all(lp is not None for lp in full.logprobs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_q,ctx", [(37, 37), (5, 40), (1, 9)])
+def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
+    from nanoserve.model import attention
+
+    gen = torch.Generator().manual_seed(4)
+    kvh, g, d, bs = 2, 3, 16, 8
+    k_cache = torch.randn(kvh, 10, bs, d, generator=gen).to(dtype)
+    v_cache = torch.randn(kvh, 10, bs, d, generator=gen).to(dtype)
+    table = torch.tensor([7, 2, 9, 0, 4, 1])
+    q = torch.randn(n_q, kvh * g, d, generator=gen).to(dtype)
+    backend = TorchAttentionBackend(kvh * g, kvh, d, d**-0.5)
+    matmul = backend._prefill(q, k_cache, v_cache, table, ctx, bs)
+    monkeypatch.setattr(attention, "PREFILL_MATMUL_MAX_SCORES", 0)
+    sdpa = backend._prefill(q, k_cache, v_cache, table, ctx, bs)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(matmul.float(), sdpa.float(), rtol=tol, atol=tol)
+    # the last query sees the whole context: recompute it by hand in fp32
+    k = k_cache[:, table].flatten(1, 2)[:, :ctx].float().repeat_interleave(g, dim=0)  # [H, ctx, D]
+    v = v_cache[:, table].flatten(1, 2)[:, :ctx].float().repeat_interleave(g, dim=0)
+    p = torch.softmax((k @ q[-1].float().unsqueeze(-1)).squeeze(-1) * d**-0.5, dim=-1)  # [H, ctx]
+    torch.testing.assert_close(matmul[-1].float(), (p.unsqueeze(-1) * v).sum(1), rtol=tol, atol=tol)

@@ -1,6 +1,8 @@
 """Train nanoserve's bundled demo models (toy-assistant and its draft) from scratch on CPU.
 
-    python scripts/train_demo_models.py --out models/ --which both --steps 4000 --draft-steps 3000
+    python scripts/train_demo_models.py --out models/ --which both --minutes 45 --draft-minutes 20
+
+(models/README.md gives the exact commands, stages included, that produced the bundled models.)
 
 Both are transformers ``LlamaForCausalLM`` models over a character-level tokenizer, trained on four
 tasks (nanoserve/demo_tasks.py): addition, subtraction, sorting digits, reversing a word. The prompt

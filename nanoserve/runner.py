@@ -62,8 +62,9 @@ class ModelRunner:
         self.dtype = dtype
         shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
-        # Built (or loaded from the disk cache) now, so no step pays for it; None -> PyTorch decode path.
-        native = load_native_kernels() if device.type == "cpu" else None
+        # Loaded from the disk cache now (or built in the background on a first start, this engine then
+        # keeping the PyTorch decode attention); None -> PyTorch paths.
+        native = load_native_kernels(background_if_unbuilt=True) if device.type == "cpu" else None
         self.native_attention = native is not None
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]

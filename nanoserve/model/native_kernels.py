@@ -15,7 +15,8 @@ CPU whatever its size, so at batch 1 they cost more than the math. Each kernel h
   sums in another order, vectorized exp) and at most one bf16 rounding apart in bf16.
 
 Built once with `torch.utils.cpp_extension.load_inline` (~20–60 s the first time, cached on disk after)
-and threaded with ATen's pool. `load_native_kernels()` (called by the runner on CPU) returns None when
+and threaded with ATen's pool; a first start builds them in the background and runs the PyTorch paths
+meanwhile. `load_native_kernels()` (called by the runner on CPU) returns None when
 they cannot be built (no compiler) or NANOSERVE_DISABLE_NATIVE_KERNELS=1; `loaded()` is what the
 model's layers check, and every caller has a PyTorch path for None.
 """
@@ -232,6 +233,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
 }
 """
 
+NAME = "nanoserve_native_kernels_v3"
 _ext = None
 _ext_error: str | None = None
 _lock = threading.Lock()
@@ -242,9 +244,28 @@ def loaded():
     return _ext
 
 
-def load_native_kernels():
-    """Build (first call only; cached on disk) and return the extension, or None with a logged reason."""
+def _built_on_disk() -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return os.path.isfile(os.path.join(_get_build_directory(NAME, False), f"{NAME}.so"))
+    except Exception:  # a private torch helper: if it moved, assume a build is needed
+        return False
+
+
+def load_native_kernels(background_if_unbuilt: bool = False):
+    """Build (first call only; cached on disk) and return the extension, or None with a logged reason.
+
+    background_if_unbuilt: when nothing is on disk yet, start the ~1 min build in a thread and return
+    None at once (the engine starts in seconds on the PyTorch paths; `loaded()` turns the kernels on
+    when the build lands).
+    """
     global _ext, _ext_error
+    if background_if_unbuilt and _ext is None and _ext_error is None and not _built_on_disk():
+        if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") != "1":
+            log.info("building native CPU kernels in the background (first start only)")
+            threading.Thread(target=load_native_kernels, name="nanoserve-native-build", daemon=True).start()
+            return None
     with _lock:
         if _ext is not None or _ext_error is not None:
             return _ext
@@ -255,7 +276,7 @@ def load_native_kernels():
                 from torch.utils.cpp_extension import load_inline
 
                 _ext = load_inline(
-                    name="nanoserve_native_kernels_v3",
+                    name=NAME,
                     cpp_sources=_CPP,
                     functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache", "argmax_rows"],
                     extra_cflags=["-O3", "-march=native", "-ffast-math"],

@@ -233,3 +233,23 @@ def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
     v = v_cache[:, table].flatten(1, 2)[:, :ctx].float().repeat_interleave(g, dim=0)
     p = torch.softmax((k @ q[-1].float().unsqueeze(-1)).squeeze(-1) * d**-0.5, dim=-1)  # [H, ctx]
     torch.testing.assert_close(matmul[-1].float(), (p.unsqueeze(-1) * v).sum(1), rtol=tol, atol=tol)
+
+
+def test_first_start_builds_the_kernels_in_the_background(monkeypatch):
+    started = []
+
+    class FakeThread:
+        def __init__(self, target, **kwargs) -> None:
+            self.target = target
+
+        def start(self) -> None:
+            started.append(self.target)
+
+    monkeypatch.delenv("NANOSERVE_DISABLE_NATIVE_KERNELS", raising=False)
+    monkeypatch.setattr(native_kernels, "_ext", None)
+    monkeypatch.setattr(native_kernels, "_ext_error", None)
+    monkeypatch.setattr(native_kernels, "_built_on_disk", lambda: False)
+    monkeypatch.setattr(native_kernels.threading, "Thread", FakeThread)
+    assert native_kernels.load_native_kernels(background_if_unbuilt=True) is None  # returns at once
+    assert started == [native_kernels.load_native_kernels]
+    assert native_kernels.loaded() is None, "the PyTorch paths run until the build lands"

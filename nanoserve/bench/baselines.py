@@ -34,7 +34,7 @@ def load_hf_model(model_dir: str, dtype: str = "auto"):
     return model
 
 
-def _generate(model, input_ids, attention_mask, max_new_tokens: int):
+def _generate(model, input_ids, attention_mask, max_new_tokens: int, streamer=None):
     pad = model.generation_config.pad_token_id
     if pad is None:
         pad = 0
@@ -46,6 +46,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens: int):
         min_new_tokens=max_new_tokens,
         pad_token_id=pad,
         temperature=None,
+        streamer=streamer,
         top_p=None,
         top_k=None,
     )

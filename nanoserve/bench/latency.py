@@ -46,20 +46,30 @@ def nanoserve_latency(llm, prompt_ids: list[int], output_len: int) -> tuple[floa
 
 
 def hf_latency(model, prompt_ids: list[int], output_len: int) -> tuple[float, float]:
+    """(TTFT s, TPOT s) of one transformers `generate`, timed per token by a streamer."""
     import torch
 
     from nanoserve.bench.baselines import _generate
 
+    class _Clock:  # generate calls put() with the prompt first, then once per new token
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
     ids = torch.tensor([prompt_ids])
-    mask = torch.ones_like(ids)
+    clock = _Clock()
     with torch.inference_mode():
         t0 = time.perf_counter()
-        _generate(model, ids, mask, 1)
-        ttft = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _generate(model, ids, mask, output_len)
-        full = time.perf_counter() - t0
-    return ttft, max(0.0, full - ttft) / max(1, output_len - 1)
+        _generate(model, ids, torch.ones_like(ids), output_len, streamer=clock)
+    tokens = clock.times[1:]  # [0] is the prompt
+    ttft = tokens[0] - t0
+    tpot = (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else 0.0
+    return ttft, tpot
 
 
 def measure(

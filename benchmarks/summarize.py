@@ -171,7 +171,9 @@ def plot_batches(path: Path) -> None:
             ax.text(i + 0.9, t, f" target {t}", va="center", fontsize=8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(3)], ["1 request", "8 at once", "32 at once"])
     ax.set_ylabel("output tok/s")
-    ax.set_title("Qwen2.5-0.5B-shaped random bf16, prompt 128, 128 output tokens, 2 threads", fontsize=9)
+    ours = next((d["args"]["output_len"] for n in (1, 8, 32) if (d := load(f"batch{n}"))), "?")
+    ax.set_title(f"Qwen2.5-0.5B-shaped random bf16, prompt 128, 2 threads; this run: {ours} output tokens, "
+                 "issue's peers: 128", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -18,12 +18,10 @@ from nanoserve.sampling_params import SamplingParams
 
 NUM_CLIENTS = 64
 MAX_TOKENS = 16
+# The criterion: every /health probe answers within 100 ms while the 64 streams run. (That
+# steps never run on the event loop is shown directly by
+# test_async_engine.py::test_steps_run_off_the_event_loop.)
 HEALTH_BUDGET_S = 0.100
-# On this 2-core machine, shared with a training job and other test runs, the OS scheduler alone
-# occasionally delays any thread by 100+ ms; the single worst probe measures the neighbours, so the
-# budget applies to the 95th percentile and the worst probe gets a looser bound. (That steps never run
-# on the event loop is shown directly by test_async_engine.py::test_steps_run_off_the_event_loop.)
-HEALTH_WORST_S = 0.300
 
 
 # Probes /health from its own process: in the test process it would share the GIL with 64 openai
@@ -95,9 +93,7 @@ def test_64_concurrent_streams_complete_correctly_while_health_answers(server, o
           f"p95 {sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1e3:.1f} ms "
           f"max {max(latencies) * 1e3:.1f} ms")
     assert len(latencies) >= 10
-    p95 = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
-    assert p95 < HEALTH_BUDGET_S
-    assert max(latencies) < HEALTH_WORST_S
+    assert max(latencies) < HEALTH_BUDGET_S
 
 
 def test_client_disconnect_aborts_the_request_and_frees_its_blocks(server):

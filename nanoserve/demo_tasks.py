@@ -98,3 +98,27 @@ def task_of(prompt: str) -> str:
     if prompt.startswith("reverse "):
         return "reverse"
     return "sub" if "-" in prompt else "add"
+
+
+def hf_greedy_ids(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[list[int]]:
+    """transformers' greedy token ids per prompt, cut before EOS: the reference the engine is held to.
+
+    Prompts are grouped by token length so that no padding (and no attention mask subtlety) is needed.
+    """
+    import torch
+
+    encoded = [tok.encode(p) for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad():
+        for idx in groups.values():
+            ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)
+            for row, i in enumerate(idx):
+                new = gen[row, ids.shape[1]:].tolist()
+                out[i] = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+    return out

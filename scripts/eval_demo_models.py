@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanoserve.demo import default_draft_model, default_model  # noqa: E402
-from nanoserve.demo_tasks import TASKS, Problem, grade, held_out_problems  # noqa: E402
+from nanoserve.demo_tasks import TASKS, Problem, grade, held_out_problems, hf_greedy_ids  # noqa: E402
 
 MAX_NEW_TOKENS = 32
 
@@ -33,27 +33,14 @@ def nanoserve_replies(model_dir: str, prompts: list[str], **engine_kwargs) -> li
     return [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
-@torch.no_grad()
 def hf_replies(model_dir: str, prompts: list[str]) -> list[str]:
-    """transformers' greedy decoding; prompts grouped by token length so no padding is needed."""
+    """transformers' greedy replies, the reference nanoserve's engine is compared with."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    encoded = [tok.encode(p) for p in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    out = [""] * len(prompts)
-    for idx in by_len.values():
-        ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
-        gen = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        for row, i in enumerate(idx):
-            out[i] = tok.decode(gen[row, ids.shape[1] :], skip_special_tokens=True)
-    return out
+    return [tok.decode(ids, skip_special_tokens=True)
+            for ids in hf_greedy_ids(model, tok, prompts, MAX_NEW_TOKENS)]
 
 
 @torch.no_grad()

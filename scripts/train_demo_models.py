@@ -38,6 +38,7 @@ from nanoserve.demo_tasks import (  # noqa: E402
     Problem,
     grade,
     held_out_problems,
+    hf_greedy_ids,
     is_held_out,
     training_problem,
 )
@@ -188,21 +189,10 @@ def train_step(model, optimizer, tok, rng: random.Random, autocast: bool, batch:
 
 @torch.no_grad()
 def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-    """transformers' greedy decoding, prompts grouped by token length so no padding is needed."""
+    """transformers' greedy replies (see nanoserve.demo_tasks.hf_greedy_ids)."""
     model.eval()
-    by_len: dict[int, list[int]] = {}
-    encoded = [tok.encode(p) for p in prompts]
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    out = [""] * len(prompts)
-    for idx in by_len.values():
-        ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
-        gen = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        for row, i in enumerate(idx):
-            out[i] = tok.decode(gen[row, ids.shape[1] :], skip_special_tokens=True)
+    out = [tok.decode(ids, skip_special_tokens=True)
+           for ids in hf_greedy_ids(model, tok, prompts, max_new_tokens)]
     model.train()
     return out
 

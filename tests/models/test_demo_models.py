@@ -10,10 +10,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 from nanoserve.demo import DEMO_DRAFT_MODEL_NAME, DEMO_MODEL_NAME, MODELS_DIR
-from nanoserve.demo_tasks import TASKS, grade, held_out_problems
+from nanoserve.demo_tasks import TASKS, grade, held_out_problems, hf_greedy_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,23 +41,8 @@ def hf_main():
     return tok, model
 
 
-@torch.no_grad()
 def _hf_greedy(tok, model, prompts: list[str]) -> list[list[int]]:
-    """transformers' greedy token ids per prompt (EOS excluded); grouped by length, no padding."""
-    encoded = [tok.encode(p) for p in prompts]
-    groups: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    out: list[list[int]] = [[] for _ in prompts]
-    for idx in groups.values():
-        ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-        for row, i in enumerate(idx):
-            new = gen[row, ids.shape[1]:].tolist()
-            out[i] = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
-    return out
+    return hf_greedy_ids(model, tok, prompts, MAX_NEW_TOKENS)
 
 
 @pytest.mark.parametrize("model_dir", [MAIN, DRAFT], ids=["main", "draft"])

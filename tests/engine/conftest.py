@@ -24,13 +24,3 @@ def make_llm(tiny_model):
         assert not engine.has_unfinished_requests(), "test left requests unfinished"
         engine.check_all_blocks_free()
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: torch's thread pool only adds spin-wait contention (~30x)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

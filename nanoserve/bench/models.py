@@ -9,6 +9,7 @@ with a real tokenizer; benchmarks feed prompt token ids directly.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import tempfile
@@ -19,6 +20,19 @@ from nanoserve.errors import InvalidRequestError
 log = logging.getLogger(__name__)
 
 RANDOM_MODEL_SEED = 0
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """`--model DIR | --random-model PRESET [--random-layers N]`, shared by the offline benchmarks."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
+    g.add_argument(
+        "--random-model",
+        default=None,
+        metavar="PRESET",
+        help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b",
+    )
+    p.add_argument("--random-layers", type=int, default=None, help="fewer layers for a quick random model")
 
 
 def resolve_model(model: str | None, random_model: str | None, random_layers: int | None = None) -> str:

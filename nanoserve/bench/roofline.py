@@ -238,14 +238,10 @@ def print_report(p: Probe, rows: list[RooflineRow]) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nanoserve.bench.linear_paths import add_cpu_linear_argument
+    from nanoserve.bench.models import add_model_arguments
 
     add_cpu_linear_argument(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
-    g.add_argument(
-        "--random-model", default=None, metavar="PRESET", help="e.g. qwen2.5-0.5b (random weights)"
-    )
-    p.add_argument("--random-layers", type=int, default=None)
+    add_model_arguments(p)
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=32)

@@ -222,16 +222,9 @@ def print_results(results: list[ThroughputResult]) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nanoserve.bench.linear_paths import add_cpu_linear_argument
+    from nanoserve.bench.models import add_model_arguments
 
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
-    g.add_argument(
-        "--random-model",
-        default=None,
-        metavar="PRESET",
-        help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b",
-    )
-    p.add_argument("--random-layers", type=int, default=None, help="fewer layers for a quick random model")
+    add_model_arguments(p)
     p.add_argument(
         "--backend",
         default="nanoserve,hf,hf-batched",

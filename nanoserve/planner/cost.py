@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.checks import fraction as _fraction
+from nanoserve.planner.checks import positive as _positive
 from nanoserve.planner.derivation import Result, _fmt, derive
-from nanoserve.planner.roofline import _fraction, _positive
 
 HOURS_PER_MONTH = 24 * 30
 

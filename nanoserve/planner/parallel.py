@@ -17,6 +17,7 @@ import math
 from fractions import Fraction
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.checks import positive
 from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.models import ModelSpec, get_model
 from nanoserve.planner.params import param_breakdown
@@ -32,9 +33,8 @@ def _params(model: ModelSpec | str | float) -> tuple[str, float]:
 
 
 def _positive(**kw: float) -> None:
-    for k, v in kw.items():
-        if v is None or v <= 0:
-            raise InvalidRequestError(f"{k} must be > 0 (got {v})", k)
+    for name, value in kw.items():
+        positive(name, value)
 
 
 # ---------------------------------------------------------------- collectives

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 
+from nanoserve.planner.checks import fraction as _fraction
+from nanoserve.planner.checks import positive as _positive
 from nanoserve.planner.derivation import Result, _fmt, derive
 from nanoserve.planner.memory import bytes_per_param
-from nanoserve.planner.roofline import _fraction, _positive
 
 
 def quantized_weight_bytes(

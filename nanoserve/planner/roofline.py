@@ -12,23 +12,12 @@ throughput, SM occupancy, Amdahl speedup of a fusion, overlap of communication w
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.checks import fraction as _fraction
+from nanoserve.planner.checks import positive as _positive
 from nanoserve.planner.derivation import Result, _fmt, derive
-
-
-def _positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-        raise InvalidRequestError(f"{name} must be a positive number (got {value!r})", name)
-    return float(value)
-
-
-def _fraction(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise InvalidRequestError(f"{name} must be in (0, 1] (got {value!r})", name)
-    return float(value)
 
 
 def matmul_flops(m: int, k: int, n: int) -> Result:

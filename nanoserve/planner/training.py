@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.checks import fraction as _fraction
+from nanoserve.planner.checks import positive as _positive
 from nanoserve.planner.derivation import Result, _fmt, derive
-from nanoserve.planner.roofline import _fraction, _positive
 
 SECONDS_PER_DAY = 86400.0
 

@@ -1,0 +1,19 @@
+"""Argument checks shared by the planner's calculators: a bad number is an InvalidRequestError naming it."""
+
+from __future__ import annotations
+
+import math
+
+from nanoserve.errors import InvalidRequestError
+
+
+def positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        raise InvalidRequestError(f"{name} must be a positive number (got {value!r})", name)
+    return float(value)
+
+
+def fraction(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InvalidRequestError(f"{name} must be in (0, 1] (got {value!r})", name)
+    return float(value)

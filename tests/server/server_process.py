@@ -23,13 +23,14 @@ SERVER_ARGS = (
     "--num-gpu-blocks-override", "256", "--max-num-seqs", "64",
 )
 # The server that test_graceful_shutdown.py kills: two running slots, at most one waiting request, and a long
-# context so that a "long" request (LONG_MAX_TOKENS, thousands of steps) cannot end within the grace period.
+# context so that a "long" request (LONG_MAX_TOKENS steps) cannot end within the grace period even on a
+# quick machine (a tiny model decodes one sequence at over 1,000 tok/s there).
 SHUTDOWN_GRACE_S = 1.5
-BUSY_MAX_MODEL_LEN = 4096
-LONG_MAX_TOKENS = 4000
+BUSY_MAX_MODEL_LEN = 16384
+LONG_MAX_TOKENS = 16000
 BUSY_SERVER_ARGS = (
     "--max-num-seqs", "2", "--max-num-queued-reqs", "1", "--shutdown-grace-s", str(SHUTDOWN_GRACE_S),
-    "--num-gpu-blocks-override", "600", "--max-model-len", str(BUSY_MAX_MODEL_LEN),
+    "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64), "--max-model-len", str(BUSY_MAX_MODEL_LEN),
 )
 
 

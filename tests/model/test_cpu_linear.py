@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoserve.model import cpu_linear
-from nanoserve.model.cpu_linear import FastLinear, prepare_linear
+from nanoserve.model.cpu_linear import FastLinear, pack_weight, prepare_linear, unpack_weight
 
 
 def _case(m, n, k, bias, seed=0):
@@ -67,13 +67,62 @@ def test_disabled_native_kernel_falls_back(monkeypatch):
     assert _close_to_reference(f(x), x, w, b)
 
 
-def test_native_kernel_is_used_where_the_cpu_has_it():
+def _native_linear(w, b):
     if not cpu_linear.cpu_has_avx512_bf16():
         pytest.skip("no avx512_bf16 on this CPU")
-    x, w, b = _case(4, 64, 64, False)
     f = FastLinear(w, b, "avx512")
     assert f.backend == "avx512", cpu_linear.avx512_unavailable_reason()
-    assert f.weight.data_ptr() == w.data_ptr()  # no copy of the weight
+    return f
+
+
+def test_native_kernel_is_used_where_the_cpu_has_it():
+    x, w, b = _case(4, 64, 64, False)
+    f = _native_linear(w, b)
+    assert f.weight is None  # only the packed copy is kept
+    assert f._packed.shape == (1, 32, 64, 2)
+
+
+# Every row-tile remainder (tiles of 6 rows: M = 1, 3, 4, 5, 17, 64, 65, 300) against N and K that are
+# not multiples of the 64-output block or of 16/32, odd K (the zero-padded last pair) and tiny K.
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 17, 64, 65, 300])
+@pytest.mark.parametrize("n,k", [(37, 70), (200, 129), (1152, 896), (64, 1), (130, 33)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_kernel_matches_f_linear_for_every_row_tile(m, n, k, bias):
+    x, w, b = _case(m, n, k, bias, seed=m * 1000 + n + k)
+    f = _native_linear(w, b)
+    y = f(x)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    assert _close_to_reference(y, x, w, b)
+
+
+def test_native_kernel_reads_strided_and_batched_inputs():
+    x, w, b = _case(2 * 7, 90, 45, True)
+    f = _native_linear(w, b)
+    wide = torch.cat([x, x], dim=1)[:, :45]  # non-contiguous rows
+    assert _close_to_reference(f(wide), x, w, b)
+    assert _close_to_reference(f(x.view(2, 7, 45)).view(14, 90), x, w, b)
+
+
+def test_native_path_falls_back_for_autograd_on_the_unpacked_weight():
+    x, w, b = _case(3, 70, 33, True)
+    f = _native_linear(w, b)
+    xg = x.clone().requires_grad_()
+    y = f(xg)
+    assert torch.equal(y, F.linear(x, w, b))
+    y.float().sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("n,k", [(64, 2), (37, 70), (130, 33), (1, 1)])
+def test_pack_weight_layout_and_round_trip(n, k):
+    w = torch.randn(n, k).bfloat16()
+    p = pack_weight(w)
+    assert p.shape == (-(-n // 64), (k + 1) // 2, 64, 2)
+    # element (r, c) sits in block r // 64, pair c // 2, lane r % 64, slot c % 2; the padding is zero
+    r, c = n - 1, k - 1
+    assert p[r // 64, c // 2, r % 64, c % 2] == w[r, c]
+    assert p.float().abs().sum() == w.float().abs().sum()
+    assert torch.equal(unpack_weight(p, n, k), w)
 
 
 def test_merged_linear_splits_like_separate_projections():

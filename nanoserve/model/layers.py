@@ -102,7 +102,8 @@ class GatedMLP(nn.Module):
 def rope_inv_freq(head_dim: int, rope: dict[str, Any]) -> torch.Tensor:
     """Inverse frequencies [head_dim // 2] (float32) for rope type "default" or "llama3"."""
     theta = float(rope.get("rope_theta", 10000.0))
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     if rope_type == "default":
         return inv_freq
@@ -133,9 +134,13 @@ class RotaryEmbedding(nn.Module):
         self.build()
 
     def build(self, device: torch.device | str | None = None) -> None:
-        """(Re)compute the float32 cos/sin tables, e.g. after the model was made on the meta device."""
+        """(Re)compute the float32 cos/sin tables, e.g. after the model was made on the meta device.
+
+        Computed on the CPU even inside a `torch.device("meta")` block: meta-device arithmetic runs
+        Python decompositions that import torch._dynamo (seconds of start-up)."""
         inv_freq = rope_inv_freq(self.head_dim, self.rope)
-        freqs = torch.outer(torch.arange(self.max_positions, dtype=torch.float32), inv_freq)
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")
+        freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.cos, self.sin = emb.cos().to(device), emb.sin().to(device)
 

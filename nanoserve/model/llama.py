@@ -118,7 +118,10 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        # Given its weight, nn.Embedding skips its random init, whose meta-device version imports
+        # torch._dynamo (2-6 s of start-up); the loader fills every weight anyway.
+        weight = torch.empty(spec.vocab_size, spec.hidden_size)  # [vocab, hidden]
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, _weight=weight)
         self.rotary_emb = RotaryEmbedding(spec.head_dim, spec.max_positions, spec.rope)
         self.layers = nn.ModuleList(DecoderLayer(spec, self.rotary_emb) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)

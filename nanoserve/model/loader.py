@@ -198,6 +198,18 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     raise ModelLoadError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
 
 
+def _materialize(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Give every meta-device parameter uninitialised storage on `device` (the loader fills them).
+
+    Not `Module.to_empty`: its meta-tensor path imports torch's symbolic-shape machinery (sympy),
+    seconds of start-up for nothing."""
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_meta:
+                storage = torch.empty(param.shape, dtype=dtype, device=device)
+                module._parameters[name] = torch.nn.Parameter(storage, requires_grad=False)
+
+
 def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
     """Build the model on `device` in mc.dtype, load its weights (checked by name and shape), then pack
     them for inference: q/k/v and gate/up fused, linears through cpu_linear's `cpu_linear` path."""
@@ -207,8 +219,8 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     spec = decoder_spec(mc)
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
-    model = model.to_empty(device=device).to(TORCH_DTYPES[mc.dtype])
-    if spec.tie_word_embeddings:  # to_empty unties; tie again
+    _materialize(model, device, TORCH_DTYPES[mc.dtype])
+    if spec.tie_word_embeddings:  # materializing unties; tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.build(device)
     params = dict(model.named_parameters())
@@ -243,10 +255,23 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     return model
 
 
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
+# tokenizer_config classes that are transformers' generic fast tokenizer: AutoTokenizer would resolve
+# them to the same class, after importing the model's config machinery (~4-7 s here) to get there.
+_GENERIC_FAST_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
+
+def load_tokenizer(path: str) -> Any:
+    """The checkpoint's tokenizer; the generic fast class is built directly (milliseconds, not seconds)."""
     try:
+        config_file = Path(path) / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        tokenizer_class = config.get("tokenizer_class")
+        if tokenizer_class in _GENERIC_FAST_TOKENIZERS and (Path(path) / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(path)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:  # transformers raises many types here
         raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from e

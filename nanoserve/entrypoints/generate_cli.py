@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_memory_bytes=args.kv_cache_memory_bytes,
             num_cpu_threads=args.num_cpu_threads,
         )
+        shown = list(prompts)  # what the user typed, printed beside each completion
         if args.chat:
             tok = llm.get_tokenizer()
             texts = [
@@ -96,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
     except NanoserveError as e:
         print(f"nanoserve generate: {e}", file=sys.stderr)
         return 1
-    for out in outputs:
+    for out, prompt in zip(outputs, shown, strict=True):
         if args.json:
             print(
                 json.dumps(
                     {
-                        "prompt": out.prompt,
+                        "prompt": prompt,
                         "completions": [
                             {
                                 "index": c.index,
@@ -114,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
                         "ttft_s": out.metrics.ttft_s,
                         "e2e_s": out.metrics.e2e_s,
                     }
+                    | ({"rendered_prompt": out.prompt} if args.chat else {})
                 )
             )
             continue
         for c in out.outputs:
             prefix = f"[{c.index}] " if len(out.outputs) > 1 else ""
-            print(f"{prefix}{out.prompt!r} -> {c.text!r} ({c.finish_reason})")
+            print(f"{prefix}{prompt!r} -> {c.text!r} ({c.finish_reason})")
     return 0

@@ -54,7 +54,11 @@ def test_generate_chat_and_n(tiny_llama, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "'<user>hi\\n<assistant>' ->" in out and "[1]" in out
+    assert "'hi' ->" in out and "[1]" in out  # the user's text, not the rendered template
+    rc = main(["generate", "hi", "--model", str(tiny_llama), "--chat", "--json", "--max-tokens", "2",
+               "--kv-cache-memory-bytes", str(1 << 20)])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and line["prompt"] == "hi" and line["rendered_prompt"] == "<user>hi\n<assistant>"
 
 
 def test_generate_reports_a_bad_model_dir(tmp_path, capsys):

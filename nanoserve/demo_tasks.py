@@ -114,7 +114,7 @@ def hf_greedy_ids(model, tok, prompts: list[str], max_new_tokens: int = 32) -> l
     out: list[list[int]] = [[] for _ in prompts]
     with torch.no_grad():
         for idx in groups.values():
-            ids = torch.tensor([encoded[i] for i in idx])  # [group, prompt_len]
+            ids = torch.tensor([encoded[i] for i in idx], device=model.device)  # [group, prompt_len]
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
                                  pad_token_id=tok.pad_token_id)

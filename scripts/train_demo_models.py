@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -75,8 +76,16 @@ class ModelSpec:
 
 MAIN = ModelSpec("toy-assistant", 192, 512, 4, 6, 2, 1.5e-3)
 DRAFT = ModelSpec("toy-assistant-draft", 128, 320, 2, 4, 2, 2e-3)
-# Problems per step for each task: arithmetic is the hardest, so it gets the most.
-BATCH = {"add": 48, "sub": 64, "sort": 24, "reverse": 24}
+# Problems per step for each task: arithmetic is the hardest, so it gets the most (subtraction, with
+# its borrow chains, most of all); sort and reverse are learned early and their long sequences cost
+# the most compute per problem.
+BATCH = {"add": 64, "sub": 96, "sort": 12, "reverse": 12}
+# Share of add/sub problems drawn from hard_problem from the first step.
+HARD_FRACTION = 0.3
+# The bundled models' step counts: each model trains on one thread, both at once (about 80 and 20
+# minutes on this project's 2-core machine).
+MAIN_STEPS = 6000
+DRAFT_STEPS = 4000
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -138,11 +147,17 @@ def encode_batch(problems: list[Problem], tok: PreTrainedTokenizerFast, rng: ran
 
 def hard_problem(task: str, rng: random.Random) -> Problem:
     """Arithmetic the model finds hardest: same-length operands that are close (long borrow chains
-    and small results in subtraction) or whose sum crosses a power of ten (long carry chains)."""
+    and small results in subtraction) or whose sum crosses a power of ten (long carry chains); for
+    subtraction also a shorter operand that borrows through the longer one's zeros (``503-78=``)."""
     while True:
         digits = rng.choice((2, 3))
         a = rng.randint(10 ** (digits - 1), 10**digits - 1)
-        if task == "sub":
+        if task == "sub" and rng.random() < 1 / 3:
+            b = rng.randint(1, 10 ** (digits - 1) - 1)
+            a = a - a % 10 ** (digits - 1) + rng.randint(0, b)  # a's tail is at most b: it borrows
+            a, b = (a, b) if rng.random() < 0.5 else (b, a)
+            problem = Problem(task, f"{a}-{b}=", str(a - b))
+        elif task == "sub":
             b = min(10**digits - 1, max(10 ** (digits - 1), a + rng.randint(-30, 30)))
             problem = Problem(task, f"{a}-{b}=", str(a - b))
         else:
@@ -162,18 +177,15 @@ def sample_batch(batch: dict[str, int], hard_fraction: float, rng: random.Random
 
 
 def train_step(model, optimizer, tok, rng: random.Random, autocast: bool, batch: dict[str, int] | None = None,
-               hard_fraction: float = 0.0) -> float:
+               hard_fraction: float = HARD_FRACTION, device: str = "cpu") -> float:
     """One optimizer step over a batch of every task; each task is its own micro-batch so short
     arithmetic problems are not padded to the length of long sort problems."""
     optimizer.zero_grad(set_to_none=True)
-    if batch is None and hard_fraction == 0.0:  # stage 1's exact sampling sequence, kept reproducible
-        groups = {t: [training_problem(t, rng) for _ in range(n)] for t, n in BATCH.items()}
-    else:
-        groups = sample_batch(batch or BATCH, hard_fraction, rng)
+    groups = sample_batch(batch or BATCH, hard_fraction, rng)
     total_answer_tokens = sum(len(p.answer) + 1 for ps in groups.values() for p in ps)
     loss_sum = 0.0
     for problems in groups.values():
-        ids, labels, mask = encode_batch(problems, tok, rng)
+        ids, labels, mask = (t.to(device) for t in encode_batch(problems, tok, rng))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, width, vocab]
         loss = torch.nn.functional.cross_entropy(
@@ -247,7 +259,7 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
     peak_lr = args.lr or spec.lr
     if args.resume_stage:  # continue from the weights already in the output directory
         model = LlamaForCausalLM.from_pretrained(Path(args.out) / spec.name, dtype=torch.float32)
-    model.train()
+    model.to(args.device).train()
     out_dir = Path(args.out) / spec.name
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
     monitor = {t: held_out_problems(t, args.monitor_n, seed=args.seed + 1) for t in TASKS}
@@ -261,7 +273,7 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
         for s in range(calib):
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(s, 10**9, peak_lr)
-            train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction)
+            train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction, args.device)
         per_step_s = (time.monotonic() - t0) / calib
         steps = max(calib + 1, int(minutes * 60 / per_step_s))
         print(f"[{spec.name}] {per_step_s:.3f} s/step measured -> {steps} steps for {minutes} min "
@@ -275,7 +287,8 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
     for step in range(start, steps):
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr)
-        losses.append(train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction))
+        losses.append(train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction,
+                                 args.device))
         now = time.monotonic()
         if (step + 1) % 50 == 0:
             print(f"[{spec.name}] step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
@@ -314,16 +327,19 @@ def _parse_mix(text: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/")
-    ap.add_argument("--which", choices=("main", "draft", "both"), default="both")
-    ap.add_argument("--steps", type=int, default=None, help="main model's steps (exactly reproducible)")
-    ap.add_argument("--draft-steps", type=int, default=None, help="draft model's steps")
+    ap.add_argument("--which", choices=("main", "draft", "both"), default="both",
+                    help="both: the draft trains in a second process beside the main model")
+    ap.add_argument("--steps", type=int, default=MAIN_STEPS, help="main model's steps (exactly reproducible)")
+    ap.add_argument("--draft-steps", type=int, default=DRAFT_STEPS, help="draft model's steps")
     ap.add_argument("--minutes", type=float, default=None, help="main model's time budget instead of steps")
     ap.add_argument("--draft-minutes", type=float, default=None, help="draft model's time budget")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: quick recipe sweeps; the bundled "
+                    "models are trained on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mix", type=_parse_mix, default=None,
                     help=f"problems per step per task, e.g. add=64,sub=96,sort=16,reverse=24 ({BATCH})")
-    ap.add_argument("--hard-fraction", type=float, default=0.0,
+    ap.add_argument("--hard-fraction", type=float, default=HARD_FRACTION,
                     help="share of add/sub problems drawn from hard_problem (close operands, carry chains)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's)")
     ap.add_argument("--resume-stage", type=int, default=0,
@@ -336,19 +352,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--final-n", type=int, default=2000, help="held-out problems per task at the end")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    draft_proc = None
+    if args.which == "both":  # the draft beside the main model: two cores, one model each
+        argv = list(sys.argv[1:] if argv is None else argv) + ["--which", "draft"]
+        draft_proc = subprocess.Popen([sys.executable, __file__, *argv])
     results = []
     if args.which in ("main", "both"):
-        if args.steps is None and args.minutes is None:
-            args.minutes = 45.0
-        results.append(train(MAIN, args, args.steps, args.minutes))
-    if args.which in ("draft", "both"):
-        if args.draft_steps is None and args.draft_minutes is None:
-            args.draft_minutes = 20.0
-        results.append(train(DRAFT, args, args.draft_steps, args.draft_minutes))
+        steps = None if args.minutes is not None else args.steps
+        results.append(train(MAIN, args, steps, args.minutes))
+    if draft_proc is not None:
+        if draft_proc.wait() != 0:
+            raise SystemExit(f"the draft model's training failed (exit {draft_proc.returncode})")
+        stage = f"-stage{args.resume_stage}" if args.resume_stage else ""
+        results.append(json.loads((Path(args.out) / f".{DRAFT.name}{stage}.train.json").read_text()))
+    elif args.which == "draft":
+        steps = None if args.draft_minutes is not None else args.draft_steps
+        results.append(train(DRAFT, args, steps, args.draft_minutes))
     print("\nmodel                 params     steps  min    " + "  ".join(f"{t:>7}" for t in TASKS))
     for r in results:
         print(f"{r['name']:<20} {r['params']:>9,} {r['steps']:>6} {r['train_s'] / 60:5.1f}  "
               + "  ".join(f"{r['accuracy_hf'][t]:7.4f}" for t in TASKS))
+    print(f"wall time {(time.monotonic() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":

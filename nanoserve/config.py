@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # cpu_linear's paths for bf16 CPU weights; "torch" is plain F.linear (the reference path).
-CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512")
+CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25

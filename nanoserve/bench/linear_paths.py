@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-CHOICES = ("auto", "torch", "mkldnn", "avx512")
+CHOICES = ("auto", "torch", "mkldnn", "avx512", "hybrid")
 
 
 def add_cpu_linear_argument(p) -> None:

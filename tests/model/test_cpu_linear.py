@@ -23,7 +23,7 @@ def _close_to_reference(y, x, w, b):
     return bool(((y.float() - ref).abs() <= tol).all())
 
 
-@pytest.mark.parametrize("backend", ["torch", "mkldnn", "avx512", "auto"])
+@pytest.mark.parametrize("backend", ["torch", "mkldnn", "avx512", "hybrid", "auto"])
 @pytest.mark.parametrize(
     "m,n,k,bias",
     [(1, 1152, 896, True), (8, 896, 4864, False), (5, 37, 70, True), (70, 64, 96, False), (3, 9, 33, True)],
@@ -36,6 +36,19 @@ def test_matches_f_linear(backend, m, n, k, bias):
     assert _close_to_reference(y, x, w, b), (backend, f.backend)
     plain = F.linear(x, w, b)
     assert (y.float() - plain.float()).abs().max() <= 2**-6 * plain.float().abs().max() + 1e-2
+
+
+def test_hybrid_routes_skinny_inputs_to_the_kernel_and_wider_ones_to_onednn():
+    if cpu_linear.load_avx512_kernel() is None or not cpu_linear.mkldnn_available():
+        pytest.skip("needs both the avx512 kernel and oneDNN")
+    x, w, b = _case(8, 200, 96, True)
+    hybrid, kernel, onednn = (FastLinear(w, b, backend) for backend in ("hybrid", "avx512", "mkldnn"))
+    assert (hybrid.backend, kernel.backend, onednn.backend) == ("hybrid", "avx512", "mkldnn")
+    for m in range(1, cpu_linear.HYBRID_AVX512_MAX_ROWS + 1):
+        assert torch.equal(hybrid(x[:m]), kernel(x[:m]))
+    wide = x[: cpu_linear.HYBRID_AVX512_MAX_ROWS + 1]
+    assert torch.equal(hybrid(wide), onednn(wide))
+    assert torch.equal(hybrid(x), onednn(x))
 
 
 def test_leading_dims_and_large_batches():

@@ -30,7 +30,8 @@ BUSY_MAX_MODEL_LEN = 16384
 LONG_MAX_TOKENS = 16000
 BUSY_SERVER_ARGS = (
     "--max-num-seqs", "2", "--max-num-queued-reqs", "1", "--shutdown-grace-s", str(SHUTDOWN_GRACE_S),
-    "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64), "--max-model-len", str(BUSY_MAX_MODEL_LEN),
+    "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64),
+    "--max-model-len", str(BUSY_MAX_MODEL_LEN),
 )
 
 

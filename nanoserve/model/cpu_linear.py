@@ -247,43 +247,34 @@ class FastLinear:
         self.out_features, self.in_features = weight.shape
         self.weight = weight  # kept for the torch path; None on the mkldnn and avx512 paths (packed copy)
         self.bias = bias
-        self._packed: torch.Tensor | None = None  # the mkldnn or avx512 layout of the weight
+        self._packed: torch.Tensor | None = None  # the avx512 kernel's layout of the weight
+        self._mkldnn: torch.Tensor | None = None  # oneDNN's layout of the weight
         self._bias_f32: torch.Tensor | None = None
-        self._ext = None
         eligible = weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and weight.dim() == 2
-        self._mkldnn: torch.Tensor | None = None  # the hybrid path's oneDNN copy
-        if backend in ("auto", "hybrid") and eligible and mkldnn_available():
+        self._ext = load_avx512_kernel() if eligible and backend in ("auto", "avx512", "hybrid") else None
+        # oneDNN serves the wider inputs of auto/hybrid, and stands in when the kernel did not build.
+        wants_onednn = backend in ("auto", "hybrid", "mkldnn") or (backend == "avx512" and self._ext is None)
+        if eligible and wants_onednn and mkldnn_available():
             try:
                 self._mkldnn = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
             except RuntimeError as e:
-                log.info("cpu_linear: mkldnn reorder failed (%s); no hybrid path", e)
-        if backend in ("auto", "avx512", "hybrid") and eligible:
-            self._ext = load_avx512_kernel()
-            if self._ext is not None:
-                self._packed = pack_weight(weight.detach())  # [ceil(N/64), ceil(K/2), 64, 2]
-                self.weight = None
-                if bias is not None:
-                    n_pad = self._packed.shape[0] * PACK_BLOCK_N
-                    self._bias_f32 = F.pad(bias.detach().float(), (0, n_pad - self.out_features))  # [n_pad]
-                self.backend = "avx512" if self._mkldnn is None else "hybrid"
-                return
-        if self._mkldnn is not None:  # no avx512 kernel: the oneDNN copy alone
-            self._packed, self._mkldnn, self.weight, self.backend = self._mkldnn, None, None, "mkldnn"
-            return
-        if backend in ("auto", "mkldnn", "avx512", "hybrid") and eligible and mkldnn_available():
-            try:
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-                self.weight = None
-                self.backend = "mkldnn"
-                return
-            except RuntimeError as e:
-                log.info("cpu_linear: mkldnn reorder failed (%s); using F.linear", e)
-        self.backend = "torch"
+                log.info("cpu_linear: mkldnn reorder failed (%s)", e)
+        if self._ext is not None:
+            self._packed = pack_weight(weight.detach())  # [ceil(N/64), ceil(K/2), 64, 2]
+            if bias is not None:
+                n_pad = self._packed.shape[0] * PACK_BLOCK_N
+                self._bias_f32 = F.pad(bias.detach().float(), (0, n_pad - self.out_features))  # [n_pad]
+        if self._packed is not None or self._mkldnn is not None:
+            self.weight = None
+        self.backend = {(True, True): "hybrid", (True, False): "avx512", (False, True): "mkldnn",
+                        (False, False): "torch"}[self._packed is not None, self._mkldnn is not None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "hybrid" and x.numel() > HYBRID_AVX512_MAX_ROWS * self.in_features:
+        if self._mkldnn is not None and (
+            self._packed is None or x.numel() > HYBRID_AVX512_MAX_ROWS * self.in_features
+        ):
             return torch.ops.mkldnn._linear_pointwise(x, self._mkldnn, self.bias, "none", [], "")
-        if self.backend in ("avx512", "hybrid"):
+        if self._packed is not None:
             lead = x.shape[:-1]
             x2 = x.reshape(-1, self.in_features)
             if x2.dtype == torch.bfloat16 and not x2.requires_grad:
@@ -293,8 +284,6 @@ class FastLinear:
                 return y.reshape(*lead, self.out_features)  # y: [M, N]
             # other dtypes or autograd: rebuild the plain weight for this call (never on the serving path)
             return F.linear(x, unpack_weight(self._packed, self.out_features, self.in_features), self.bias)
-        if self.backend == "mkldnn":
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
     def __repr__(self) -> str:

@@ -35,13 +35,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from nanoserve.model.native_build import OPENMP_CFLAGS, OPENMP_LDFLAGS, THREADS_PROBE_CPP
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
-# "hybrid": the avx512 kernel up to this many activation rows, oneDNN above. Measured on the 2-core
-# dev box, quiet, 2 threads, all linears of a Qwen2.5-0.5B step (OMP_WAIT_POLICY=ACTIVE): batch 1
-# avx512 43.6 ms vs oneDNN 58.6; batch 4 91.9 vs 47.8; batch 8 67.3 vs 48.1; batch 32 193.6 vs 116.5.
-HYBRID_AVX512_MAX_ROWS = 2
+# "hybrid": the avx512 kernel up to this many activation rows, oneDNN above (twice the weight memory).
+# `nanoserve bench linear`, quiet 2-core Zen 4, 2 threads, OMP_WAIT_POLICY=ACTIVE, all linears of a
+# Qwen2.5-0.5B decode step, avx512 vs oneDNN ms: batch 1 32.3 vs 49.3; 4 33.4 vs 40.2; 8 37.9 vs 57.2;
+# 16 57.9 vs 58.9; 32 102.0 vs 103.3; 64 190.6 vs 182.4. So "auto" is the kernel alone (one copy).
+HYBRID_AVX512_MAX_ROWS = 32
 PACK_BLOCK_N = 64  # output rows per packed block; must equal BLOCK_N in _CPP
 
 _CPP = r"""
@@ -158,7 +161,7 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
   });
   return y;
 }
-"""
+""" + THREADS_PROBE_CPP
 
 _ext = None
 _ext_error: str | None = None
@@ -192,10 +195,12 @@ def load_avx512_kernel():
                 from torch.utils.cpp_extension import load_inline
 
                 _ext = load_inline(
-                    name="nanoserve_cpu_linear_v2",
+                    name="nanoserve_cpu_linear_v3",
                     cpp_sources=_CPP,
-                    functions=["gemm_bf16_packed"],
-                    extra_cflags=["-O3", "-march=native", "-mavx512f", "-mavx512bf16", "-mavx512bw"],
+                    functions=["gemm_bf16_packed", "parallel_threads_used"],
+                    extra_cflags=["-O3", "-march=native", "-mavx512f", "-mavx512bf16", "-mavx512bw"]
+                    + OPENMP_CFLAGS,
+                    extra_ldflags=OPENMP_LDFLAGS,
                     verbose=False,
                 )
             except Exception as e:  # no compiler, old gcc, sandbox without headers...
@@ -234,9 +239,8 @@ class FastLinear:
 
     backend: "torch" (F.linear), "mkldnn" (prepacked oneDNN), "avx512" (native kernel on a packed
     weight, any number of rows), "hybrid" (both packed copies: avx512 for up to
-    HYBRID_AVX512_MAX_ROWS rows, the skinny decode steps it streams fastest, oneDNN for more, where
-    its blocked kernel wins; twice the weight memory), or "auto" (hybrid, else avx512, else mkldnn,
-    else torch; the loader asks for "avx512" instead when two copies would not fit). A backend that
+    HYBRID_AVX512_MAX_ROWS rows, oneDNN for more, where it is a few percent faster; twice the weight
+    memory), or "auto" (avx512, else mkldnn, else torch). A backend that
     cannot serve this weight (not bf16, not on CPU, not built) falls back to "torch"; `self.backend`
     says which path was taken.
     """
@@ -252,8 +256,9 @@ class FastLinear:
         self._bias_f32: torch.Tensor | None = None
         eligible = weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and weight.dim() == 2
         self._ext = load_avx512_kernel() if eligible and backend in ("auto", "avx512", "hybrid") else None
-        # oneDNN serves the wider inputs of auto/hybrid, and stands in when the kernel did not build.
-        wants_onednn = backend in ("auto", "hybrid", "mkldnn") or (backend == "avx512" and self._ext is None)
+        # oneDNN serves hybrid's wider inputs, and stands in when the kernel did not build.
+        no_kernel = backend in ("auto", "avx512") and self._ext is None
+        wants_onednn = backend in ("hybrid", "mkldnn") or no_kernel
         if eligible and wants_onednn and mkldnn_available():
             try:
                 self._mkldnn = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -252,22 +251,8 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
     model.eval()
-    model.pack(_affordable_cpu_linear(model, device, cpu_linear))
+    model.pack(cpu_linear)
     return model
-
-
-def _affordable_cpu_linear(model: torch.nn.Module, device: torch.device, cpu_linear: str) -> str:
-    """"auto" keeps two packed copies of every weight (cpu_linear's hybrid path); when those would
-    take over half the machine's memory, one copy (the avx512 kernel for every batch size) instead."""
-    if cpu_linear != "auto" or device.type != "cpu":
-        return cpu_linear
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if 2 * weight_bytes > ram_bytes // 2:
-        logger.info("cpu_linear: one packed copy of the weights (two would need %.1f GiB of %.1f GiB)",
-                 2 * weight_bytes / 2**30, ram_bytes / 2**30)
-        return "avx512"
-    return cpu_linear
 
 
 # tokenizer_config classes that are transformers' generic fast tokenizer: AutoTokenizer would resolve

@@ -27,6 +27,8 @@ import logging
 import os
 import threading
 
+from nanoserve.model.native_build import OPENMP_CFLAGS, OPENMP_LDFLAGS, THREADS_PROBE_CPP
+
 log = logging.getLogger(__name__)
 
 _CPP = r"""
@@ -231,9 +233,9 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   });
   return out;
 }
-"""
+""" + THREADS_PROBE_CPP
 
-NAME = "nanoserve_native_kernels_v3"
+NAME = "nanoserve_native_kernels_v4"
 _ext = None
 _ext_error: str | None = None
 _lock = threading.Lock()
@@ -278,9 +280,10 @@ def load_native_kernels(background_if_unbuilt: bool = False):
                 _ext = load_inline(
                     name=NAME,
                     cpp_sources=_CPP,
-                    functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache", "argmax_rows"],
-                    extra_cflags=["-O3", "-march=native", "-ffast-math"],
-                    extra_ldflags=["-lmvec"],
+                    functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache", "argmax_rows",
+                               "parallel_threads_used"],
+                    extra_cflags=["-O3", "-march=native", "-ffast-math"] + OPENMP_CFLAGS,
+                    extra_ldflags=["-lmvec"] + OPENMP_LDFLAGS,
                     verbose=False,
                 )
             except Exception as e:  # no compiler, missing headers...

@@ -41,7 +41,7 @@ def test_matches_f_linear(backend, m, n, k, bias):
 def test_hybrid_routes_skinny_inputs_to_the_kernel_and_wider_ones_to_onednn():
     if cpu_linear.load_avx512_kernel() is None or not cpu_linear.mkldnn_available():
         pytest.skip("needs both the avx512 kernel and oneDNN")
-    x, w, b = _case(8, 200, 96, True)
+    x, w, b = _case(cpu_linear.HYBRID_AVX512_MAX_ROWS + 8, 200, 96, True)
     hybrid, kernel, onednn = (FastLinear(w, b, backend) for backend in ("hybrid", "avx512", "mkldnn"))
     assert (hybrid.backend, kernel.backend, onednn.backend) == ("hybrid", "avx512", "mkldnn")
     for m in range(1, cpu_linear.HYBRID_AVX512_MAX_ROWS + 1):
@@ -151,3 +151,26 @@ def test_merged_linear_splits_like_separate_projections():
     q, k, v = fused(x).split(sizes, dim=-1)
     for y, w, b in ((q, wq, bq), (k, wk, None), (v, wv, bv)):
         assert _close_to_reference(y.contiguous(), x, w, b)
+
+
+def test_auto_keeps_one_packed_copy():
+    x, w, b = _case(3, 64, 64, True)
+    f = FastLinear(w, b, "auto")
+    if cpu_linear.load_avx512_kernel() is None:
+        pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
+    assert f.backend == "avx512" and f._mkldnn is None and f.weight is None
+
+
+def test_native_kernel_runs_on_every_thread(monkeypatch):
+    # Without -fopenmp at::parallel_for silently runs on the calling thread alone (half the speed here).
+    ext = cpu_linear.load_avx512_kernel()
+    if ext is None:
+        pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert ext.parallel_threads_used(64) == 2
+        torch.set_num_threads(1)
+        assert ext.parallel_threads_used(64) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -160,17 +160,3 @@ def test_auto_keeps_one_packed_copy():
         pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
     assert f.backend == "avx512" and f._mkldnn is None and f.weight is None
 
-
-def test_native_kernel_runs_on_every_thread(monkeypatch):
-    # Without -fopenmp at::parallel_for silently runs on the calling thread alone (half the speed here).
-    ext = cpu_linear.load_avx512_kernel()
-    if ext is None:
-        pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert ext.parallel_threads_used(64) == 2
-        torch.set_num_threads(1)
-        assert ext.parallel_threads_used(64) == 1
-    finally:
-        torch.set_num_threads(before)

@@ -254,14 +254,3 @@ def test_first_start_builds_the_kernels_in_the_background(monkeypatch):
     assert started == [native_kernels.load_native_kernels]
     assert native_kernels.loaded() is None, "the PyTorch paths run until the build lands"
 
-
-def test_native_kernels_run_on_every_thread():
-    ext = native_kernels.load_native_kernels()
-    if ext is None:
-        pytest.skip(f"native kernels unavailable: {native_kernels.unavailable_reason()}")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert ext.parallel_threads_used(64) == 2  # the build has OpenMP: at::parallel_for really forks
-    finally:
-        torch.set_num_threads(before)

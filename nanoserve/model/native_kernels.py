@@ -7,7 +7,11 @@ CPU whatever its size, so at batch 1 they cost more than the math. Each kernel h
 
 - `decode_attention`: for each (sequence, kv head) walk the sequence's block table, dot the G query
   heads sharing that kv head with each key row (read once), softmax, accumulate V, all in fp32. No
-  gather copy, no mask: each sequence stops at its own context length.
+  gather copy, no mask: each sequence stops at its own context length. bf16 caches with head_dim 64
+  or 128 and G <= 8 take an AVX-512 version (keys in chunks of 16, sums reduced 16 at a time, value
+  accumulators in registers): batch 32, context 192, Qwen2.5-0.5B heads, 2 threads: 341 µs a layer
+  against 662 for the generic loop on fp32 caches; in the engine's batch-32 decode step attention went
+  from 13.8 to 11.4 ms.
 - `argmax_rows`: greedy sampling over the model-dtype logits, rows in parallel (torch's argmax
   walks a [32, 151936] batch row after row: ~8 ms).
 - `add_rms_norm`, `silu_mul`, `rope_cache`: elementwise work that rounds to the model's dtype
@@ -35,6 +39,7 @@ _CPP = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -105,6 +110,147 @@ static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, con
     }
   });
 }
+
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline __m512 bf16_to_ps(const c10::BFloat16* p) {  // 16 bf16 -> 16 fp32, exact
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+static inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? 0xFFFF : __mmask16((1u << left) - 1); }
+// e^x for x <= 0 (softmax after subtracting the max): x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor
+// polynomial to r^7 (relative error < 1e-7 there), times 2^n by scalef. Inputs below -87 give ~0.
+static inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 split hi + lo
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+// v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes (a transpose-and-add tree: 15 adds
+// and 30 shuffles for 16 dot products instead of 16 separate horizontal sums).
+static inline __m512 hsum16(const __m512* v) {
+  __m512 x[8], y[4], u[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit quad: (a0+a2, b0+b2, a1+a3, b1+b3)
+    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per quad: (A, B, C, D), each the sum of that quad of v[4i..4i+3]
+    __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
+    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  for (int i = 0; i < 2; ++i)  // quads (q0+q1, q2+q3) of y[2i], then of y[2i+1]
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+}
+
+// The bf16 decode attention with head_dim DD (a multiple of 16) and GG query heads per kv head, in AVX-512
+// registers: keys in chunks of 16 (converted once to fp32, dotted with each query head, the 16 sums
+// reduced together by hsum16), then the value rows once per 16-lane slice of D with the GG
+// accumulators in registers. Same math as `run` (fp32 throughout), another summation order.
+template <int DD, int GG>
+static void run_bf16_avx512(const c10::BFloat16* q, const c10::BFloat16* kc, const c10::BFloat16* vc,
+                            const int64_t* tables, const int64_t* ctx_lens, c10::BFloat16* out, int64_t B,
+                            int64_t H, int64_t KVH, int64_t NB, int64_t BS, int64_t max_blocks, float scale) {
+  constexpr int NV = DD / 16;
+  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
+    alignas(64) float qf[GG * DD];
+    alignas(64) float kf[16 * DD];  // one chunk of keys in fp32: [16, DD]
+    std::vector<float> s;           // scores [GG, ctx_pad]
+    std::vector<int64_t> row;       // [ctx] element offset of key/value t in the caches
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / KVH, kh = i % KVH, ctx = ctx_lens[b], ctx_pad = (ctx + 15) & ~int64_t(15);
+      const int64_t* table = tables + b * max_blocks;
+      row.resize(ctx);  // walked with counters: a division per key per use cost more than the math
+      for (int64_t t = 0, blk = 0, off = 0; t < ctx; ++t) {
+        row[t] = ((kh * NB + table[blk]) * BS + off) * DD;
+        if (++off == BS) off = 0, ++blk;
+      }
+      for (int g = 0; g < GG; ++g)
+        for (int d = 0; d < DD; ++d) qf[g * DD + d] = to_f(q[(b * H + kh * GG + g) * DD + d]) * scale;
+      s.resize(GG * ctx_pad);
+      for (int64_t t0 = 0; t0 < ctx; t0 += 16) {
+        const int n = int(std::min<int64_t>(16, ctx - t0));
+        for (int j = 0; j < n; ++j) {
+          const int64_t t = t0 + j;
+          const c10::BFloat16* kp = kc + row[t];
+          for (int c = 0; c < NV; ++c) _mm512_store_ps(kf + j * DD + 16 * c, bf16_to_ps(kp + 16 * c));
+        }
+        for (int g = 0; g < GG; ++g) {
+          __m512 qv[NV], part[16];
+          for (int c = 0; c < NV; ++c) qv[c] = _mm512_load_ps(qf + g * DD + 16 * c);
+          for (int j = 0; j < 16; ++j) {
+            if (j >= n) { part[j] = _mm512_setzero_ps(); continue; }
+            __m512 a = _mm512_mul_ps(qv[0], _mm512_load_ps(kf + j * DD));
+            for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], _mm512_load_ps(kf + j * DD + 16 * c), a);
+            part[j] = a;
+          }
+          _mm512_storeu_ps(s.data() + g * ctx_pad + t0, hsum16(part));  // lanes past ctx are scratch
+        }
+      }
+      float inv_sum[GG];
+      for (int g = 0; g < GG; ++g) {  // softmax, 16 scores at a time; lanes past ctx become 0
+        float* sg = s.data() + g * ctx_pad;
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < ctx; t += 16)
+          mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(mv, tail_mask(ctx - t), sg + t));
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < ctx; t += 16) {
+          const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(sg + t), m);
+          const __m512 e = _mm512_maskz_mov_ps(tail_mask(ctx - t), exp_ps(x));
+          _mm512_storeu_ps(sg + t, e);
+          sum = _mm512_add_ps(sum, e);
+        }
+        inv_sum[g] = 1.f / _mm512_reduce_add_ps(sum);
+      }
+      for (int c = 0; c < NV; ++c) {
+        __m512 acc[GG];
+        for (int g = 0; g < GG; ++g) acc[g] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < ctx; ++t) {
+          const __m512 v = bf16_to_ps(vc + row[t] + 16 * c);
+          for (int g = 0; g < GG; ++g)
+            acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * ctx_pad + t]), v, acc[g]);
+        }
+        for (int g = 0; g < GG; ++g) {
+          const __m512 o = _mm512_mul_ps(acc[g], _mm512_set1_ps(inv_sum[g]));
+          alignas(64) float tmp[16];
+          _mm512_store_ps(tmp, o);
+          c10::BFloat16* dst = out + (b * H + kh * GG + g) * DD + 16 * c;
+          for (int l = 0; l < 16; ++l) dst[l] = rnd<c10::BFloat16>(tmp[l]);
+        }
+      }
+    }
+  });
+}
+
+template <int DD>
+static bool try_bf16_avx512(int64_t G, const c10::BFloat16* q, const c10::BFloat16* kc,
+                            const c10::BFloat16* vc, const int64_t* tables, const int64_t* ctx_lens,
+                            c10::BFloat16* out, int64_t B, int64_t H, int64_t KVH, int64_t NB, int64_t BS,
+                            int64_t max_blocks, float scale) {
+  switch (G) {
+#define NS_CASE(GG) \
+    case GG:        \
+      run_bf16_avx512<DD, GG>(q, kc, vc, tables, ctx_lens, out, B, H, KVH, NB, BS, max_blocks, scale); \
+      return true;
+    NS_CASE(1) NS_CASE(2) NS_CASE(3) NS_CASE(4) NS_CASE(5) NS_CASE(6) NS_CASE(7) NS_CASE(8)
+#undef NS_CASE
+    default: return false;
+  }
+}
+#endif
 
 
 // x [T, N] (in/out: x += r when r is given, rounded to T as torch's add); out = w * T(norm(x)).
@@ -225,6 +371,16 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   auto out = torch::empty_like(q);
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t KVH = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
+#ifdef __AVX512F__
+  if (q.scalar_type() == at::kBFloat16 && (D == 64 || D == 128)) {
+    using bf = c10::BFloat16;
+    auto f = D == 64 ? try_bf16_avx512<64> : try_bf16_avx512<128>;
+    if (f(H / KVH, q.data_ptr<bf>(), k_cache.data_ptr<bf>(), v_cache.data_ptr<bf>(),
+          tables.data_ptr<int64_t>(), ctx_lens.data_ptr<int64_t>(), out.data_ptr<bf>(), B, H, KVH, NB, BS,
+          tables.size(1), (float)scale))
+      return out;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
     auto f = D == 64 ? run<scalar_t, 64> : D == 128 ? run<scalar_t, 128> : run<scalar_t, 0>;
     f(q.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
@@ -235,7 +391,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
 }
 """ + THREADS_PROBE_CPP
 
-NAME = "nanoserve_native_kernels_v4"
+NAME = "nanoserve_native_kernels_v5"
 _ext = None
 _ext_error: str | None = None
 _lock = threading.Lock()

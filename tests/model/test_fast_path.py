@@ -254,3 +254,21 @@ def test_first_start_builds_the_kernels_in_the_background(monkeypatch):
     assert started == [native_kernels.load_native_kernels]
     assert native_kernels.loaded() is None, "the PyTorch paths run until the build lands"
 
+
+
+# The AVX-512 bf16 path (head_dim 64/128, 1-8 query heads per kv head) against the PyTorch path, with
+# block sizes that do and do not line up with its 16-key chunks; 9 heads per kv head takes the scalar path.
+@pytest.mark.parametrize("g", [1, 3, 5, 7, 8, 9])
+@pytest.mark.parametrize("d,block_size", [(64, 16), (64, 4), (128, 8)])
+def test_native_bf16_decode_attention_for_every_group_size(g, d, block_size):
+    ext = native_kernels.load_native_kernels()
+    if ext is None:
+        pytest.skip(f"native kernel unavailable: {native_kernels.unavailable_reason()}")
+    q, k_cache, v_cache, meta = _random_decode_case(
+        torch.bfloat16, 6, 2, g, d, block_size=block_size, num_blocks=256, seed=g
+    )
+    backend = TorchAttentionBackend(2 * g, 2, d, d**-0.5)
+    ref = backend._decode(q, k_cache, v_cache, meta).float()
+    backend.native = ext
+    out = backend._decode(q, k_cache, v_cache, meta).float()
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)

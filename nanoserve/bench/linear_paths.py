@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-CHOICES = ("auto", "torch", "mkldnn", "avx512", "hybrid")
+from nanoserve.config import CPU_LINEAR_BACKENDS as CHOICES
 
 
 def add_cpu_linear_argument(p) -> None:

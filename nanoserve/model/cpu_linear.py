@@ -35,11 +35,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from nanoserve.config import CPU_LINEAR_BACKENDS as BACKENDS
 from nanoserve.model.native_build import OPENMP_CFLAGS, OPENMP_LDFLAGS, THREADS_PROBE_CPP
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
 # "hybrid": the avx512 kernel up to this many activation rows, oneDNN above (twice the weight memory).
 # `nanoserve bench linear`, quiet 2-core Zen 4, 2 threads, OMP_WAIT_POLICY=ACTIVE, all linears of a
 # Qwen2.5-0.5B decode step, avx512 vs oneDNN ms: batch 1 32.3 vs 49.3; 4 33.4 vs 40.2; 8 37.9 vs 57.2;

@@ -58,6 +58,16 @@ template <> inline c10::BFloat16 rnd<c10::BFloat16>(float x) {  // round to near
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return c10::BFloat16(uint16_t(bits >> 16), c10::BFloat16::from_bits());
 }
+// s[0:n] -> exp(s - max(s)) in place; returns 1 / their sum. -ffast-math and libmvec vectorize both loops
+// (a hand-written AVX-512 exp measured no faster).
+static inline float softmax_numerators(float* s, int64_t n) {
+  float m = s[0];
+  for (int64_t t = 1; t < n; ++t) m = s[t] > m ? s[t] : m;
+  float sum = 0.f;
+  for (int64_t t = 0; t < n; ++t) { s[t] = std::exp(s[t] - m); sum += s[t]; }
+  return 1.f / sum;
+}
+
 // DD > 0: head_dim known at compile time (64, 128), so the inner loops vectorize fully.
 template <typename T, int DD>
 static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, const int64_t* ctx_lens,
@@ -85,14 +95,7 @@ static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, con
           s[g * ctx + t] = dot;
         }
       }
-      for (int64_t g = 0; g < G; ++g) {
-        float* sg = s.data() + g * ctx;
-        float m = sg[0];
-        for (int64_t t = 1; t < ctx; ++t) m = sg[t] > m ? sg[t] : m;
-        float sum = 0.f;
-        for (int64_t t = 0; t < ctx; ++t) { sg[t] = std::exp(sg[t] - m); sum += sg[t]; }
-        inv_sum[g] = 1.f / sum;
-      }
+      for (int64_t g = 0; g < G; ++g) inv_sum[g] = softmax_numerators(s.data() + g * ctx, ctx);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t = 0; t < ctx; ++t) {
         const T* vp = vc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
@@ -117,25 +120,6 @@ static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, con
 static inline __m512 bf16_to_ps(const c10::BFloat16* p) {  // 16 bf16 -> 16 fp32, exact
   return _mm512_castsi512_ps(
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-static inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? 0xFFFF : __mmask16((1u << left) - 1); }
-// e^x for x <= 0 (softmax after subtracting the max): x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor
-// polynomial to r^7 (relative error < 1e-7 there), times 2^n by scalef. Inputs below -87 give ~0.
-static inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 split hi + lo
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
 }
 // v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes (a transpose-and-add tree: 15 adds
 // and 30 shuffles for 16 dot products instead of 16 separate horizontal sums).
@@ -200,21 +184,7 @@ static void run_bf16_avx512(const c10::BFloat16* q, const c10::BFloat16* kc, con
         }
       }
       float inv_sum[GG];
-      for (int g = 0; g < GG; ++g) {  // softmax, 16 scores at a time; lanes past ctx become 0
-        float* sg = s.data() + g * ctx_pad;
-        __m512 mv = _mm512_set1_ps(-INFINITY);
-        for (int64_t t = 0; t < ctx; t += 16)
-          mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(mv, tail_mask(ctx - t), sg + t));
-        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t t = 0; t < ctx; t += 16) {
-          const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(sg + t), m);
-          const __m512 e = _mm512_maskz_mov_ps(tail_mask(ctx - t), exp_ps(x));
-          _mm512_storeu_ps(sg + t, e);
-          sum = _mm512_add_ps(sum, e);
-        }
-        inv_sum[g] = 1.f / _mm512_reduce_add_ps(sum);
-      }
+      for (int g = 0; g < GG; ++g) inv_sum[g] = softmax_numerators(s.data() + g * ctx_pad, ctx);
       for (int c = 0; c < NV; ++c) {
         __m512 acc[GG];
         for (int g = 0; g < GG; ++g) acc[g] = _mm512_setzero_ps();

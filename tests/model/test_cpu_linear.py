@@ -159,4 +159,3 @@ def test_auto_keeps_one_packed_copy():
     if cpu_linear.load_avx512_kernel() is None:
         pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
     assert f.backend == "avx512" and f._mkldnn is None and f.weight is None
-

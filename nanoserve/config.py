@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # cpu_linear's paths for bf16 CPU weights; "torch" is plain F.linear (the reference path).
 CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
+# nanoserve/model/attention's backends; "auto" = cpu_native on CPU when the native kernels load, else torch.
+ATTENTION_BACKENDS = ("auto", "torch", "cpu_native")
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
@@ -47,6 +49,14 @@ class EngineArgs:
     num_cpu_threads: int | None = None
     # How bf16 linears run on CPU (see nanoserve/model/cpu_linear.py); "torch" turns the fast paths off.
     cpu_linear: str = "auto"
+    attention_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "paged attention implementation: torch (reference, any device), cpu_native (native C++ "
+            "decode kernel, CPU only); auto = cpu_native on CPU when the native kernels are available",
+            "choices": ATTENTION_BACKENDS,
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,6 +72,13 @@ class EngineArgs:
             raise InvalidRequestError(
                 f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}", "cpu_linear"
             )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InvalidRequestError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}",
+                "attention_backend",
+            )
+        if self.attention_backend == "cpu_native" and self.device.startswith("cuda"):
+            raise InvalidRequestError("attention_backend cpu_native runs on CPU only", "attention_backend")
         _check_positive("max_model_len", self.max_model_len)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)

@@ -2,8 +2,8 @@
 runs one forward for every sequence of the step, and samples.
 
 Flat step layout (vLLM's): all scheduled tokens packed into one [T] row of input_ids/positions;
-sequence i owns rows query_start_loc[i]:query_start_loc[i+1]; slot_mapping says where each new
-token's K/V goes in the pool; block_tables/context_lens say what each sequence may attend to.
+the runner describes where they sit (a `StepLayout`) and the attention backend, one for every
+layer, turns that into whatever tensors it reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
-from nanoserve.model.attention import AttentionMetadata
+from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
 from nanoserve.model.native_kernels import load_native_kernels
@@ -30,10 +30,9 @@ logger = logging.getLogger(__name__)
 class StepInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
-    meta: AttentionMetadata
+    meta: AttentionMetadata  # built by the attention backend
     logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
-    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row after expansion
-    sample_src: list[int]  # for each of sample_seqs, which entry of logits_rows holds its logits
+    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row
 
 
 @dataclass
@@ -50,6 +49,7 @@ class ModelRunner:
         model_config: ModelConfig,
         cache_config: CacheConfig,
         device: torch.device,
+        attention_backend: str = "auto",
     ) -> None:
         self.model = model
         self.model_config = model_config
@@ -63,25 +63,23 @@ class ModelRunner:
         shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
         # Loaded from the disk cache now (or built in the background on a first start, this engine then
-        # keeping the PyTorch decode attention); None -> PyTorch paths.
+        # keeping the PyTorch attention); None -> PyTorch paths.
         native = load_native_kernels(background_if_unbuilt=True) if device.type == "cpu" else None
-        self.native_attention = native is not None
+        self.attention_backend = make_attention_backend(
+            attention_backend, device, native, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype
+        )
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
-            attn.backend.native = native
+            attn.backend = self.attention_backend
 
     # ---- step --------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
-        if out.block_copies:
-            self.copy_blocks(out.block_copies)
         inputs = self.prepare(out)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         if not inputs.sample_seqs:
             return StepResult([], [], [])
         logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]
-        if len(inputs.sample_src) != logits.shape[0]:  # forked siblings reuse their parent's row
-            logits = logits[torch.tensor(inputs.sample_src, device=logits.device)]
         seqs = inputs.sample_seqs
         for s in seqs:
             seed = s.request.params.seed
@@ -97,12 +95,6 @@ class ModelRunner:
         sampled = self.sampler(logits, meta)
         return StepResult(seqs, sampled.token_ids, sampled.logprobs)
 
-    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        """Copy-on-write of shared partial blocks, in every layer, for K and V."""
-        src = torch.tensor([s for s, _ in copies], device=self.device)
-        dst = torch.tensor([d for _, d in copies], device=self.device)
-        self.kv_cache[:, :, :, dst] = self.kv_cache[:, :, :, src]
-
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         """The step's flat tensors, built from Python lists with one tensor per field (no per-layer work)."""
         bs = self.block_size
@@ -114,11 +106,7 @@ class ModelRunner:
         tables: list[list[int]] = []
         logits_rows: list[int] = []
         sample_seqs: list[Sequence] = []
-        sample_src: list[int] = []
-        row_of_seq: dict[int, int] = {}
-        decode_idx: list[int] = []
-        prefill_idx: list[int] = []
-        for i, item in enumerate(out.scheduled):
+        for item in out.scheduled:
             seq, start, n = item.seq, item.start, item.num_new_tokens
             end = start + n
             table = seq.block_table
@@ -126,77 +114,23 @@ class ModelRunner:
                 input_ids.append(seq.token_ids[start])
                 positions.append(start)
                 slots.append(table[start // bs] * bs + start % bs)
-                decode_idx.append(i)
             else:
                 input_ids.extend(seq.token_ids[start:end])
                 pos = np.arange(start, end)
                 positions.extend(pos.tolist())
                 slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
-                prefill_idx.append(i)
             query_start.append(query_start[-1] + n)
             context_lens.append(end)
             tables.append(table)
             if item.samples:
-                row_of_seq[seq.seq_id] = len(logits_rows)
-                sample_src.append(len(logits_rows))
                 logits_rows.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-        for child, parent in out.forked:
-            sample_seqs.append(child)
-            sample_src.append(row_of_seq[parent.seq_id])
+        layout = StepLayout(query_start, context_lens, tables, slots, bs)
         dev = self.device
-        num_seqs = len(tables)
-        max_blocks = max(len(t) for t in tables)
-        table_arr = np.zeros((num_seqs, max_blocks), dtype=np.int64)  # [B, max_blocks], padded with 0
-        for i, t in enumerate(tables):
-            table_arr[i, : len(t)] = t
-        ctx_arr = np.asarray(context_lens, dtype=np.int64)
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
-            context_lens=torch.from_numpy(ctx_arr).to(dev),
-            block_tables=torch.from_numpy(table_arr).to(dev),
-            query_lens_list=np.diff(query_start).tolist(),
-            context_lens_list=context_lens,
-            decode_indices=torch.tensor(decode_idx, dtype=torch.int64, device=dev),
-            prefill_indices_list=prefill_idx,
-            block_size=bs,
-            query_start_list=query_start if prefill_idx else None,
-        )
-        if decode_idx:
-            self._decode_meta(meta, decode_idx, table_arr, ctx_arr, query_start, len(prefill_idx) > 0)
         return StepInputs(
             input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            meta=meta,
+            meta=self.attention_backend.build_metadata(layout),
             logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
             sample_seqs=sample_seqs,
-            sample_src=sample_src,
         )
-
-    def _decode_meta(
-        self,
-        meta: AttentionMetadata,
-        decode_idx: list[int],
-        table_arr: np.ndarray,
-        ctx_arr: np.ndarray,
-        query_start: list[int],
-        mixed: bool,
-    ) -> None:
-        """Padded block tables and the additive mask of the step's decodes, shared by every layer."""
-        bs, dev = self.block_size, self.device
-        ctx = ctx_arr[decode_idx] if mixed else ctx_arr  # [Bd]
-        nb = -(-int(ctx.max()) // bs)
-        tables = table_arr[decode_idx, :nb] if mixed else table_arr[:, :nb]  # [Bd, nb]
-        meta.decode_tables = torch.from_numpy(np.ascontiguousarray(tables)).to(dev)
-        if self.native_attention:
-            meta.decode_ctx_lens = torch.from_numpy(np.ascontiguousarray(ctx))
-        else:
-            masked = np.arange(nb * bs)[None, :] >= ctx[:, None]  # [Bd, L]: padding past each context
-            bias = torch.zeros(masked.shape, dtype=self.dtype)
-            bias.masked_fill_(torch.from_numpy(masked), float("-inf"))
-            meta.decode_bias = bias.unsqueeze(1).to(dev)  # [Bd, 1, L]
-        if mixed:
-            meta.decode_rows = torch.tensor(
-                [query_start[i] for i in decode_idx], dtype=torch.int64, device=dev
-            )

@@ -131,12 +131,14 @@ class StepProfiler:
     def _attach_forward_parts(self, model: Any) -> None:
         import torch
 
+        timed_backends: set[int] = set()  # every layer shares one attention backend: wrap it once
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__:
                 self._patch(module, "forward", self._timed(module.forward, "linear", sync=True))
             backend = getattr(module, "backend", None)
             is_plain = backend is not None and not isinstance(backend, torch.nn.Module)
-            if is_plain and hasattr(backend, "forward"):
+            if is_plain and hasattr(backend, "forward") and id(backend) not in timed_backends:
+                timed_backends.add(id(backend))
                 self._patch(backend, "forward", self._timed(backend.forward, "attention", sync=True))
 
     def detach(self) -> None:

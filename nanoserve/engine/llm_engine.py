@@ -83,7 +83,7 @@ class LLMEngine:
             budget = default_cpu_kv_budget_bytes()
         scheduler_config = make_scheduler_config(args, model_config.max_model_len)
         cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
-        runner = ModelRunner(model, model_config, cache_config, device)
+        runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
 
     # ---- requests ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from nanoserve import LLM, SamplingParams
 from nanoserve.config import EngineArgs
 from nanoserve.errors import InvalidRequestError
 from nanoserve.model import cpu_linear, native_kernels
-from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
+from nanoserve.model.attention import CpuNativeAttentionBackend, StepLayout, TorchAttentionBackend
 from nanoserve.model.layers import PackedLinear
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
@@ -87,23 +87,20 @@ def _random_decode_case(dtype, b, kvh, g, d, block_size=16, num_blocks=64, seed=
     nb = int(-(-ctx.max() // block_size))
     tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:nb] for _ in range(b)])  # [B, nb]
     q = torch.randn(b, kvh * g, d, generator=gen).to(dtype)
-    masked = torch.arange(nb * block_size)[None, :] >= ctx[:, None]
-    bias = torch.zeros(masked.shape, dtype=dtype).masked_fill_(masked, float("-inf")).unsqueeze(1)
-    meta = AttentionMetadata(
-        slot_mapping=torch.empty(0, dtype=torch.int64),
-        query_start_loc=torch.arange(b + 1, dtype=torch.int32),
-        context_lens=ctx,
-        block_tables=tables,
-        query_lens_list=[1] * b,
-        context_lens_list=ctx.tolist(),
-        decode_indices=torch.arange(b),
-        prefill_indices_list=[],
-        block_size=block_size,
-        decode_tables=tables,
-        decode_bias=bias,
-        decode_ctx_lens=ctx,
-    )
-    return q, k_cache, v_cache, meta
+    # a decode-only step: one query per sequence (slots unused: _decode reads the caches only)
+    layout = StepLayout(list(range(b + 1)), ctx.tolist(), tables.tolist(), [0] * b, block_size)
+    return q, k_cache, v_cache, layout
+
+
+def _decode_both_ways(ext, q, k_cache, v_cache, layout, dtype):
+    """The PyTorch decode and the native one over the same step: (reference, native) in fp32."""
+    kvh, d = k_cache.shape[0], k_cache.shape[-1]
+    dims = (q.shape[1], kvh, d, d**-0.5)
+    ref_backend = TorchAttentionBackend(*dims, dtype=dtype)
+    native_backend = CpuNativeAttentionBackend(*dims, dtype=dtype, native_ext=ext)
+    ref = ref_backend._decode(q, k_cache, v_cache, ref_backend.build_metadata(layout))
+    out = native_backend._decode(q, k_cache, v_cache, native_backend.build_metadata(layout))
+    return ref.float(), out.float()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -114,16 +111,13 @@ def test_native_decode_attention_equals_the_pytorch_path(dtype, b, kvh, g, d):
     ext = native_kernels.load_native_kernels()
     if ext is None:
         pytest.skip(f"native kernel unavailable: {native_kernels.unavailable_reason()}")
-    q, k_cache, v_cache, meta = _random_decode_case(dtype, b, kvh, g, d)
-    backend = TorchAttentionBackend(kvh * g, kvh, d, d**-0.5)
-    ref = backend._decode(q, k_cache, v_cache, meta).float()
-    backend.native = ext
-    out = backend._decode(q, k_cache, v_cache, meta).float()
+    q, k_cache, v_cache, layout = _random_decode_case(dtype, b, kvh, g, d)
+    ref, out = _decode_both_ways(ext, q, k_cache, v_cache, layout, dtype)
     assert out.shape == (b, kvh * g, d)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     # a single-token context attends to exactly its one value row
-    v0 = v_cache[:, meta.decode_tables[0, 0], 0].float().repeat_interleave(g, dim=0)  # [H, D]
+    v0 = v_cache[:, layout.block_tables[0][0], 0].float().repeat_interleave(g, dim=0)  # [H, D]
     torch.testing.assert_close(out[0], v0, rtol=tol, atol=tol)
 
 
@@ -134,7 +128,7 @@ def test_engine_without_the_native_kernel_gives_the_same_tokens(variant, tiny_mo
     monkeypatch.setattr(native_kernels, "_ext", None)
     monkeypatch.setattr(native_kernels, "_ext_error", "disabled for this test")
     llm = LLM(str(path), num_gpu_blocks_override=8)
-    assert not llm.llm_engine.runner.native_attention
+    assert llm.llm_engine.runner.attention_backend.name == "torch"
     del llm
     assert _generate(path) == native
 
@@ -214,7 +208,7 @@ def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n_q,ctx", [(37, 37), (5, 40), (1, 9)])
 def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
-    from nanoserve.model import attention
+    from nanoserve.model.attention import torch_backend
 
     gen = torch.Generator().manual_seed(4)
     kvh, g, d, bs = 2, 3, 16, 8
@@ -224,7 +218,7 @@ def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
     q = torch.randn(n_q, kvh * g, d, generator=gen).to(dtype)
     backend = TorchAttentionBackend(kvh * g, kvh, d, d**-0.5)
     matmul = backend._prefill(q, k_cache, v_cache, table, ctx, bs)
-    monkeypatch.setattr(attention, "PREFILL_MATMUL_MAX_SCORES", 0)
+    monkeypatch.setattr(torch_backend, "PREFILL_MATMUL_MAX_SCORES", 0)
     sdpa = backend._prefill(q, k_cache, v_cache, table, ctx, bs)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(matmul.float(), sdpa.float(), rtol=tol, atol=tol)
@@ -264,11 +258,8 @@ def test_native_bf16_decode_attention_for_every_group_size(g, d, block_size):
     ext = native_kernels.load_native_kernels()
     if ext is None:
         pytest.skip(f"native kernel unavailable: {native_kernels.unavailable_reason()}")
-    q, k_cache, v_cache, meta = _random_decode_case(
+    q, k_cache, v_cache, layout = _random_decode_case(
         torch.bfloat16, 6, 2, g, d, block_size=block_size, num_blocks=256, seed=g
     )
-    backend = TorchAttentionBackend(2 * g, 2, d, d**-0.5)
-    ref = backend._decode(q, k_cache, v_cache, meta).float()
-    backend.native = ext
-    out = backend._decode(q, k_cache, v_cache, meta).float()
+    ref, out = _decode_both_ways(ext, q, k_cache, v_cache, layout, torch.bfloat16)
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)

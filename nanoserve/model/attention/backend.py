@@ -1,0 +1,85 @@
+"""The attention backend interface and the backend-independent layout of a step it is built from.
+
+Once per step the runner describes where the step's tokens sit (`StepLayout`, plain host lists) and
+calls `build_metadata` on the one backend every layer shares; each layer then calls `forward` with
+that metadata. What a backend precomputes (padded tables, masks, context lengths) is its own affair:
+the runner never sees it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepLayout:
+    """A step's B sequences packed flat into T token rows (vLLM's layout), as host lists.
+
+    Sequence i owns rows query_start[i]:query_start[i + 1] of q/k/v: its new tokens, which sit at
+    positions context_lens[i] - query_len(i) .. context_lens[i] - 1 of the sequence.
+    """
+
+    query_start: list[int]  # [B + 1]: first row of each sequence, then T
+    context_lens: list[int]  # [B]: tokens in the cache for each sequence once this step's K/V are written
+    block_tables: list[list[int]]  # [B][its blocks]: the pool blocks holding each sequence, in order
+    slot_mapping: list[int]  # [T]: cache slot (block * block_size + offset) of each new token
+    block_size: int
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+    def query_len(self, i: int) -> int:
+        return self.query_start[i + 1] - self.query_start[i]
+
+
+@dataclass
+class AttentionMetadata:
+    """What every backend's metadata has: the fused native rope_cache kernel writes K/V through it."""
+
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+
+
+class AttentionBackend(ABC):
+    """Paged attention for one model: shared by all its layers, so it holds no per-layer state."""
+
+    name: str  # what EngineArgs.attention_backend calls it
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.dtype = dtype  # of q and the caches
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def build_metadata(self, layout: StepLayout) -> AttentionMetadata:
+        """Once per step: the tensors every layer's `forward` reads."""
+
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """q [T, H, D], k/v [T, KVH, D], caches [KVH, num_blocks, block_size, D] -> out [T, H, D].
+
+        Writes k/v to the caches at meta.slot_mapping first; k/v None means the caller already did
+        (the fused native rope_cache kernel).
+        """

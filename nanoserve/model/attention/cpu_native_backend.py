@@ -1,0 +1,43 @@
+"""The CPU backend: decodes through the native extension's `decode_attention`, one call per layer.
+
+For each (sequence, kv head) the kernel walks the sequence's blocks up to its context length, so
+it needs no mask: the metadata carries the context lengths instead. Prefill chunks run as in the
+reference backend (inherited).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nanoserve.model.attention.backend import AttentionMetadata, StepLayout
+from nanoserve.model.attention.torch_backend import PagedBatch, TorchAttentionBackend, paged_batch
+
+
+@dataclass
+class CpuNativeAttentionMetadata(AttentionMetadata):
+    batch: PagedBatch
+    decode_ctx_lens: torch.Tensor | None  # [Bd] int64 (CPU) context length of each decode
+
+
+class CpuNativeAttentionBackend(TorchAttentionBackend):
+    name = "cpu_native"
+
+    def __init__(self, *args: Any, native_ext: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.native_ext = native_ext  # native_kernels' extension
+
+    def build_metadata(self, layout: StepLayout) -> CpuNativeAttentionMetadata:
+        batch, decode_ctx = paged_batch(layout, self.device)
+        ctx_lens = None if decode_ctx is None else torch.from_numpy(decode_ctx)
+        return CpuNativeAttentionMetadata(self._slots(layout), batch, ctx_lens)
+
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: CpuNativeAttentionMetadata
+    ) -> torch.Tensor:
+        """q [Bd, H, D] (one query per sequence) -> [Bd, H, D] over each sequence's cached tokens."""
+        return self.native_ext.decode_attention(
+            q, k_cache, v_cache, meta.batch.decode_tables, meta.decode_ctx_lens, self.scale
+        )

@@ -17,12 +17,10 @@ from torch import nn
 
 from nanoserve.errors import ModelLoadError
 from nanoserve.model.cpu_linear import FastLinear
-from nanoserve.model.kernels import Kernels, TorchKernels, apply_rotary
+from nanoserve.model.kernels import Kernels, TorchKernels
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 REFERENCE_KERNELS = TorchKernels()  # what a layer runs until the runner binds its chosen kernels
-
-__all__ = ["GatedMLP", "RMSNorm", "RotaryEmbedding", "apply_rotary", "rope_inv_freq"]
 
 
 class RMSNorm(nn.Module):

@@ -17,8 +17,8 @@ from torch import nn
 
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
 from nanoserve.model.cpu_linear import FastLinear
-from nanoserve.model.kernels import Kernels
-from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
+from nanoserve.model.kernels import Kernels, apply_rotary
+from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding
 
 
 @dataclass

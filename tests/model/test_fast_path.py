@@ -154,7 +154,8 @@ def _native_or_skip():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_norm_silu_and_rope_equal_the_pytorch_ops(dtype):
-    from nanoserve.model.layers import RMSNorm, RotaryEmbedding, apply_rotary
+    from nanoserve.model.kernels import apply_rotary
+    from nanoserve.model.layers import RMSNorm, RotaryEmbedding
 
     ext = _native_or_skip()
     gen = torch.Generator().manual_seed(1)

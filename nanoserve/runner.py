@@ -18,9 +18,9 @@ from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
+from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
-from nanoserve.model.native_kernels import load_native_kernels
 from nanoserve.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 
 logger = logging.getLogger(__name__)
@@ -50,23 +50,26 @@ class ModelRunner:
         cache_config: CacheConfig,
         device: torch.device,
         attention_backend: str = "auto",
+        kernels: Kernels | None = None,
     ) -> None:
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
         self.block_size = cache_config.block_size
-        self.sampler = Sampler()
+        # Chosen once (None: native on CPU when they build, compiled now on a first start) and handed to
+        # every layer and the sampler: a run never changes kernels midway.
+        self.kernels = kernels if kernels is not None else select_kernels(device)
+        model.bind_kernels(self.kernels)
+        self.sampler = Sampler(self.kernels)
         mc = model_config
         dtype = TORCH_DTYPES[mc.dtype]
         self.dtype = dtype
         shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
-        # Loaded from the disk cache now (or built in the background on a first start, this engine then
-        # keeping the PyTorch attention); None -> PyTorch paths.
-        native = load_native_kernels(background_if_unbuilt=True) if device.type == "cpu" else None
+        # The native decode attention comes with the native kernels (kernels.ext; None on the PyTorch paths).
         self.attention_backend = make_attention_backend(
-            attention_backend, device, native, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype
+            attention_backend, device, self.kernels.ext, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype
         )
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]

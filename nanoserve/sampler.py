@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoserve.model import native_kernels
+from nanoserve.model.kernels import Kernels, TorchKernels
 from nanoserve.sampling_params import SAMPLING_EPS, SamplingParams
 
 _MASK_64 = 2**64 - 1
@@ -68,13 +68,18 @@ def child_seed(seed: int, index: int) -> int:
 
 
 class Sampler:
+    def __init__(self, kernels: Kernels | None = None) -> None:
+        """kernels: the runner's choice (its argmax serves plain-greedy batches); None = the reference."""
+        self.kernels = kernels if kernels is not None else TorchKernels()
+
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         """Sample one token per row of `logits` [B, V] (any float dtype) according to `meta`."""
         params = meta.params
         num_rows, vocab = logits.shape
         assert len(params) == num_rows, f"{len(params)} SamplingParams for {num_rows} rows of logits"
         if _plain_greedy(meta):  # the common benchmark case: no copy, no upcast, one argmax
-            return SamplerOutput(_argmax(logits).tolist(), [None] * num_rows)
+            # the first maximal index per row (upcasting bf16 exactly could not change it)
+            return SamplerOutput(self.kernels.argmax_rows(logits).tolist(), [None] * num_rows)
         logits = logits.to(torch.float32, copy=True)  # [B, V]; we modify it in place
         _mask_stop_tokens_before_min(logits, meta)
         if any(p.has_penalties for p in params):
@@ -111,14 +116,6 @@ def _plain_greedy(meta: SamplingMetadata) -> bool:
         p.greedy and not p.has_penalties and p.logprobs is None and len(out) >= p.min_tokens
         for p, out in zip(meta.params, meta.output_token_ids, strict=True)
     )
-
-
-def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    """[B, V] -> [B]: the first maximal index per row (upcasting bf16 exactly cannot change it)."""
-    native = native_kernels.loaded()
-    if native is not None and logits.device.type == "cpu":
-        return native.argmax_rows(logits)
-    return logits.argmax(dim=-1)
 
 
 def _mask_stop_tokens_before_min(logits: torch.Tensor, meta: SamplingMetadata) -> None:

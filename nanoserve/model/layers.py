@@ -1,8 +1,10 @@
-"""Building blocks of the Llama-family decoder: RMSNorm, rotary embedding, gated SiLU MLP, packed linears.
+"""Building blocks of the Llama-family decoder: RMSNorm, rotary embedding, gated SiLU MLP.
 
 Numerics follow transformers' reference implementations (norm in float32, rotary tables in
 float32) so that greedy outputs are token-identical to it. Every block is a handful of large tensor
-operations: a decode step runs them once per layer, so each extra small op costs ~24 × 5 µs a step.
+operations: a decode step runs them once per layer, so each extra small op costs its fixed overhead
+once per layer per step. The non-matmul ops go through the `kernels` object the runner binds to every
+layer (kernels.py); the linears are cpu_linear.FastLinear.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nanoserve.errors import ModelLoadError
-from nanoserve.model import native_kernels
 from nanoserve.model.cpu_linear import FastLinear
+from nanoserve.model.kernels import Kernels, TorchKernels
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+REFERENCE_KERNELS = TorchKernels()  # what a layer runs until the runner binds its chosen kernels
 
 
 class RMSNorm(nn.Module):
@@ -26,77 +28,25 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels: Kernels = REFERENCE_KERNELS
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """norm(x), or with `residual`: x += residual in place (the new residual stream), then norm(x)."""
-        native = native_kernels.loaded()
-        if native is not None and x.device.type == "cpu" and x.is_contiguous():
-            return native.add_rms_norm(x, residual, self.weight, self.eps)
-        if residual is not None:
-            x.add_(residual)
-        # F.rms_norm in float32 is bit-identical to transformers' x * rsqrt(mean(x²) + eps), in one op.
-        h = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
-        return self.weight * h.to(x.dtype)
-
-
-class PackedLinear(nn.Module):
-    """`y = x @ weight.T + bias` through `cpu_linear.FastLinear`, made once at load from loaded weights.
-
-    Several projections of one input (q/k/v, gate/up) are concatenated into one weight, so one call
-    streams all their rows; `sizes` says how to split the output. backend "torch" is the plain
-    `F.linear` reference path; bf16 weights on CPU take the faster paths with any other backend. The
-    weight is held by the FastLinear, not registered as a parameter (the oneDNN path keeps only its
-    packed copy).
-    """
-
-    def __init__(
-        self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], backend: str = "auto"
-    ) -> None:
-        super().__init__()
-        self.sizes = [w.shape[0] for w in weights]
-        weight = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
-        bias = None
-        if any(b is not None for b in biases):
-            pairs = zip(biases, self.sizes, strict=True)
-            bias = torch.cat([b.detach() if b is not None else weight.new_zeros(n) for b, n in pairs])
-        self.linear = FastLinear(weight, bias, backend)
-        self.backend = self.linear.backend
-
-    @classmethod
-    def merge(cls, linears: list[nn.Linear], backend: str = "auto") -> PackedLinear:
-        return cls([m.weight for m in linears], [m.bias for m in linears], backend)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-    def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, backend={self.backend}"
+        return self.kernels.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+    """down(silu(gate(x)) * up(x)), gate and up stacked in one projection."""
 
     def __init__(self, hidden: int, intermediate: int, bias: bool = False) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
-
-        self.gate_up_proj: PackedLinear | None = None  # made by pack()
-
-    def pack(self, backend: str) -> None:
-        """Replace gate/up by one concatenated projection (and down by a packed one)."""
-        self.gate_up_proj = PackedLinear.merge([self.gate_proj, self.up_proj], backend)
-        self.down_proj = PackedLinear.merge([self.down_proj], backend)
-        del self.gate_proj, self.up_proj
+        self.gate_up_proj = FastLinear(hidden, [intermediate, intermediate], bias)
+        self.down_proj = FastLinear(intermediate, hidden, bias)
+        self.kernels: Kernels = REFERENCE_KERNELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2I]
-        native = native_kernels.loaded()
-        if native is not None and gate_up.device.type == "cpu":
-            return self.down_proj(native.silu_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate).mul_(up))
+        return self.down_proj(self.kernels.silu_mul(gate_up))
 
 
 def rope_inv_freq(head_dim: int, rope: dict[str, Any]) -> torch.Tensor:
@@ -154,10 +104,3 @@ class RotaryEmbedding(nn.Module):
         sin = self.sin_signed[positions].to(dtype).unsqueeze(1)
         return cos, sin
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """x [T, N, D] (any N heads, e.g. q and k side by side) -> rotated copy; bit-identical to
-    transformers' `x * cos + rotate_half(x) * sin`."""
-    t, n, d = x.shape
-    flipped = x.view(t, n, 2, d // 2).flip(2).view(t, n, d)  # [x_hi, x_lo]
-    return (x * cos).add_(flipped * sin_signed)

@@ -1,6 +1,8 @@
 """The Llama-family decoder: Llama, Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm, explicit head_dim).
 
-Parameter names match the Hugging Face checkpoints, so weights load by name. The model knows
+Parameter names match the Hugging Face checkpoints, so weights load by name, except that q/k/v and
+gate/up are stacked in one projection each (`packed_modules_mapping` tells the loader which checkpoint
+tensors fill which rows). The model knows
 nothing of requests: it takes a flat step of tokens with their positions and attention metadata,
 and reads/writes the paged KV cache tensors bound to each attention layer by the runner.
 """
@@ -13,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanoserve.model import native_kernels
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
-from nanoserve.model.layers import GatedMLP, PackedLinear, RMSNorm, RotaryEmbedding, apply_rotary
+from nanoserve.model.cpu_linear import FastLinear
+from nanoserve.model.kernels import Kernels, apply_rotary
+from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding
 
 
 @dataclass
@@ -44,10 +47,8 @@ class Attention(nn.Module):
         super().__init__()
         h, kvh, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = h, kvh, d
-        self.q_proj = nn.Linear(spec.hidden_size, h * d, bias=spec.qkv_bias)
-        self.k_proj = nn.Linear(spec.hidden_size, kvh * d, bias=spec.qkv_bias)
-        self.v_proj = nn.Linear(spec.hidden_size, kvh * d, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(h * d, spec.hidden_size, bias=spec.o_bias)
+        self.qkv_proj = FastLinear(spec.hidden_size, [h * d, kvh * d, kvh * d], spec.qkv_bias)
+        self.o_proj = FastLinear(h * d, spec.hidden_size, spec.o_bias)
         if spec.qk_norm:
             self.q_norm = RMSNorm(d, spec.rms_norm_eps)
             self.k_norm = RMSNorm(d, spec.rms_norm_eps)
@@ -55,34 +56,21 @@ class Attention(nn.Module):
         self.backend = TorchAttentionBackend(h, kvh, d, d**-0.5)
         self.k_cache: torch.Tensor | None = None  # [KVH, num_blocks, block_size, D], bound by the runner
         self.v_cache: torch.Tensor | None = None
-        self.qkv_proj: PackedLinear | None = None  # made by pack()
-
-    def pack(self, backend: str) -> None:
-        """Replace q/k/v by one concatenated projection (q, k, v side by side in its output)."""
-        self.qkv_proj = PackedLinear.merge([self.q_proj, self.k_proj, self.v_proj], backend)
-        self.o_proj = PackedLinear.merge([self.o_proj], backend)
-        del self.q_proj, self.k_proj, self.v_proj
+        self.kernels: Kernels = REFERENCE_KERNELS
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
     ) -> torch.Tensor:
         t, h, kvh, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
-        native = native_kernels.loaded()
-        if native is not None and not self.qk_norm and qkv.device.type == "cpu":
-            # one call: rotate q and k, write k and v to the cache; the backend skips its cache write
-            q = native.rope_cache(
-                qkv, rope[0], rope[1], meta.slot_mapping, self.k_cache, self.v_cache, h, kvh
-            )
-            o = self.backend.forward(q, None, None, self.k_cache, self.v_cache, meta)
-            return self.o_proj(o.view(t, h * d))
-        v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
-        if self.qk_norm:
+        if self.qk_norm:  # Qwen3: q and k are normed per head before rotary
             q = apply_rotary(self.q_norm(qkv[:, : h * d].view(t, h, d)), *rope)
             k = apply_rotary(self.k_norm(qkv[:, h * d : (h + kvh) * d].view(t, kvh, d)), *rope)
-        else:  # q and k are adjacent: rotate both heads' groups in one pass
-            qk = apply_rotary(qkv[:, : (h + kvh) * d].view(t, h + kvh, d), *rope)
-            q, k = qk[:, :h], qk[:, h:]
+            v = qkv[:, (h + kvh) * d :].view(t, kvh, d)
+        else:  # k, v None: the kernel wrote them to the caches already
+            q, k, v = self.kernels.rope_cache(
+                qkv, *rope, meta.slot_mapping, self.k_cache, self.v_cache, h, kvh
+            )
         o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta)  # [T, H, D]
         return self.o_proj(o.view(t, h * d))
 
@@ -140,24 +128,25 @@ class DecoderModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Also serves Mistral, Qwen2 and Qwen3: they differ only in the DecoderSpec flags."""
 
+    # stacked projection -> the checkpoint's projections in its rows, in order
+    packed_modules_mapping = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+        "gate_up_proj": ("gate_proj", "up_proj"),
+    }
+
     def __init__(self, spec: DecoderSpec) -> None:
         super().__init__()
         self.spec = spec
         self.model = DecoderModel(spec)
-        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.lm_head = FastLinear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-        self.packed = False
-
-    def pack(self, backend: str = "auto") -> None:
-        """After the weights are loaded: fuse q/k/v and gate/up and route every linear through
-        cpu_linear (backend "torch" = plain F.linear, the reference path)."""
-        for layer in self.model.layers:
-            layer.self_attn.pack(backend)
-            layer.mlp.pack(backend)
-        self.lm_head = PackedLinear.merge([self.lm_head], backend)
-        self.packed = True
+    def bind_kernels(self, kernels: Kernels) -> None:
+        """Run every layer's non-matmul ops through `kernels` (chosen once, by the runner)."""
+        for module in self.modules():
+            if hasattr(module, "kernels"):
+                module.kernels = kernels
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn for layer in self.model.layers]

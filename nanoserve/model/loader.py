@@ -16,6 +16,7 @@ import torch
 
 from nanoserve.config import EngineArgs, ModelConfig
 from nanoserve.errors import InvalidRequestError, ModelLoadError
+from nanoserve.model.cpu_linear import prepare_linears
 from nanoserve.model.layers import SUPPORTED_ROPE_TYPES
 from nanoserve.model.llama import DecoderSpec, LlamaForCausalLM
 
@@ -210,9 +211,29 @@ def _materialize(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                 module._parameters[name] = torch.nn.Parameter(storage, requires_grad=False)
 
 
+def checkpoint_tensors(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """{checkpoint tensor name: the parameter (or the rows of one) it fills} for every tensor expected.
+
+    A stacked projection (model.packed_modules_mapping: q/k/v -> qkv_proj, gate/up -> gate_up_proj)
+    expects one checkpoint tensor per projection, each copied into its rows of the stacked weight/bias.
+    """
+    expected: dict[str, torch.Tensor] = {}
+    for name, _ in model.named_parameters():  # a tied lm_head.weight is listed once, as the embedding
+        module_path, _, leaf = name.rpartition(".")
+        prefix, _, module_name = module_path.rpartition(".")
+        module = model.get_submodule(module_path)
+        parts = model.packed_modules_mapping.get(module_name)
+        if parts is None:
+            expected[name] = getattr(module, leaf)
+            continue
+        for index, part in enumerate(parts):
+            expected[f"{prefix}.{part}.{leaf}"] = module.shard(leaf, index)  # a view of its rows
+    return expected
+
+
 def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
-    """Build the model on `device` in mc.dtype, load its weights (checked by name and shape), then pack
-    them for inference: q/k/v and gate/up fused, linears through cpu_linear's `cpu_linear` path."""
+    """Build the model on `device` in mc.dtype, load its weights (checked by name and shape; q/k/v and
+    gate/up straight into their stacked projections), then prepare every linear's `cpu_linear` path."""
     from safetensors import safe_open
 
     files = weight_files(mc.model)
@@ -223,7 +244,7 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     if spec.tie_word_embeddings:  # materializing unties; tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.build(device)
-    params = dict(model.named_parameters())
+    expected = checkpoint_tensors(model)
     loaded: set[str] = set()
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
@@ -232,26 +253,26 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
                     continue
                 if name == "lm_head.weight" and spec.tie_word_embeddings:
                     continue  # tied: the embedding is the head
-                param = params.get(name)
-                if param is None:
+                if name not in expected:
                     raise ModelLoadError(f"unexpected tensor {name!r} in {file.name} for {mc.architecture}")
+                target = expected[name]
                 shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(param.shape):
+                if shape != tuple(target.shape):
                     raise ModelLoadError(
                         f"shape mismatch for {name!r}: checkpoint has {list(shape)}, "
-                        f"the config implies {list(param.shape)}"
+                        f"the config implies {list(target.shape)}"
                     )
                 with torch.no_grad():
-                    param.copy_(f.get_tensor(name))
+                    target.copy_(f.get_tensor(name))
                 loaded.add(name)
-    missing = sorted(set(params) - loaded)
+    missing = sorted(set(expected) - loaded)
     if missing:
         raise ModelLoadError(
             f"missing tensor(s) in the checkpoint: {', '.join(missing[:5])}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
     model.eval()
-    model.pack(cpu_linear)
+    prepare_linears(model, cpu_linear)
     return model
 
 

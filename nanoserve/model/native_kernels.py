@@ -1,5 +1,5 @@
-"""Native CPU kernels for the decode step's small, non-matmul work: paged decode attention, fused
-residual-add + RMSNorm, SiLU-and-multiply, and rotary + KV-cache write.
+"""Native CPU kernels for the decode step's small, non-matmul work (csrc/native_kernels.cpp): paged
+decode attention, fused residual-add + RMSNorm, SiLU-and-multiply, rotary + KV-cache write, argmax.
 
 In eager PyTorch each of these is several small ops per layer (attention alone is gather K, gather V,
 two batched matmuls, mask, softmax, transposes; RMSNorm is ~8 ops) and each op costs microseconds on
@@ -9,20 +9,17 @@ CPU whatever its size, so at batch 1 they cost more than the math. Each kernel h
   heads sharing that kv head with each key row (read once), softmax, accumulate V, all in fp32. No
   gather copy, no mask: each sequence stops at its own context length. bf16 caches with head_dim 64
   or 128 and G <= 8 take an AVX-512 version (keys in chunks of 16, sums reduced 16 at a time, value
-  accumulators in registers): batch 32, context 192, Qwen2.5-0.5B heads, 2 threads: 341 µs a layer
-  against 662 for the generic loop on fp32 caches; in the engine's batch-32 decode step attention went
-  from 13.8 to 11.4 ms.
-- `argmax_rows`: greedy sampling over the model-dtype logits, rows in parallel (torch's argmax
-  walks a [32, 151936] batch row after row: ~8 ms).
+  accumulators in registers), about twice as fast per layer as the generic loop (benchmarks/RESULTS.md).
+- `argmax_rows`: greedy sampling over the model-dtype logits, rows in parallel (torch's argmax walks a
+  [batch, vocabulary] tensor row after row).
 - `add_rms_norm`, `silu_mul`, `rope_cache`: elementwise work that rounds to the model's dtype
   wherever transformers' graph does, so outputs match the PyTorch path within float rounding (fp32
   sums in another order, vectorized exp) and at most one bf16 rounding apart in bf16.
 
-Built once with `torch.utils.cpp_extension.load_inline` (~20–60 s the first time, cached on disk after)
-and threaded with ATen's pool; a first start builds them in the background and runs the PyTorch paths
-meanwhile. `load_native_kernels()` (called by the runner on CPU) returns None when
-they cannot be built (no compiler) or NANOSERVE_DISABLE_NATIVE_KERNELS=1; `loaded()` is what the
-model's layers check, and every caller has a PyTorch path for None.
+Threaded with ATen's pool and built by native_build.load_extension (in the foreground, first start
+only). `load_native_kernels()` returns the extension, or None when it cannot be built (no compiler) or
+NANOSERVE_DISABLE_NATIVE_KERNELS=1; the runner wraps it in kernels.NativeCpuKernels and hands that to
+the model, so which kernels a run uses is decided once, at start-up.
 """
 
 from __future__ import annotations
@@ -30,394 +27,36 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from types import ModuleType
 
-from nanoserve.model.native_build import OPENMP_CFLAGS, OPENMP_LDFLAGS, THREADS_PROBE_CPP
+from nanoserve.model.native_build import load_extension
 
 log = logging.getLogger(__name__)
 
-_CPP = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <cmath>
-#include <algorithm>
-#include <cstring>
-#include <vector>
-
-static inline float to_f(float x) { return x; }
-static inline float to_f(c10::BFloat16 x) {  // exact: bf16 is the high half of an fp32
-  uint32_t bits = uint32_t(x.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-static inline float to_f(c10::Half x) { return float(x); }
-template <typename T> static inline T rnd(float x) { return T(x); }  // one rounding to T, like torch
-template <> inline c10::BFloat16 rnd<c10::BFloat16>(float x) {  // round to nearest even, branch-free
-  uint32_t bits;
-  std::memcpy(&bits, &x, 4);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);
-  return c10::BFloat16(uint16_t(bits >> 16), c10::BFloat16::from_bits());
-}
-// s[0:n] -> exp(s - max(s)) in place; returns 1 / their sum. -ffast-math and libmvec vectorize both loops
-// (a hand-written AVX-512 exp measured no faster).
-static inline float softmax_numerators(float* s, int64_t n) {
-  float m = s[0];
-  for (int64_t t = 1; t < n; ++t) m = s[t] > m ? s[t] : m;
-  float sum = 0.f;
-  for (int64_t t = 0; t < n; ++t) { s[t] = std::exp(s[t] - m); sum += s[t]; }
-  return 1.f / sum;
-}
-
-// DD > 0: head_dim known at compile time (64, 128), so the inner loops vectorize fully.
-template <typename T, int DD>
-static void run(const T* q, const T* kc, const T* vc, const int64_t* tables, const int64_t* ctx_lens,
-                T* out, int64_t B, int64_t H, int64_t KVH, int64_t D_, int64_t NB, int64_t BS,
-                int64_t max_blocks, float scale) {
-  const int64_t D = DD > 0 ? DD : D_;
-  const int64_t G = H / KVH;
-  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> qf(G * D), acc(G * D), kv(D), s, inv_sum(G);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / KVH, kh = i % KVH, ctx = ctx_lens[b];
-      const int64_t* table = tables + b * max_blocks;
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d) qf[g * D + d] = to_f(q[(b * H + kh * G + g) * D + d]) * scale;
-      s.assign(G * ctx, 0.f);
-      // scores: each key row is read once and dotted with the G query heads of this kv head
-      for (int64_t t = 0; t < ctx; ++t) {
-        const T* kp = kc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
-        float* kvp = kv.data();
-        for (int64_t d = 0; d < D; ++d) kvp[d] = to_f(kp[d]);
-        for (int64_t g = 0; g < G; ++g) {
-          float dot = 0.f;
-          const float* qg = qf.data() + g * D;
-          for (int64_t d = 0; d < D; ++d) dot += qg[d] * kvp[d];
-          s[g * ctx + t] = dot;
-        }
-      }
-      for (int64_t g = 0; g < G; ++g) inv_sum[g] = softmax_numerators(s.data() + g * ctx, ctx);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < ctx; ++t) {
-        const T* vp = vc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
-        float* kvp = kv.data();
-        for (int64_t d = 0; d < D; ++d) kvp[d] = to_f(vp[d]);
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = s[g * ctx + t];
-          float* ag = acc.data() + g * D;
-          for (int64_t d = 0; d < D; ++d) ag[d] += p * kvp[d];
-        }
-      }
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d)
-          out[(b * H + kh * G + g) * D + d] = T(acc[g * D + d] * inv_sum[g]);
-    }
-  });
-}
-
-
-#ifdef __AVX512F__
-#include <immintrin.h>
-static inline __m512 bf16_to_ps(const c10::BFloat16* p) {  // 16 bf16 -> 16 fp32, exact
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-// v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes (a transpose-and-add tree: 15 adds
-// and 30 shuffles for 16 dot products instead of 16 separate horizontal sums).
-static inline __m512 hsum16(const __m512* v) {
-  __m512 x[8], y[4], u[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit quad: (a0+a2, b0+b2, a1+a3, b1+b3)
-    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per quad: (A, B, C, D), each the sum of that quad of v[4i..4i+3]
-    __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
-    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  for (int i = 0; i < 2; ++i)  // quads (q0+q1, q2+q3) of y[2i], then of y[2i+1]
-    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
-}
-
-// The bf16 decode attention with head_dim DD (a multiple of 16) and GG query heads per kv head, in AVX-512
-// registers: keys in chunks of 16 (converted once to fp32, dotted with each query head, the 16 sums
-// reduced together by hsum16), then the value rows once per 16-lane slice of D with the GG
-// accumulators in registers. Same math as `run` (fp32 throughout), another summation order.
-template <int DD, int GG>
-static void run_bf16_avx512(const c10::BFloat16* q, const c10::BFloat16* kc, const c10::BFloat16* vc,
-                            const int64_t* tables, const int64_t* ctx_lens, c10::BFloat16* out, int64_t B,
-                            int64_t H, int64_t KVH, int64_t NB, int64_t BS, int64_t max_blocks, float scale) {
-  constexpr int NV = DD / 16;
-  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
-    alignas(64) float qf[GG * DD];
-    alignas(64) float kf[16 * DD];  // one chunk of keys in fp32: [16, DD]
-    std::vector<float> s;           // scores [GG, ctx_pad]
-    std::vector<int64_t> row;       // [ctx] element offset of key/value t in the caches
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / KVH, kh = i % KVH, ctx = ctx_lens[b], ctx_pad = (ctx + 15) & ~int64_t(15);
-      const int64_t* table = tables + b * max_blocks;
-      row.resize(ctx);  // walked with counters: a division per key per use cost more than the math
-      for (int64_t t = 0, blk = 0, off = 0; t < ctx; ++t) {
-        row[t] = ((kh * NB + table[blk]) * BS + off) * DD;
-        if (++off == BS) off = 0, ++blk;
-      }
-      for (int g = 0; g < GG; ++g)
-        for (int d = 0; d < DD; ++d) qf[g * DD + d] = to_f(q[(b * H + kh * GG + g) * DD + d]) * scale;
-      s.resize(GG * ctx_pad);
-      for (int64_t t0 = 0; t0 < ctx; t0 += 16) {
-        const int n = int(std::min<int64_t>(16, ctx - t0));
-        for (int j = 0; j < n; ++j) {
-          const int64_t t = t0 + j;
-          const c10::BFloat16* kp = kc + row[t];
-          for (int c = 0; c < NV; ++c) _mm512_store_ps(kf + j * DD + 16 * c, bf16_to_ps(kp + 16 * c));
-        }
-        for (int g = 0; g < GG; ++g) {
-          __m512 qv[NV], part[16];
-          for (int c = 0; c < NV; ++c) qv[c] = _mm512_load_ps(qf + g * DD + 16 * c);
-          for (int j = 0; j < 16; ++j) {
-            if (j >= n) { part[j] = _mm512_setzero_ps(); continue; }
-            __m512 a = _mm512_mul_ps(qv[0], _mm512_load_ps(kf + j * DD));
-            for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], _mm512_load_ps(kf + j * DD + 16 * c), a);
-            part[j] = a;
-          }
-          _mm512_storeu_ps(s.data() + g * ctx_pad + t0, hsum16(part));  // lanes past ctx are scratch
-        }
-      }
-      float inv_sum[GG];
-      for (int g = 0; g < GG; ++g) inv_sum[g] = softmax_numerators(s.data() + g * ctx_pad, ctx);
-      for (int c = 0; c < NV; ++c) {
-        __m512 acc[GG];
-        for (int g = 0; g < GG; ++g) acc[g] = _mm512_setzero_ps();
-        for (int64_t t = 0; t < ctx; ++t) {
-          const __m512 v = bf16_to_ps(vc + row[t] + 16 * c);
-          for (int g = 0; g < GG; ++g)
-            acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * ctx_pad + t]), v, acc[g]);
-        }
-        for (int g = 0; g < GG; ++g) {
-          const __m512 o = _mm512_mul_ps(acc[g], _mm512_set1_ps(inv_sum[g]));
-          alignas(64) float tmp[16];
-          _mm512_store_ps(tmp, o);
-          c10::BFloat16* dst = out + (b * H + kh * GG + g) * DD + 16 * c;
-          for (int l = 0; l < 16; ++l) dst[l] = rnd<c10::BFloat16>(tmp[l]);
-        }
-      }
-    }
-  });
-}
-
-template <int DD>
-static bool try_bf16_avx512(int64_t G, const c10::BFloat16* q, const c10::BFloat16* kc,
-                            const c10::BFloat16* vc, const int64_t* tables, const int64_t* ctx_lens,
-                            c10::BFloat16* out, int64_t B, int64_t H, int64_t KVH, int64_t NB, int64_t BS,
-                            int64_t max_blocks, float scale) {
-  switch (G) {
-#define NS_CASE(GG) \
-    case GG:        \
-      run_bf16_avx512<DD, GG>(q, kc, vc, tables, ctx_lens, out, B, H, KVH, NB, BS, max_blocks, scale); \
-      return true;
-    NS_CASE(1) NS_CASE(2) NS_CASE(3) NS_CASE(4) NS_CASE(5) NS_CASE(6) NS_CASE(7) NS_CASE(8)
-#undef NS_CASE
-    default: return false;
-  }
-}
-#endif
-
-
-// x [T, N] (in/out: x += r when r is given, rounded to T as torch's add); out = w * T(norm(x)).
-torch::Tensor add_rms_norm(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor w,
-                           double eps) {
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "add_rms_norm: contiguous inputs");
-  auto out = torch::empty_like(x);
-  const int64_t N = x.size(-1), rows = x.numel() / N;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm", [&] {
-    scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* rp = residual.has_value() ? residual->contiguous().data_ptr<scalar_t>() : nullptr;
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-      std::vector<float> h(N);
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* xr = xp + r * N;
-        if (rp) {
-          for (int64_t j = 0; j < N; ++j) xr[j] = rnd<scalar_t>(to_f(xr[j]) + to_f(rp[r * N + j]));
-        }
-        float ss = 0.f;
-        for (int64_t j = 0; j < N; ++j) { h[j] = to_f(xr[j]); ss += h[j] * h[j]; }
-        const float inv = 1.f / std::sqrt(ss / N + (float)eps);
-        for (int64_t j = 0; j < N; ++j)
-          op[r * N + j] = rnd<scalar_t>(to_f(wp[j]) * to_f(rnd<scalar_t>(h[j] * inv)));
-      }
-    });
-  });
-  return out;
-}
-
-// gu [T, 2I] = [gate | up] -> T(silu(gate)) * up  [T, I]
-torch::Tensor silu_mul(torch::Tensor gu) {
-  TORCH_CHECK(gu.is_contiguous(), "silu_mul: contiguous input");
-  const int64_t I = gu.size(-1) / 2, rows = gu.numel() / (2 * I);
-  auto out = torch::empty({rows, I}, gu.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gu.scalar_type(), "silu_mul", [&] {
-    const scalar_t* gp = gu.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<float> a(I);
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* g = gp + r * 2 * I;
-        const scalar_t* u = g + I;
-        scalar_t* o = op + r * I;
-        for (int64_t j = 0; j < I; ++j) a[j] = to_f(g[j]);
-        for (int64_t j = 0; j < I; ++j) a[j] = a[j] / (1.f + std::exp(-a[j]));  // vectorized exp
-        for (int64_t j = 0; j < I; ++j) o[j] = rnd<scalar_t>(to_f(rnd<scalar_t>(a[j])) * to_f(u[j]));
-      }
-    });
-  });
-  return out;
-}
-
-// qkv [T, (H + 2 KVH) D]; cos, sin_signed [T, D] (in T's dtype; sin_signed = [-sin_lo, sin_hi]).
-// Returns rotated q [T, H, D]; writes rotated k and v to the caches [KVH, NB, BS, D] at slots [T].
-torch::Tensor rope_cache(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor slots,
-                         torch::Tensor k_cache, torch::Tensor v_cache, int64_t H, int64_t KVH) {
-  TORCH_CHECK(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous(), "rope_cache: contiguous");
-  const int64_t T = qkv.size(0), D = k_cache.size(3), half = D / 2;
-  const int64_t slots_per_head = k_cache.size(1) * k_cache.size(2), W = (H + 2 * KVH) * D;
-  auto q = torch::empty({T, H, D}, qkv.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rope_cache", [&] {
-    const scalar_t* xp = qkv.data_ptr<scalar_t>();
-    const scalar_t* cp = cos.data_ptr<scalar_t>();
-    const scalar_t* sp = sin.data_ptr<scalar_t>();
-    const int64_t* slot = slots.data_ptr<int64_t>();
-    scalar_t* qp = q.data_ptr<scalar_t>();
-    scalar_t* kc = k_cache.data_ptr<scalar_t>();
-    scalar_t* vc = v_cache.data_ptr<scalar_t>();
-    at::parallel_for(0, T * (H + KVH), 8, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = i / (H + KVH), n = i % (H + KVH);
-        const scalar_t* x = xp + t * W + n * D;
-        scalar_t* y = n < H ? qp + (t * H + n) * D : kc + ((n - H) * slots_per_head + slot[t]) * D;
-        for (int64_t d = 0; d < D; ++d) {
-          const float rot = to_f(x[d < half ? d + half : d - half]);  // [x_hi, x_lo]
-          const float a = to_f(rnd<scalar_t>(to_f(x[d]) * to_f(cp[t * D + d])));
-          const float b = to_f(rnd<scalar_t>(rot * to_f(sp[t * D + d])));
-          y[d] = rnd<scalar_t>(a + b);
-        }
-        if (n >= H) {  // this kv head's v row goes to the cache too
-          const scalar_t* v = xp + t * W + (H + KVH + n - H) * D;
-          std::memcpy(vc + ((n - H) * slots_per_head + slot[t]) * D, v, D * sizeof(scalar_t));
-        }
-      }
-    });
-  });
-  return q;
-}
-
-// x [B, V] -> [B] int64: the first index of each row's maximum (torch.argmax's answer), rows in parallel.
-torch::Tensor argmax_rows(torch::Tensor x) {
-  x = x.contiguous();
-  const int64_t B = x.size(0), V = x.size(1);
-  auto out = torch::empty({B}, x.options().dtype(torch::kInt64));
-  int64_t* op = out.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "argmax_rows", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* row = xp + b * V;
-        float m = to_f(row[0]);
-        for (int64_t j = 1; j < V; ++j) m = std::max(m, to_f(row[j]));  // vectorizes
-        int64_t idx = 0;
-        while (idx < V - 1 && to_f(row[idx]) != m) ++idx;
-        op[b] = idx;
-      }
-    });
-  });
-  return out;
-}
-
-// q [B, H, D]; caches [KVH, NB, BS, D]; tables [B, max_blocks] int64; ctx_lens [B] int64 -> out [B, H, D]
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                               torch::Tensor tables, torch::Tensor ctx_lens, double scale) {
-  q = q.contiguous();
-  auto out = torch::empty_like(q);
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t KVH = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
-#ifdef __AVX512F__
-  if (q.scalar_type() == at::kBFloat16 && (D == 64 || D == 128)) {
-    using bf = c10::BFloat16;
-    auto f = D == 64 ? try_bf16_avx512<64> : try_bf16_avx512<128>;
-    if (f(H / KVH, q.data_ptr<bf>(), k_cache.data_ptr<bf>(), v_cache.data_ptr<bf>(),
-          tables.data_ptr<int64_t>(), ctx_lens.data_ptr<int64_t>(), out.data_ptr<bf>(), B, H, KVH, NB, BS,
-          tables.size(1), (float)scale))
-      return out;
-  }
-#endif
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
-    auto f = D == 64 ? run<scalar_t, 64> : D == 128 ? run<scalar_t, 128> : run<scalar_t, 0>;
-    f(q.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
-      tables.data_ptr<int64_t>(), ctx_lens.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
-      B, H, KVH, D, NB, BS, tables.size(1), (float)scale);
-  });
-  return out;
-}
-""" + THREADS_PROBE_CPP
-
-NAME = "nanoserve_native_kernels_v5"
-_ext = None
+NAME = "nanoserve_native_kernels"
+SOURCES = ["native_kernels.cpp"]
+_ext: ModuleType | None = None
 _ext_error: str | None = None
 _lock = threading.Lock()
 
 
-def loaded():
-    """The extension if `load_native_kernels()` has built it, else None (never builds)."""
-    return _ext
-
-
-def _built_on_disk() -> bool:
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        return os.path.isfile(os.path.join(_get_build_directory(NAME, False), f"{NAME}.so"))
-    except Exception:  # a private torch helper: if it moved, assume a build is needed
-        return False
-
-
-def load_native_kernels(background_if_unbuilt: bool = False):
-    """Build (first call only; cached on disk) and return the extension, or None with a logged reason.
-
-    background_if_unbuilt: when nothing is on disk yet, start the ~1 min build in a thread and return
-    None at once (the engine starts in seconds on the PyTorch paths; `loaded()` turns the kernels on
-    when the build lands).
-    """
+def load_native_kernels() -> ModuleType | None:
+    """Build (first call only; cached on disk) and return the extension, or None with a logged reason."""
     global _ext, _ext_error
-    if background_if_unbuilt and _ext is None and _ext_error is None and not _built_on_disk():
-        if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") != "1":
-            log.info("building native CPU kernels in the background (first start only)")
-            threading.Thread(target=load_native_kernels, name="nanoserve-native-build", daemon=True).start()
-            return None
+    if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") == "1":
+        return None
     with _lock:
         if _ext is not None or _ext_error is not None:
             return _ext
-        if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") == "1":
-            _ext_error = "disabled by NANOSERVE_DISABLE_NATIVE_KERNELS=1"
-        else:
-            try:
-                from torch.utils.cpp_extension import load_inline
-
-                _ext = load_inline(
-                    name=NAME,
-                    cpp_sources=_CPP,
-                    functions=["decode_attention", "add_rms_norm", "silu_mul", "rope_cache", "argmax_rows",
-                               "parallel_threads_used"],
-                    extra_cflags=["-O3", "-march=native", "-ffast-math"] + OPENMP_CFLAGS,
-                    extra_ldflags=["-lmvec"] + OPENMP_LDFLAGS,
-                    verbose=False,
-                )
-            except Exception as e:  # no compiler, missing headers...
-                _ext_error = f"native kernels build failed: {type(e).__name__}: {str(e)[:300]}"
-        if _ext_error:
+        try:
+            _ext = load_extension(NAME, SOURCES, ["-march=native", "-ffast-math"], ["-lmvec"])
+        except Exception as e:  # no compiler, missing headers...
+            _ext_error = f"native kernels build failed: {type(e).__name__}: {str(e)[:300]}"
             log.info("native kernels unavailable (%s); using the PyTorch paths", _ext_error)
         return _ext
 
 
 def unavailable_reason() -> str | None:
+    if os.environ.get("NANOSERVE_DISABLE_NATIVE_KERNELS") == "1":
+        return "disabled by NANOSERVE_DISABLE_NATIVE_KERNELS=1"
     return _ext_error

@@ -42,7 +42,7 @@ def test_hybrid_routes_skinny_inputs_to_the_kernel_and_wider_ones_to_onednn():
     if cpu_linear.load_avx512_kernel() is None or not cpu_linear.mkldnn_available():
         pytest.skip("needs both the avx512 kernel and oneDNN")
     x, w, b = _case(cpu_linear.HYBRID_AVX512_MAX_ROWS + 8, 200, 96, True)
-    hybrid, kernel, onednn = (FastLinear(w, b, backend) for backend in ("hybrid", "avx512", "mkldnn"))
+    hybrid, kernel, onednn = (prepare_linear(w, b, backend) for backend in ("hybrid", "avx512", "mkldnn"))
     assert (hybrid.backend, kernel.backend, onednn.backend) == ("hybrid", "avx512", "mkldnn")
     for m in range(1, cpu_linear.HYBRID_AVX512_MAX_ROWS + 1):
         assert torch.equal(hybrid(x[:m]), kernel(x[:m]))
@@ -53,7 +53,7 @@ def test_hybrid_routes_skinny_inputs_to_the_kernel_and_wider_ones_to_onednn():
 
 def test_leading_dims_and_large_batches():
     x, w, b = _case(2 * 3 * 40, 48, 64, True)
-    f = FastLinear(w, b)
+    f = prepare_linear(w, b)
     y = f(x.view(2, 3 * 40, 64))
     assert y.shape == (2, 120, 48)
     assert _close_to_reference(y.view(-1, 48), x, w, b)
@@ -61,12 +61,12 @@ def test_leading_dims_and_large_batches():
 
 def test_falls_back_for_fp32_and_unknown_backend():
     w = torch.randn(16, 8)
-    f = FastLinear(w, None, "avx512")
+    f = prepare_linear(w, None, "avx512")
     assert f.backend == "torch"
     x = torch.randn(3, 8)
     assert torch.equal(f(x), F.linear(x, w))
     with pytest.raises(ValueError, match="backend"):
-        FastLinear(w, None, "cuda-magic")
+        prepare_linear(w, None, "cuda-magic")
 
 
 def test_disabled_native_kernel_falls_back(monkeypatch):
@@ -74,7 +74,7 @@ def test_disabled_native_kernel_falls_back(monkeypatch):
     monkeypatch.setattr(cpu_linear, "_ext_error", None)
     monkeypatch.setenv("NANOSERVE_DISABLE_NATIVE_LINEAR", "1")
     x, w, b = _case(2, 32, 64, True)
-    f = FastLinear(w, b, "avx512")
+    f = prepare_linear(w, b, "avx512")
     assert f.backend in ("mkldnn", "torch")
     assert "disabled" in cpu_linear.avx512_unavailable_reason()
     assert _close_to_reference(f(x), x, w, b)
@@ -83,7 +83,7 @@ def test_disabled_native_kernel_falls_back(monkeypatch):
 def _native_linear(w, b):
     if not cpu_linear.cpu_has_avx512_bf16():
         pytest.skip("no avx512_bf16 on this CPU")
-    f = FastLinear(w, b, "avx512")
+    f = prepare_linear(w, b, "avx512")
     assert f.backend == "avx512", cpu_linear.avx512_unavailable_reason()
     return f
 
@@ -140,22 +140,25 @@ def test_pack_weight_layout_and_round_trip(n, k):
     assert torch.equal(unpack_weight(p, n, k), w)
 
 
-def test_merged_linear_splits_like_separate_projections():
-    from nanoserve.model.cpu_linear import prepare_merged_linear
-
+def test_stacked_linear_splits_like_separate_projections():
     x, wq, bq = _case(3, 64, 48, True, seed=1)
-    _, wk, _ = _case(3, 16, 48, False, seed=2)
+    _, wk, bk = _case(3, 16, 48, True, seed=2)
     _, wv, bv = _case(3, 16, 48, True, seed=3)
-    fused, sizes = prepare_merged_linear([wq, wk, wv], [bq, None, bv])
-    assert sizes == [64, 16, 16]
-    q, k, v = fused(x).split(sizes, dim=-1)
-    for y, w, b in ((q, wq, bq), (k, wk, None), (v, wv, bv)):
+    fused = FastLinear(48, [64, 16, 16], bias=True).bfloat16()
+    for i, (w, b) in enumerate(((wq, bq), (wk, bk), (wv, bv))):  # what the loader does per checkpoint tensor
+        fused.shard("weight", i).copy_(w)
+        fused.shard("bias", i).copy_(b)
+    fused.prepare("auto")
+    q, k, v = fused(x).split(fused.output_sizes, dim=-1)
+    for y, w, b in ((q, wq, bq), (k, wk, bk), (v, wv, bv)):
         assert _close_to_reference(y.contiguous(), x, w, b)
+    with pytest.raises(RuntimeError, match="prepared already"):
+        fused.prepare("auto")
 
 
 def test_auto_keeps_one_packed_copy():
     x, w, b = _case(3, 64, 64, True)
-    f = FastLinear(w, b, "auto")
+    f = prepare_linear(w, b, "auto")
     if cpu_linear.load_avx512_kernel() is None:
         pytest.skip(f"no avx512 kernel: {cpu_linear.avx512_unavailable_reason()}")
     assert f.backend == "avx512" and f._mkldnn is None and f.weight is None

@@ -14,7 +14,8 @@ from nanoserve.config import EngineArgs
 from nanoserve.errors import InvalidRequestError
 from nanoserve.model import cpu_linear, native_kernels
 from nanoserve.model.attention import CpuNativeAttentionBackend, StepLayout, TorchAttentionBackend
-from nanoserve.model.layers import PackedLinear
+from nanoserve.model.cpu_linear import FastLinear
+from nanoserve.model.kernels import NativeCpuKernels
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 PROMPTS = [[5, 9, 33, 7, 100, 3], list(range(10, 67)), [42], list(range(10, 40)) + [7, 7]]
@@ -48,15 +49,20 @@ def test_fused_projections_equal_the_checkpoint_projections(variant, tiny_model)
     gate_up = layer.mlp.gate_up_proj(x)
     expected = torch.cat([F.linear(x, w[f"{p}mlp.{n}_proj.weight"]) for n in ("gate", "up")], dim=-1)
     torch.testing.assert_close(gate_up, expected, rtol=1e-6, atol=1e-6)
-    assert layer.mlp.gate_up_proj.sizes == [w[f"{p}mlp.gate_proj.weight"].shape[0]] * 2
+    assert layer.mlp.gate_up_proj.output_sizes == [w[f"{p}mlp.gate_proj.weight"].shape[0]] * 2
 
 
-def test_packed_linear_zero_fills_missing_biases():
-    wq, wk = torch.randn(6, 4), torch.randn(2, 4)
-    bq = torch.randn(6)
-    packed = PackedLinear([wq, wk], [bq, None], "torch")
+def test_stacked_linear_shards_are_row_slices_of_one_weight():
+    linear = FastLinear(4, [6, 2, 2], bias=True)
+    weights, biases = [torch.randn(n, 4) for n in (6, 2, 2)], [torch.randn(n) for n in (6, 2, 2)]
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        linear.shard("weight", i).copy_(w)
+        linear.shard("bias", i).copy_(b)
+    assert linear.shard("weight", 1).data_ptr() == linear.weight[6:8].data_ptr(), "a view, not a copy"
+    linear.prepare("torch")
     x = torch.randn(3, 4)
-    torch.testing.assert_close(packed(x), torch.cat([F.linear(x, wq, bq), F.linear(x, wk)], dim=-1))
+    expected = torch.cat([F.linear(x, w, b) for w, b in zip(weights, biases, strict=True)], dim=-1)
+    torch.testing.assert_close(linear(x), expected)
 
 
 @pytest.mark.parametrize("variant", ["qwen2", "llama_mqa"])
@@ -64,7 +70,7 @@ def test_bf16_fast_linear_keeps_the_plain_paths_greedy_tokens(variant, tiny_mode
     path = tiny_model(variant)
     plain = _generate(path, dtype="bfloat16", cpu_linear="torch")
     fast_llm = LLM(str(path), dtype="bfloat16", num_gpu_blocks_override=8, cpu_linear="auto")
-    backends = {m.backend for m in fast_llm.llm_engine.runner.model.modules() if isinstance(m, PackedLinear)}
+    backends = {m.backend for m in fast_llm.llm_engine.runner.model.modules() if isinstance(m, FastLinear)}
     del fast_llm
     if cpu_linear.mkldnn_available() or cpu_linear.load_avx512_kernel() is not None:
         assert backends <= {"avx512", "mkldnn", "hybrid"}, f"bf16 linears took no fast path: {backends}"
@@ -142,7 +148,8 @@ def _native_or_skip():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_norm_silu_and_rope_equal_the_pytorch_ops(dtype):
-    from nanoserve.model.layers import RMSNorm, RotaryEmbedding, apply_rotary
+    from nanoserve.model.kernels import apply_rotary
+    from nanoserve.model.layers import RMSNorm, RotaryEmbedding
 
     ext = _native_or_skip()
     gen = torch.Generator().manual_seed(1)
@@ -192,15 +199,15 @@ def test_native_argmax_is_torchs_first_maximum(dtype):
 def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
     from nanoserve.sampler import Sampler, SamplingMetadata
 
-    _native_or_skip()
     logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(3)).bfloat16()
 
     def meta(params):
         n = logits.shape[0]
         return SamplingMetadata([params] * n, [[1, 2]] * n, [[3]] * n, [None] * n, eos_token_ids=[0])
 
-    fast = Sampler()(logits, meta(SamplingParams(temperature=0.0)))
-    full = Sampler()(logits, meta(SamplingParams(temperature=0.0, logprobs=1)))  # takes the full path
+    sampler = Sampler(NativeCpuKernels(_native_or_skip()))
+    fast = sampler(logits, meta(SamplingParams(temperature=0.0)))
+    full = sampler(logits, meta(SamplingParams(temperature=0.0, logprobs=1)))  # takes the full path
     assert fast.token_ids == full.token_ids == logits.float().argmax(dim=-1).tolist()
     assert fast.logprobs == [None] * 6 and all(lp is not None for lp in full.logprobs)
 
@@ -227,27 +234,6 @@ def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
     v = v_cache[:, table].flatten(1, 2)[:, :ctx].float().repeat_interleave(g, dim=0)
     p = torch.softmax((k @ q[-1].float().unsqueeze(-1)).squeeze(-1) * d**-0.5, dim=-1)  # [H, ctx]
     torch.testing.assert_close(matmul[-1].float(), (p.unsqueeze(-1) * v).sum(1), rtol=tol, atol=tol)
-
-
-def test_first_start_builds_the_kernels_in_the_background(monkeypatch):
-    started = []
-
-    class FakeThread:
-        def __init__(self, target, **kwargs) -> None:
-            self.target = target
-
-        def start(self) -> None:
-            started.append(self.target)
-
-    monkeypatch.delenv("NANOSERVE_DISABLE_NATIVE_KERNELS", raising=False)
-    monkeypatch.setattr(native_kernels, "_ext", None)
-    monkeypatch.setattr(native_kernels, "_ext_error", None)
-    monkeypatch.setattr(native_kernels, "_built_on_disk", lambda: False)
-    monkeypatch.setattr(native_kernels.threading, "Thread", FakeThread)
-    assert native_kernels.load_native_kernels(background_if_unbuilt=True) is None  # returns at once
-    assert started == [native_kernels.load_native_kernels]
-    assert native_kernels.loaded() is None, "the PyTorch paths run until the build lands"
-
 
 
 # The AVX-512 bf16 path (head_dim 64/128, 1-8 query heads per kv head) against the PyTorch path, with

@@ -1,9 +1,16 @@
-"""Both native extensions are built with OpenMP: their at::parallel_for really uses torch's threads."""
+"""The one native-extension loader: both extensions are built with OpenMP (their at::parallel_for really
+uses torch's threads), a first build happens in the foreground and says so, a cached one is silent, and
+the cached name follows the sources."""
+
+import logging
+import time
+import types
+import uuid
 
 import pytest
 import torch
 
-from nanoserve.model import cpu_linear, native_kernels
+from nanoserve.model import cpu_linear, native_build, native_kernels
 
 LOADERS = {
     "cpu_linear": (cpu_linear.load_avx512_kernel, cpu_linear.avx512_unavailable_reason),
@@ -26,3 +33,57 @@ def test_extension_runs_on_every_thread(name):
         assert ext.parallel_threads_used(64) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _fake_build(monkeypatch, seconds: float):
+    """Replace torch's compiler driver by one that takes `seconds` and records what it was asked."""
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def load(**kwargs):
+        calls.append(kwargs)
+        time.sleep(seconds)
+        return types.ModuleType(kwargs["name"])
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    return calls
+
+
+def test_first_build_is_in_the_foreground_and_says_so_with_progress(monkeypatch, caplog):
+    calls = _fake_build(monkeypatch, 0.3)
+    monkeypatch.setattr(native_build, "built_on_disk", lambda name: False)
+    monkeypatch.setattr(native_build, "PROGRESS_EVERY_S", 0.05)
+    flags = [f"-DNANOSERVE_TEST_{uuid.uuid4().hex}"]  # a name no other test has loaded
+    with caplog.at_level(logging.INFO, logger="nanoserve.model.native_build"):
+        ext = native_build.load_extension("nanoserve_probe", ["native_kernels.cpp"], flags)
+    assert isinstance(ext, types.ModuleType) and len(calls) == 1  # returned once built, not later
+    assert calls[0]["name"].startswith("nanoserve_probe_") and "-fopenmp" in calls[0]["extra_cflags"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("compiling native CPU kernels nanoserve_probe (first start only")
+    assert any(m.startswith("still compiling nanoserve_probe") for m in messages[1:-1])
+    assert messages[-1].startswith("compiled nanoserve_probe in")
+    assert native_build.load_extension("nanoserve_probe", ["native_kernels.cpp"], flags) is ext
+    assert len(calls) == 1, "one build per process"
+
+
+def test_a_cached_build_loads_silently(monkeypatch, caplog):
+    _fake_build(monkeypatch, 0.0)
+    monkeypatch.setattr(native_build, "built_on_disk", lambda name: True)
+    with caplog.at_level(logging.INFO, logger="nanoserve.model.native_build"):
+        native_build.load_extension("nanoserve_probe", ["native_kernels.cpp"], [f"-DT{uuid.uuid4().hex}"])
+    assert caplog.records == []
+
+
+def test_the_cached_name_changes_with_sources_headers_and_flags(monkeypatch, tmp_path):
+    monkeypatch.setattr(native_build, "CSRC_DIR", tmp_path)
+    (tmp_path / "a.cpp").write_text("int f();")
+    (tmp_path / "probe.h").write_text("#pragma once")
+    names = [native_build.versioned_name("ext", ["a.cpp"], ["-O3"], [])]
+    (tmp_path / "a.cpp").write_text("int f(); // changed")
+    names.append(native_build.versioned_name("ext", ["a.cpp"], ["-O3"], []))
+    (tmp_path / "probe.h").write_text("#pragma once // changed")
+    names.append(native_build.versioned_name("ext", ["a.cpp"], ["-O3"], []))
+    names.append(native_build.versioned_name("ext", ["a.cpp"], ["-O2"], []))
+    assert len(set(names)) == 4 and all(n.startswith("ext_") for n in names)
+    assert native_build.versioned_name("ext", ["a.cpp"], ["-O2"], []) == names[-1]

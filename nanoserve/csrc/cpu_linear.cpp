@@ -1,0 +1,132 @@
+// The AVX-512 bf16 linear kernel over a packed weight (see nanoserve/model/cpu_linear.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cstring>
+
+#include "threads_probe.h"
+
+using bf16 = at::BFloat16;
+
+// Packed weight wp: [N_pad/64][K2][64][2] bf16, K2 = ceil(K/2): element (n, k) sits at
+// ((n / 64) * K2 + k / 2) * 128 + (n % 64) * 2 + k % 2, zero-padded in n and k. One k pair of one
+// 64-output block is 256 contiguous bytes = 4 zmm, each holding 16 outputs x 2 k values, the operand
+// layout of vdpbf16ps against a broadcast activation pair.
+constexpr int64_t BLOCK_N = 64;
+
+static inline int32_t pair_at(const bf16* row, int64_t kp, int64_t K) {
+  if (2 * kp + 1 < K) {
+    int32_t v;
+    std::memcpy(&v, row + 2 * kp, 4);
+    return v;
+  }
+  uint16_t lo;  // odd K: the last pair is (x[K-1], 0)
+  std::memcpy(&lo, row + 2 * kp, 2);
+  return (int32_t)lo;
+}
+
+// y[m0:m0+MR, n0:n0+64] = x[m0:m0+MR, :] @ block^T (+ bias); 4*MR*U fp32 accumulators in registers.
+// pf: another block of the same size to pull into L2 meanwhile (one k pair, 256 bytes, per k pair).
+template <int MR>
+static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, const float* bias,
+                        bf16* y, int64_t ldy, int64_t n0, int64_t N, const bf16* pf = nullptr) {
+  constexpr int U = MR <= 2 ? 2 : 1;  // few rows: two accumulator sets hide the vdpbf16ps latency
+  const int64_t K2 = (K + 1) / 2, Kfull = K / 2;  // pairs, pairs without the odd tail
+  __m512 acc[U][MR][4];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) acc[u][i][j] = _mm512_setzero_ps();
+  const int32_t* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = reinterpret_cast<const int32_t*>(x + i * ldx);
+  int64_t kp = 0;
+  for (; kp + U <= Kfull; kp += U) {
+    if (pf)
+      for (int u = 0; u < U; ++u)
+        for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(pf + (kp + u) * 128 + 32 * l), _MM_HINT_T1);
+    for (int u = 0; u < U; ++u) {
+      const bf16* w = wb + (kp + u) * 128;
+      __m512bh w0 = (__m512bh)_mm512_loadu_si512(w);
+      __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + 32);
+      __m512bh w2 = (__m512bh)_mm512_loadu_si512(w + 64);
+      __m512bh w3 = (__m512bh)_mm512_loadu_si512(w + 96);
+      for (int i = 0; i < MR; ++i) {
+        __m512bh xb = (__m512bh)_mm512_set1_epi32(xr[i][kp + u]);
+        acc[u][i][0] = _mm512_dpbf16_ps(acc[u][i][0], xb, w0);
+        acc[u][i][1] = _mm512_dpbf16_ps(acc[u][i][1], xb, w1);
+        acc[u][i][2] = _mm512_dpbf16_ps(acc[u][i][2], xb, w2);
+        acc[u][i][3] = _mm512_dpbf16_ps(acc[u][i][3], xb, w3);
+      }
+    }
+  }
+  for (; kp < K2; ++kp) {  // leftover pairs (U = 2 with an odd count) and the odd-K tail pair
+    const bf16* w = wb + kp * 128;
+    __m512bh wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
+    for (int i = 0; i < MR; ++i) {
+      __m512bh xb = (__m512bh)_mm512_set1_epi32(pair_at(x + i * ldx, kp, K));
+      for (int j = 0; j < 4; ++j) acc[0][i][j] = _mm512_dpbf16_ps(acc[0][i][j], xb, wv[j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + 16 * j;
+      if (n >= N) break;
+      __m512 s = acc[0][i][j];
+      if (U == 2) s = _mm512_add_ps(s, acc[U - 1][i][j]);
+      if (bias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + n));  // bias is zero-padded to N_pad
+      __m256i out = (__m256i)_mm512_cvtneps_pbh(s);
+      bf16* dst = y + i * ldy + n;
+      if (n + 16 <= N) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), out);
+      else _mm256_mask_storeu_epi16(dst, (__mmask16)((1u << (N - n)) - 1), out);
+    }
+}
+
+static constexpr int MR_MAX = 6;  // 6 rows x 4 zmm = 24 accumulators + 4 weight + 1 broadcast <= 32
+
+static void block_rows(const bf16* x, int64_t M, int64_t K, const bf16* wb, const float* bias, bf16* y,
+                       int64_t N, int64_t n0, const bf16* next) {
+  // Row tiles run one after another over the same block: the first streams it from memory, the
+  // rest find it in L2 (a block is 64 x K x 2 bytes: 112 KiB at K = 896, 608 KiB at K = 4864). The
+  // largest tile goes first so the memory stream overlaps the most arithmetic. With two or more
+  // full tiles the second also prefetches the thread's next block into L2, so the next first tile
+  // computes instead of waiting on memory (a few percent at 32 and 64 rows; benchmarks/RESULTS.md).
+  // Below 12 rows the step is memory-bound and the hardware prefetcher already keeps up.
+  int64_t m = 0;
+  for (; m + MR_MAX <= M; m += MR_MAX) {
+    const bf16* pf = (m == MR_MAX && M >= 2 * MR_MAX) ? next : nullptr;
+    tile<MR_MAX>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N, pf);
+  }
+  switch (M - m) {
+    case 5: tile<5>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N); break;
+    case 4: tile<4>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N); break;
+    case 3: tile<3>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N); break;
+    case 2: tile<2>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N); break;
+    case 1: tile<1>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N); break;
+    default: break;
+  }
+}
+
+// y[M, N] = x[M, K] @ W^T (+ bias) with W packed as above; x bf16 contiguous, bias fp32 [N_pad].
+torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
+                               c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), K2 = (K + 1) / 2, nblocks = wp.size(0);
+  TORCH_CHECK(wp.size(1) == K2 && wp.size(2) == BLOCK_N && nblocks * BLOCK_N >= N, "packed shape");
+  auto y = torch::empty({M, N}, x.options());
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* wpp = wp.data_ptr<bf16>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  bf16* yp = y.data_ptr<bf16>();
+  // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const bf16* next = b + 1 < b1 ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
+      block_rows(xp, M, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp, N, b * BLOCK_N, next);
+    }
+  });
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gemm_bf16_packed", &gemm_bf16_packed, "y = x @ W^T (+ bias) with W packed by cpu_linear.pack_weight");
+  m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
+}

@@ -152,7 +152,7 @@ class _StreamState:
 
 
 class AsyncLLMEngine:
-    """Serves many concurrent requests from one `LLMEngine` driven by a background thread."""
+    """Serves many concurrent requests from one engine (an `EngineCore`) driven by a background thread."""
 
     def __init__(self, engine: EngineCore, max_num_queued_reqs: int | None = None) -> None:
         self.engine = engine

@@ -1,4 +1,7 @@
-"""Asyncio front of the engine: one background thread owns the `LLMEngine` and runs its step loop.
+"""Asyncio front of the engine: one background thread owns the engine and runs its step loop.
+
+The engine is anything that implements `EngineCore` (nanoserve/engine/core.py): `LLMEngine`, or the
+model-free fake of the server's unit tests.
 
 The engine is not thread-safe and its `step()` blocks for a whole model forward, so it never runs on
 the event loop. Requests and aborts travel to the engine thread through a thread-safe command queue
@@ -8,7 +11,9 @@ and are applied between steps; outputs travel back to each request's `RequestStr
 Deltas are computed here, on the engine thread, because that is the one place that sees every
 cumulative output in order: each `RequestOutput` a stream yields carries, per completion index, only
 the text, token ids and logprobs that are new since the previous yield (vLLM's `DELTA` output kind).
-A completion index appears in a delta only when it has something new or has just finished.
+A completion index appears in a delta only when it has something new or has just finished. Text the
+engine may still cut (a possible stop string, an incomplete character) is held back until it is safe
+(`stop_checker.releasable_chars`), so a stream's texts concatenate to the final text.
 
 Failure modes, each a typed error so the server can map it to a status code:
 - `add_request` rejects the request (InvalidRequestError / PromptTooLongError): raised to the caller
@@ -22,7 +27,6 @@ Failure modes, each a typed error so the server can map it to a status code:
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import queue
@@ -30,9 +34,18 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from nanoserve.config import CacheConfig, EngineArgs, ModelConfig
+from nanoserve.engine.core import EngineCore, PromptInput
+from nanoserve.engine.stats import EngineStats
+from nanoserve.engine.stop_checker import releasable_chars
 from nanoserve.errors import NanoserveError
+from nanoserve.outputs import RequestOutput
+from nanoserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +65,8 @@ class EngineDeadError(NanoserveError):
 @dataclass
 class _Add:
     request_id: str
-    prompt: Any
-    params: Any
+    prompt: PromptInput
+    params: SamplingParams
     stream: RequestStream
 
 
@@ -80,7 +93,7 @@ class RequestStream:
         self.finished = False
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._accepted: asyncio.Future[None] = self._loop.create_future()
 
     # -- called on the event loop, scheduled by the engine thread --
@@ -92,14 +105,14 @@ class RequestStream:
         else:
             self._accepted.set_exception(error)
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: RequestOutput | BaseException) -> None:
         self._queue.put_nowait(item)
 
     # -- consumer side --
     def __aiter__(self) -> RequestStream:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> RequestOutput:
         if self.finished:
             raise StopAsyncIteration
         item = await self._queue.get()
@@ -132,23 +145,19 @@ class _StreamState:
     """Engine-thread bookkeeping of how much of each completion a stream has already been sent."""
 
     stream: RequestStream
-    # With stop strings, the engine may cut text it has already shown once a stop string completes;
-    # holding back len(longest stop) - 1 characters of an unfinished completion means we never send
-    # text that a later cut removes (a stop string completed by new characters starts at most that far
-    # back), so streamed text always concatenates to the final text.
-    holdback_chars: int = 0
+    params: SamplingParams  # its stop strings decide how much running text may be sent (stop_checker)
     sent_chars: dict[int, int] = field(default_factory=dict)
     sent_tokens: dict[int, int] = field(default_factory=dict)
     finished_indices: set[int] = field(default_factory=set)
 
 
 class AsyncLLMEngine:
-    """Serves many concurrent requests from one `LLMEngine` driven by a background thread."""
+    """Serves many concurrent requests from one engine (an `EngineCore`) driven by a background thread."""
 
-    def __init__(self, engine: Any, max_num_queued_reqs: int | None = None) -> None:
+    def __init__(self, engine: EngineCore, max_num_queued_reqs: int | None = None) -> None:
         self.engine = engine
         self.max_num_queued_reqs = max_num_queued_reqs
-        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the counters the event loop reads
         self._num_pending_adds = 0
         self._num_waiting = 0
@@ -160,15 +169,24 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_engine_args(cls, engine_args: Any, max_num_queued_reqs: int | None = None) -> AsyncLLMEngine:
+    def from_engine_args(cls, engine_args: EngineArgs,
+                         max_num_queued_reqs: int | None = None) -> AsyncLLMEngine:
         from nanoserve.engine.llm_engine import LLMEngine
 
         return cls(LLMEngine.from_engine_args(engine_args), max_num_queued_reqs=max_num_queued_reqs)
 
     # ------------------------------------------------------------------ public, event loop side
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.engine.tokenizer
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.engine.model_config
+
+    @property
+    def cache_config(self) -> CacheConfig:
+        return self.engine.cache_config
 
     @property
     def max_model_len(self) -> int:
@@ -186,7 +204,7 @@ class AsyncLLMEngine:
     def num_live_requests(self) -> int:
         return len(self._live_unfinished())
 
-    def get_stats(self) -> Any:
+    def get_stats(self) -> EngineStats:
         """The engine's stats as of the end of its last step (a snapshot; never touches the engine)."""
         return self._stats
 
@@ -195,7 +213,8 @@ class AsyncLLMEngine:
             self._thread = threading.Thread(target=self._run, name="nanoserve-engine", daemon=True)
             self._thread.start()
 
-    async def add_request(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+    async def add_request(self, request_id: str, prompt: PromptInput,
+                          params: SamplingParams) -> RequestStream:
         """Submit a request; returns its stream once the engine has accepted it.
 
         Raises the engine's InvalidRequestError / PromptTooLongError if it rejects the request,
@@ -222,7 +241,8 @@ class AsyncLLMEngine:
             self._live.add(stream)
         return stream
 
-    async def generate(self, request_id: str, prompt: Any, params: Any) -> AsyncIterator[Any]:
+    async def generate(self, request_id: str, prompt: PromptInput,
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """`add_request` and iterate: yields delta RequestOutputs; aborts the request if left early."""
         stream = await self.add_request(request_id, prompt, params)
         async with stream:
@@ -312,9 +332,7 @@ class AsyncLLMEngine:
         except Exception as e:  # noqa: BLE001 -- a rejected request is that caller's error only
             error = e
         else:
-            stops = getattr(cmd.params, "stop", None) or []
-            holdback = max((len(x) for x in stops), default=1) - 1
-            self._streams[cmd.request_id] = _StreamState(cmd.stream, holdback_chars=holdback)
+            self._streams[cmd.request_id] = _StreamState(cmd.stream, cmd.params)
         with self._lock:
             self._num_pending_adds -= 1
             if error is None:
@@ -330,8 +348,8 @@ class AsyncLLMEngine:
             if cmd.reason is not None:
                 state.stream._loop.call_soon_threadsafe(state.stream._put, cmd.reason)
 
-    def _deliver(self, outputs: list[Any]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
         for out in outputs:
             state = self._streams.get(out.request_id)
             if state is None:
@@ -350,8 +368,7 @@ class AsyncLLMEngine:
         stats = self.engine.get_stats()
         with self._lock:
             self._stats = stats
-            # Requests, not sequences (n > 1 makes several), when the engine tells them apart.
-            self._num_waiting = int(getattr(stats, "num_waiting_requests", getattr(stats, "num_waiting", 0)))
+            self._num_waiting = stats.num_waiting_requests  # requests, not their n sequences
 
     def _die(self, cause: BaseException) -> None:
         self._dead = EngineDeadError(f"The engine crashed: {type(cause).__name__}: {cause}")
@@ -371,12 +388,12 @@ class AsyncLLMEngine:
         self._streams.clear()
 
 
-def _put_all(items: list[tuple[RequestStream, Any]]) -> None:
+def _put_all(items: list[tuple[RequestStream, RequestOutput]]) -> None:
     for stream, item in items:
         stream._put(item)
 
 
-def _delta(out: Any, state: _StreamState) -> Any | None:
+def _delta(out: RequestOutput, state: _StreamState) -> RequestOutput | None:
     """A copy of the cumulative `out` holding, per completion, only what `state` has not yet sent."""
     deltas = []
     for comp in out.outputs:
@@ -384,13 +401,8 @@ def _delta(out: Any, state: _StreamState) -> Any | None:
         if i in state.finished_indices:
             continue
         c0, t0 = state.sent_chars.get(i, 0), state.sent_tokens.get(i, 0)
-        end = len(comp.text)
-        if comp.finish_reason is None:
-            end -= state.holdback_chars
-            # A trailing U+FFFD is an incomplete UTF-8 character that the next token may complete.
-            while end > c0 and comp.text[end - 1] == "\ufffd":
-                end -= 1
-        elif end < c0:
+        end = releasable_chars(comp.text, state.params, finished=comp.finish_reason is not None)
+        if comp.finish_reason is not None and end < c0:
             logger.warning("%s: final text is shorter than what was streamed", out.request_id)
         text = comp.text[c0:end] if end > c0 else ""
         token_ids = list(comp.token_ids[t0:])
@@ -400,20 +412,8 @@ def _delta(out: Any, state: _StreamState) -> Any | None:
         state.sent_chars[i], state.sent_tokens[i] = max(c0, end), len(comp.token_ids)
         if comp.finish_reason is not None:
             state.finished_indices.add(i)
-        deltas.append(_replace(comp, text=text, token_ids=token_ids, logprobs=logprobs))
+        deltas.append(dataclasses.replace(comp, text=text, token_ids=token_ids, logprobs=logprobs))
     if not deltas and not out.finished:
         return None
-    return _replace(out, outputs=deltas)
+    return dataclasses.replace(out, outputs=deltas)
 
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    """A shallow copy of `obj` with `changes` (works for dataclasses, frozen or not, and plain objects)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        try:
-            return dataclasses.replace(obj, **changes)
-        except (TypeError, ValueError):
-            pass
-    new = copy.copy(obj)
-    for name, value in changes.items():
-        object.__setattr__(new, name, value)
-    return new

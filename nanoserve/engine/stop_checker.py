@@ -4,6 +4,9 @@ vLLM's rules: EOS (unless ignore_eos), a stop token id or a stop string finish w
 max_tokens or the model's context finish with "length". None of the stop conditions count before
 min_tokens outputs. The text keeps neither the EOS token's text, nor a stop token's text, nor the stop
 string (unless include_stop_str_in_output), and a stop string may span several tokens.
+
+Because a stop string found later cuts text off the end, a stream may not show a running sequence's
+whole text: `releasable_chars` says how much of it is safe to send (the async front's deltas use it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from nanoserve.sampling_params import SamplingParams
+
+_REPLACEMENT_CHAR = "\ufffd"
 
 
 @dataclass
@@ -75,21 +80,25 @@ def find_stop_string(text: str, new_char_count: int, stops: list[str]) -> tuple[
     return best
 
 
-def stop_buffer_len(params: SamplingParams) -> int:
-    """Characters to hold back from a still-running stream: the longest stop string minus one.
+def releasable_chars(text: str, params: SamplingParams, finished: bool) -> int:
+    """How many leading characters of a completion's cumulative `text` may be streamed now.
 
-    Text that may turn out to be the start of a stop string must not reach the client before we know,
-    or the cumulative text would shrink when the match completes.
+    Once finished, all of them. While running, two kinds of tail are held back, so that streamed text
+    always concatenates to the final text:
+    - trailing U+FFFD: an incomplete UTF-8 character that the next token may complete (or replace);
+    - when stop strings are cut from the output, the longest stop string minus one character: a stop
+      string completed by the next token starts at most that far back, and it and everything after it
+      will be cut. With include_stop_str_in_output nothing is cut (the match ends in the new token's
+      characters, and only text after it, which is new too, is dropped), so nothing is held.
     """
-    if not params.stop or params.include_stop_str_in_output:
-        return 0
-    return max(len(s) for s in params.stop) - 1
-
-
-def releasable_text(text: str, params: SamplingParams, finished: bool) -> str:
-    """The part of `text` that may be shown to the client now (all of it once finished)."""
-    hold = 0 if finished else stop_buffer_len(params)
-    return text[: max(0, len(text) - hold)] if hold else text
+    if finished:
+        return len(text)
+    end = len(text)
+    while end > 0 and text[end - 1] == _REPLACEMENT_CHAR:
+        end -= 1
+    if params.stop and not params.include_stop_str_in_output:
+        end -= max(len(s) for s in params.stop) - 1
+    return max(0, end)
 
 
 def _drop_tail(text: str, new_char_count: int, params: SamplingParams) -> str:

@@ -53,7 +53,7 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 def render_chat_prompt(state: ServerState, body: ChatCompletionRequest) -> Prompt:
     tokenizer = state.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
+    if not tokenizer.chat_template:
         raise APIError(400, "This model has no chat template, so /v1/chat/completions cannot format the "
                        "messages; use /v1/completions with a plain prompt.", "messages")
     try:
@@ -118,7 +118,7 @@ async def _stream(state: ServerState, gen: Generation, body: ChatCompletionReque
             if delta.text or delta.finish_reason is not None or logprobs is not None:
                 yield chunk(ChatStreamChoice(index=choice.index, delta=DeltaMessage(content=delta.text),
                                              logprobs=logprobs, finish_reason=delta.finish_reason,
-                                             stop_reason=getattr(delta, "stop_reason", None)))
+                                             stop_reason=delta.stop_reason))
         if body.include_usage:
             yield sse(ChatCompletionChunk(id=gen.request_id, model=model, choices=[], usage=gen.usage))
     except BaseException as e:

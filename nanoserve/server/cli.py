@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from nanoserve.engine.async_engine import AsyncLLMEngine
+from nanoserve.engine.core import EngineCore
 from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
 
 logger = logging.getLogger("nanoserve.server")
@@ -86,19 +87,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def kv_pool_summary(engine: object) -> str:
+def kv_pool_summary(engine: EngineCore) -> str:
     """"KV pool: N blocks x B tokens = T tokens, M MiB" from the engine's resolved configs."""
-    stats = engine.get_stats()
-    cache = getattr(engine, "cache_config", None)
-    model_cfg = getattr(engine, "model_config", None)
-    blocks = getattr(cache, "num_blocks", None) or getattr(stats, "num_total_blocks", 0)
-    block_size = getattr(cache, "block_size", None)
-    if block_size is None:
-        return f"KV pool: {blocks} blocks"
-    text = f"KV pool: {blocks} blocks x {block_size} tokens = {blocks * block_size} tokens"
-    if model_cfg is not None and hasattr(model_cfg, "kv_bytes_per_token"):
-        text += f", {blocks * block_size * model_cfg.kv_bytes_per_token() / 2**20:.1f} MiB"
-    return text
+    blocks, block_size = engine.cache_config.num_blocks, engine.cache_config.block_size
+    tokens = blocks * block_size
+    mib = tokens * engine.model_config.kv_bytes_per_token() / 2**20
+    return f"KV pool: {blocks} blocks x {block_size} tokens = {tokens} tokens, {mib:.1f} MiB"
 
 
 class DrainingServer(uvicorn.Server):

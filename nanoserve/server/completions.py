@@ -100,7 +100,7 @@ async def _stream(state: ServerState, gen: Generation, body: CompletionRequest,
                 offsets[choice.index] += len(delta.text)
             if delta.text or delta.finish_reason is not None or logprobs is not None:
                 yield chunk(choice.index, delta.text, logprobs=logprobs, finish_reason=delta.finish_reason,
-                            stop_reason=getattr(delta, "stop_reason", None))
+                            stop_reason=delta.stop_reason)
         if body.include_usage:
             yield sse(CompletionResponse(id=gen.request_id, model=model, choices=[], usage=gen.usage))
     except BaseException as e:

@@ -8,9 +8,12 @@ then the sampled token if it is not among them. Completions want parallel lists 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nanoserve.server.protocol import ChatLogprobs, ChatLogprobToken, CompletionLogprobs, TopLogprob
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # JSON has no -inf; vLLM reports it as this.
 _NEG_INF_LOGPROB = -9999.0
@@ -24,8 +27,8 @@ def _top(entry: dict[int, float], n: int) -> list[tuple[int, float]]:
     return list(entry.items())[:n]
 
 
-def completion_logprobs(tokenizer: Any, token_ids: list[int], entries: list[dict[int, float]],
-                        text_offset_start: int) -> CompletionLogprobs:
+def completion_logprobs(tokenizer: PreTrainedTokenizerBase, token_ids: list[int],
+                        entries: list[dict[int, float]], text_offset_start: int) -> CompletionLogprobs:
     """Logprobs of `token_ids` (one engine entry each) as /v1/completions returns them.
 
     As in OpenAI's legacy API, `top_logprobs` holds the top-N and the sampled token (up to N+1 entries).
@@ -42,7 +45,7 @@ def completion_logprobs(tokenizer: Any, token_ids: list[int], entries: list[dict
     return out
 
 
-def chat_logprobs(tokenizer: Any, token_ids: list[int], entries: list[dict[int, float]],
+def chat_logprobs(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], entries: list[dict[int, float]],
                   n: int) -> ChatLogprobs:
     """Logprobs of `token_ids` as /v1/chat/completions returns them (`top_logprobs` = n alternatives)."""
     content = []

@@ -10,32 +10,40 @@ Two sources:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from nanoserve.engine.stats import EngineStats
+from nanoserve.outputs import RequestMetrics
+
+if TYPE_CHECKING:
+    from nanoserve.engine.async_engine import AsyncLLMEngine
+
 PREFIX = "nanoserve:"
 
 # The `_created` timestamp series double every counter for no use here (process-wide switch).
 disable_created_metrics()
 
-# (metric name, EngineStats field, help) -- gauges, then counters (exposed with a `_total` suffix).
-# Requests are counted as requests (not their n sequences) when the engine reports both.
-_GAUGES = [
-    ("num_requests_running", ("num_running_requests", "num_running"), "Requests in the running batch."),
-    ("num_requests_waiting", ("num_waiting_requests", "num_waiting"), "Requests waiting to be scheduled."),
-    ("kv_cache_usage_perc", ("kv_cache_usage",), "Fraction of KV-cache blocks in use (0 to 1)."),
+_StatsField = Callable[[EngineStats], float]
+# (metric name, its EngineStats value, help) -- gauges, then counters (exposed with a `_total` suffix).
+# Requests are counted as requests, not their n sequences.
+_GAUGES: list[tuple[str, _StatsField, str]] = [
+    ("num_requests_running", lambda s: s.num_running_requests, "Requests in the running batch."),
+    ("num_requests_waiting", lambda s: s.num_waiting_requests, "Requests waiting to be scheduled."),
+    ("kv_cache_usage_perc", lambda s: s.kv_cache_usage, "Fraction of KV-cache blocks in use (0 to 1)."),
 ]
-_COUNTERS = [
-    ("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the prefix cache."),
-    ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache."),
-    ("num_preemptions", "num_preemptions", "Preemptions of running requests (recompute)."),
-    ("prompt_tokens", "prompt_tokens", "Prompt tokens computed (prefill)."),
-    ("generation_tokens", "generation_tokens", "Tokens generated."),
+_COUNTERS: list[tuple[str, _StatsField, str]] = [
+    ("prefix_cache_queries", lambda s: s.prefix_cache_queries,
+     "Prompt tokens looked up in the prefix cache."),
+    ("prefix_cache_hits", lambda s: s.prefix_cache_hits, "Prompt tokens found in the prefix cache."),
+    ("num_preemptions", lambda s: s.num_preemptions, "Preemptions of running requests (recompute)."),
+    ("prompt_tokens", lambda s: s.prompt_tokens, "Prompt tokens computed (prefill)."),
+    ("generation_tokens", lambda s: s.generation_tokens, "Tokens generated."),
 ]
 
 _TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -47,27 +55,26 @@ _E2E_BUCKETS_S = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
 
 
 class _EngineStatsCollector(Collector):
-    def __init__(self, engine: Any, model_name: str) -> None:
+    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
         stats = self.engine.get_stats()
-        for name, attrs, doc in _GAUGES:
+        for name, value, doc in _GAUGES:
             g = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            value = next((getattr(stats, a) for a in attrs if hasattr(stats, a)), 0)
-            g.add_metric([self.model_name], float(value or 0))
+            g.add_metric([self.model_name], float(value(stats)))
             yield g
-        for name, attr, doc in _COUNTERS:
+        for name, value, doc in _COUNTERS:
             c = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            c.add_metric([self.model_name], float(getattr(stats, attr, 0) or 0))
+            c.add_metric([self.model_name], float(value(stats)))
             yield c
 
 
 class ServerMetrics:
     """All of one server's collectors; `render()` is the body of GET /metrics."""
 
-    def __init__(self, engine: Any, model_name: str) -> None:
+    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         self.registry.register(_EngineStatsCollector(engine, model_name))
@@ -83,7 +90,7 @@ class ServerMetrics:
         self.queue = Histogram(PREFIX + "request_queue_time_seconds", "Arrival to first scheduled (s).",
                                labels, buckets=_E2E_BUCKETS_S, registry=self.registry)
 
-    def observe_request(self, finish_reasons: list[str | None], engine_metrics: list[Any],
+    def observe_request(self, finish_reasons: list[str | None], engine_metrics: list[RequestMetrics],
                         inter_token_s: list[float]) -> None:
         """One finished HTTP request: a success count per choice, latencies per engine request."""
         m = self.model_name

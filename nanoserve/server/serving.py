@@ -14,14 +14,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nanoserve.engine.async_engine import AsyncLLMEngine, RequestStream
+from nanoserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from nanoserve.sampling_params import SamplingParams
 from nanoserve.server.disconnect import cancel_on_disconnect
 from nanoserve.server.errors import APIError, to_api_error
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import UsageInfo
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -38,7 +42,7 @@ class ServerState:
         return self.served_model_names[0]
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.engine.tokenizer
 
     @property
@@ -47,8 +51,7 @@ class ServerState:
 
     @property
     def vocab_size(self) -> int:
-        size = getattr(getattr(self.engine.engine, "model_config", None), "vocab_size", None)
-        return int(size) if size else len(self.tokenizer)
+        return self.engine.model_config.vocab_size
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text prompt, exactly as the engine tokenizes a string prompt."""
@@ -152,7 +155,7 @@ class Generation:
         self.n = params[0].n
         self.choices = [Choice(p * self.n + i, p) for p in range(len(prompts)) for i in range(self.n)]
         self._streams: list[RequestStream] = []
-        self._final_metrics: list[Any] = []
+        self._final_metrics: list[RequestMetrics] = []
         self._timing = _Timing()
         self._closed = False
         self.status = 200
@@ -175,7 +178,7 @@ class Generation:
             self.close(status=None)
             raise
 
-    async def deltas(self) -> AsyncIterator[tuple[Choice, Any]]:
+    async def deltas(self) -> AsyncIterator[tuple[Choice, CompletionOutput]]:
         """(choice, delta CompletionOutput) as the engine produces them, merged over all prompts."""
         async for prompt_index, out in self._merged():
             now = time.monotonic()
@@ -188,7 +191,7 @@ class Generation:
                     choice.logprobs.extend(comp.logprobs)
                 if comp.finish_reason is not None:
                     choice.finish_reason = comp.finish_reason
-                    choice.stop_reason = getattr(comp, "stop_reason", None)
+                    choice.stop_reason = comp.stop_reason
                 new_tokens += len(comp.token_ids)
                 yield choice, comp
             self._record_tokens(now, new_tokens)
@@ -216,7 +219,7 @@ class Generation:
         async for _ in self.deltas():
             pass
 
-    async def _merged(self) -> AsyncIterator[tuple[int, Any]]:
+    async def _merged(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         if len(self._streams) == 1:
             async for out in self._streams[0]:
                 yield 0, out

@@ -6,8 +6,7 @@ from nanoserve.engine.stop_checker import (
     StopResult,
     check_stop,
     find_stop_string,
-    releasable_text,
-    stop_buffer_len,
+    releasable_chars,
 )
 from nanoserve.sampling_params import SamplingParams
 
@@ -32,7 +31,7 @@ def run(tok, params: SamplingParams, pieces: list[str] | list[int], prompt_len: 
         delta = detok.add_token(tok_id)
         result = check_stop(params, EOS, detok.output_text, len(delta), tok_id, n,
                             num_total_tokens=prompt_len + n, max_model_len=max_model_len)
-        released.append(releasable_text(result.text, params, result.finished))
+        released.append(result.text[: releasable_chars(result.text, params, result.finished)])
         if result.finished:
             return result, ids[:n], released
     return result, ids, released
@@ -108,7 +107,7 @@ def test_stop_beats_length_on_the_same_token(tok):
 
 def test_released_text_never_shrinks_and_holds_back_a_possible_stop(tok):
     params = SamplingParams(stop=["END", "\n\n"])
-    assert stop_buffer_len(params) == 2
+    assert releasable_chars("abcdef", params, finished=False) == 4  # the longest stop string minus one
     res, _, released = run(tok, params, ["ab", "E", "N", "x", "yE", "ND", "zz"])
     assert res.text == "abENxy" and res.finish_reason == "stop"
     for before, after in zip(released, released[1:], strict=False):
@@ -119,9 +118,36 @@ def test_released_text_never_shrinks_and_holds_back_a_possible_stop(tok):
 
 def test_nothing_is_held_back_without_stop_strings():
     params = SamplingParams()
-    assert stop_buffer_len(params) == 0
-    assert releasable_text("abc", params, finished=False) == "abc"
+    assert releasable_chars("abc", params, finished=False) == 3
     held = SamplingParams(stop=["abcdef"])
-    assert releasable_text("abc", held, finished=False) == ""
-    assert releasable_text("abc", held, finished=True) == "abc"
-    assert releasable_text("abc", held.clone(include_stop_str_in_output=True), finished=False) == "abc"
+    assert releasable_chars("abc", held, finished=False) == 0
+    assert releasable_chars("abc", held, finished=True) == 3
+
+
+def test_nothing_is_held_back_when_the_stop_string_stays_in_the_output(tok):
+    params = SamplingParams(stop=["END", "\n\n"], include_stop_str_in_output=True)
+    assert releasable_chars("abcdef", params, finished=False) == 6
+    res, _, released = run(tok, params, ["ab", "E", "N", "x", "yE", "ND", "zz"])
+    assert (res.finish_reason, res.text) == ("stop", "abENxyEND")
+    # Every token (one per character) releases its text at once: the stream is as live as without stops.
+    assert released == [res.text[:k] for k in range(1, len(res.text) + 1)]
+
+
+def test_with_the_stop_string_kept_only_new_text_after_it_is_cut():
+    # One token "ENyz" completes the stop string: "yz" is dropped, but it was never released.
+    params = SamplingParams(stop=["EN"], include_stop_str_in_output=True)
+    res = check_stop(params, EOS, "abxENyz", len("ENyz"), 99, 2)
+    assert (res.finished, res.text) == (True, "abxEN")
+    assert releasable_chars("abx", params, finished=False) == 3
+
+
+def test_a_trailing_incomplete_character_is_held_back_until_it_completes():
+    plain = SamplingParams()
+    assert releasable_chars("ab\ufffd\ufffd", plain, finished=False) == 2
+    assert releasable_chars("ab\ufffd", plain, finished=True) == 3
+    assert releasable_chars("a\ufffdb", plain, finished=False) == 3  # a complete U+FFFD mid-text is text
+    # The stop string's hold-back counts from the last complete character: "x" + an unfinished "\u20ac"
+    # may still become the stop string "x\u20ac", so "x" is held too.
+    euro = SamplingParams(stop=["x\u20ac"])
+    assert releasable_chars("abx\ufffd", euro, finished=False) == 2
+    assert releasable_chars("abx\ufffd", euro.clone(include_stop_str_in_output=True), finished=False) == 3

@@ -1,38 +1,40 @@
-"""A fake `LLMEngine` that follows the engine contract (shared/engine_api.md) without a model.
+"""A model-free engine that implements `EngineCore` (nanoserve/engine/core.py) completely.
 
-Used only by the fast unit tests of the async front: it answers in microseconds, generates a
-deterministic token sequence per prompt, and can be told to crash on a given step.
+Used by the fast unit tests of the async front and the HTTP layer: it answers in microseconds,
+generates a deterministic token sequence per prompt, and can be told to crash on a given step. Its
+configs and stats are the real classes, and its text goes through the real detokenizer and stop
+checker, so stop strings, `include_stop_str_in_output`, EOS and length finish exactly as in `LLMEngine`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tiny_models import EOS_ID, char_tokenizer
+from tiny_models import EOS_ID, VOCAB_SIZE, char_tokenizer
+from transformers import PreTrainedTokenizerFast
 
+from nanoserve.config import CacheConfig, ModelConfig
+from nanoserve.engine.core import PromptInput
+from nanoserve.engine.detokenizer import IncrementalDetokenizer
+from nanoserve.engine.stats import EngineStats
+from nanoserve.engine.stop_checker import check_stop
 from nanoserve.errors import InvalidRequestError, PromptTooLongError
 from nanoserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from nanoserve.sampling_params import SamplingParams
 
-
-@dataclass
-class FakeStats:
-    num_running: int = 0
-    num_waiting: int = 0
-    kv_cache_usage: float = 0.0
-    num_total_blocks: int = 64
-    num_free_blocks: int = 64
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    num_preemptions: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
+BLOCK_SIZE = 16
+NUM_BLOCKS = 64
 
 
 @dataclass
-class FakeModelConfig:
-    max_model_len: int = 64
+class _Seq:
+    detok: IncrementalDetokenizer
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""  # as the stop checker left it (cut at a stop string)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 @dataclass
@@ -42,26 +44,43 @@ class _Req:
     prompt_token_ids: list[int]
     params: SamplingParams
     metrics: RequestMetrics
-    tokens: list[list[int]] = field(default_factory=list)
-    finish: list[str | None] = field(default_factory=list)
+    seqs: list[_Seq]
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.seqs)
+
+
+def fake_model_config(max_model_len: int) -> ModelConfig:
+    """A ModelConfig for the char tokenizer's vocabulary; the shape fields only size the fake KV pool."""
+    return ModelConfig(model="fake", tokenizer="fake", architecture="FakeForCausalLM", hf_config={},
+                       dtype="float32", max_model_len=max_model_len, num_layers=1, hidden_size=8,
+                       num_heads=1, num_kv_heads=1, head_dim=8, vocab_size=VOCAB_SIZE, eos_token_ids=[EOS_ID])
 
 
 class FakeEngine:
-    """Each step gives every running sequence one token: (last token + 1 + index) over printable chars."""
+    """Each step gives every running sequence one token: (last token + 1 + index) over printable chars.
+
+    The first `max_num_seqs` requests (FCFS) run; the rest wait.
+    """
 
     def __init__(self, max_model_len: int = 64, max_num_seqs: int = 4, step_s: float = 0.001,
                  crash_on_step: int | None = None) -> None:
-        self.tokenizer = char_tokenizer()
-        self.model_config = FakeModelConfig(max_model_len)
+        self.tokenizer: PreTrainedTokenizerFast = char_tokenizer()
+        self.model_config = fake_model_config(max_model_len)
+        self.cache_config = CacheConfig(block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS)
         self.max_num_seqs = max_num_seqs
         self.step_s = step_s
         self.crash_on_step = crash_on_step
         self.num_steps = 0
         self.requests: dict[str, _Req] = {}  # insertion order = FCFS
         self.aborted: list[str] = []
-        self._stats = FakeStats()
+        self._aborted_outputs: list[RequestOutput] = []
+        self._prompt_tokens = 0
+        self._generation_tokens = 0
 
-    def add_request(self, request_id: str, prompt, params: SamplingParams, arrival_time: float | None = None):
+    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
         if request_id in self.requests:
             raise InvalidRequestError(f"duplicate request id {request_id!r}", "request_id")
         if isinstance(prompt, dict):
@@ -76,14 +95,21 @@ class FakeEngine:
         if len(ids) >= self.model_config.max_model_len:
             raise PromptTooLongError("prompt too long", len(ids), self.model_config.max_model_len)
         metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
-        self.requests[request_id] = _Req(request_id, text, ids, params, metrics,
-                                         [[] for _ in range(params.n)], [None] * params.n)
+        seqs = [_Seq(IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens))
+                for _ in range(params.n)]
+        self.requests[request_id] = _Req(request_id, text, ids, params, metrics, seqs)
 
-    def abort_request(self, request_id) -> None:
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
-            if self.requests.pop(rid, None) is not None:
-                self.aborted.append(rid)
+            req = self.requests.pop(rid, None)
+            if req is None:
+                continue
+            self.aborted.append(rid)
+            for s in req.seqs:
+                s.finish_reason = s.finish_reason or "abort"
+            req.metrics.finished_time = time.monotonic()
+            self._aborted_outputs.append(self._output(req))
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -91,47 +117,63 @@ class FakeEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self.requests)
 
-    def get_stats(self) -> FakeStats:
-        running = min(len(self.requests), self.max_num_seqs)
-        self._stats.num_running = running
-        self._stats.num_waiting = len(self.requests) - running
-        self._stats.kv_cache_usage = running / self.max_num_seqs
-        return self._stats
+    def get_stats(self) -> EngineStats:
+        reqs = list(self.requests.values())
+        running, waiting = reqs[: self.max_num_seqs], reqs[self.max_num_seqs:]
+        running_seqs = [(r, s) for r in running for s in r.seqs if s.finish_reason is None]
+        used = min(NUM_BLOCKS, sum(-(-(len(r.prompt_token_ids) + len(s.token_ids)) // BLOCK_SIZE)
+                                   for r, s in running_seqs))
+        return EngineStats(
+            num_running=len(running_seqs), num_waiting=sum(len(r.seqs) for r in waiting),
+            kv_cache_usage=used / NUM_BLOCKS, num_total_blocks=NUM_BLOCKS, num_free_blocks=NUM_BLOCKS - used,
+            prefix_cache_queries=0, prefix_cache_hits=0, num_preemptions=0,
+            prompt_tokens=self._prompt_tokens, generation_tokens=self._generation_tokens,
+            num_running_requests=len(running), num_waiting_requests=len(waiting),
+        )
 
     def step(self) -> list[RequestOutput]:
         self.num_steps += 1
         if self.crash_on_step is not None and self.num_steps >= self.crash_on_step:
             raise RuntimeError("injected crash")
         time.sleep(self.step_s)
+        outputs, self._aborted_outputs = self._aborted_outputs, []
         now = time.monotonic()
-        outputs = []
         for req in list(self.requests.values())[: self.max_num_seqs]:
             m = req.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
-                self._stats.prompt_tokens += len(req.prompt_token_ids)
-            for i, toks in enumerate(req.tokens):
-                if req.finish[i] is not None:
-                    continue
-                last = toks[-1] if toks else req.prompt_token_ids[-1]
-                tok = 4 + (last - 4 + 1 + i) % 96  # stays within printable chars
-                toks.append(tok)
-                self._stats.generation_tokens += 1
-                m.num_generation_tokens += 1
-                if tok == EOS_ID and not req.params.ignore_eos:
-                    req.finish[i] = "stop"
-                elif len(toks) >= req.params.max_tokens:
-                    req.finish[i] = "length"
+                self._prompt_tokens += len(req.prompt_token_ids)
+            for i, seq in enumerate(req.seqs):
+                if seq.finish_reason is None:
+                    self._append_token(req, i, seq)
             m.first_token_time = m.first_token_time or now
             m.last_token_time = now
-            finished = all(f is not None for f in req.finish)
-            if finished:
+            if req.finished:
                 m.finished_time = now
                 del self.requests[req.request_id]
-            outs = [CompletionOutput(i, self.tokenizer.decode(t), list(t), req.finish[i])
-                    for i, t in enumerate(req.tokens)]
-            outputs.append(RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished, m))
+            outputs.append(self._output(req))
         return outputs
+
+    def _append_token(self, req: _Req, index: int, seq: _Seq) -> None:
+        last = seq.token_ids[-1] if seq.token_ids else req.prompt_token_ids[-1]
+        tok = 4 + (last - 4 + 1 + index) % 96  # stays within printable chars
+        seq.token_ids.append(tok)
+        self._generation_tokens += 1
+        req.metrics.num_generation_tokens += 1
+        new_text = seq.detok.add_token(tok)
+        result = check_stop(req.params, self.model_config.eos_token_ids, seq.detok.output_text, len(new_text),
+                            tok, len(seq.token_ids), len(req.prompt_token_ids) + len(seq.token_ids),
+                            self.model_config.max_model_len)
+        seq.text = result.text
+        if result.finished:
+            seq.finish_reason, seq.stop_reason = result.finish_reason, result.stop_reason
+
+    @staticmethod
+    def _output(req: _Req) -> RequestOutput:
+        outs = [CompletionOutput(i, s.text, list(s.token_ids), s.finish_reason, stop_reason=s.stop_reason)
+                for i, s in enumerate(req.seqs)]
+        return RequestOutput(req.request_id, req.prompt, list(req.prompt_token_ids), outs, req.finished,
+                             req.metrics)
 
 
 def expected_tokens(prompt_ids: list[int], max_tokens: int, index: int = 0) -> list[int]:

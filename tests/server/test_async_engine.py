@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import pytest
@@ -195,3 +196,33 @@ def test_finished_and_aborted_streams_are_forgotten():
         return live_while_running, front.num_live_requests, len(front._live)
 
     assert run(go, engine) == (1, 0, 0)
+
+
+def final_output(engine: FakeEngine, prompt: str, params: SamplingParams):
+    """The engine's own final (cumulative) completion, driven synchronously as the offline LLM does."""
+    engine.add_request("final", prompt, params)
+    outs = []
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+    return outs[-1].outputs[0]
+
+
+# "hello" -> the fake generates "pqrstu...": "rsz" is begun but never completed, "tu" completes.
+@pytest.mark.parametrize("include, final_text, seen_per_token", [
+    (False, "pqrs", ["", "", "p", "pq", "pqr", "pqrs"]),  # two characters (len("rsz") - 1) held back
+    (True, "pqrstu", ["p", "pq", "pqr", "pqrs", "pqrst", "pqrstu"]),  # nothing can be cut: nothing held
+])
+def test_streamed_text_with_stop_strings_concatenates_to_the_final_text(include, final_text, seen_per_token):
+    params = SamplingParams(max_tokens=20, stop=["rsz", "tu"], include_stop_str_in_output=include)
+    want = final_output(FakeEngine(), "hello", params)
+    assert (want.text, want.finish_reason, want.stop_reason) == (final_text, "stop", "tu")
+
+    async def go(front):
+        return [o async for o in front.generate("r", "hello", params)]
+
+    outs = run(go, FakeEngine())
+    assert [len(o.outputs[0].token_ids) for o in outs] == [1] * 6  # one delta per token
+    seen = list(itertools.accumulate(o.outputs[0].text for o in outs))
+    assert seen == seen_per_token
+    assert seen[-1] == want.text
+    assert outs[-1].outputs[0].finish_reason == "stop" and outs[-1].outputs[0].stop_reason == "tu"

@@ -73,17 +73,19 @@ def test_seed_reproducible_and_n_choices_independent(client):
     assert a.usage.completion_tokens == 3 * 24
 
 
-def test_stop_string_cuts_the_output_before_it(client, offline_llm):
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_string_cuts_the_output_before_it(client, offline_llm, include):
     full, _ = offline_greedy(offline_llm, PROMPT, 40)
     stop = full[10:12]  # a string the greedy output is known to contain
-    cut = full[: full.index(stop)]
+    cut = full[: full.index(stop) + (len(stop) if include else 0)]
+    extra = {"ignore_eos": True, "include_stop_str_in_output": include}
     resp = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop],
-                                     extra_body={"ignore_eos": True})
+                                     extra_body=extra)
     assert resp.choices[0].text == cut
     assert resp.choices[0].finish_reason == "stop"
     texts, finish = stream_text(client.completions.create(model="tiny", prompt=PROMPT, max_tokens=40,
                                                           temperature=0, stop=[stop], stream=True,
-                                                          extra_body={"ignore_eos": True}))
+                                                          extra_body=extra))
     assert texts == {0: cut} and finish == {0: "stop"}
 
 

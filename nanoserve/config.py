@@ -117,7 +117,8 @@ class EngineArgs:
                     )
                 group.add_argument("--model", default=None, action=_ModelAction, help=help_text)
                 continue
-            kwargs = _flag_kwargs(f.name, hints[f.name], f.default, f.metadata)
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
             action = group.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kwargs)
             if action.default is not None and action.help and "%(default)" not in action.help:
                 action.help += " (default: %(default)s)"

@@ -183,5 +183,5 @@ def test_a_field_of_a_type_without_a_flag_is_refused():
     class Bad(EngineArgs):
         sizes: list[int] = dataclasses.field(default_factory=list)
 
-    with pytest.raises(TypeError, match="sizes"):
+    with pytest.raises(TypeError, match="sizes: no flag for type"):
         _parser(Bad)

@@ -24,25 +24,25 @@ run() {  # run NAME CMD...: log with a timestamp and the load average, never sto
 for step in $steps; do
 case $step in
 linear)
-  run linear $NS bench linear --threads 2 --repeats 10 --save-result $OUT/linear.json ;;
+  run linear $NS bench linear --num-cpu-threads 2 --repeats 10 --save-result $OUT/linear.json ;;
 roofline)
-  run roofline $NS bench roofline $MODEL --threads 2 --batch-sizes 1,8,32 --input-len 128 \
+  run roofline $NS bench roofline $MODEL --num-cpu-threads 2 --batch-sizes 1,8,32 --input-len 128 \
     --output-len 16 --prefill-len 512 --save-result $OUT/roofline.json ;;
 batch)  # the table: prompt 128, 128 output tokens, N requests at once, greedy
   for n in 1 8 32; do
-    run batch$n $NS bench throughput $MODEL --threads 2 --num-prompts $n --input-len 128 --output-len 128 \
+    run batch$n $NS bench throughput $MODEL --num-cpu-threads 2 --num-prompts $n --input-len 128 --output-len 128 \
       --backend nanoserve,hf-batched --hf-batch-size $n --profile --save-result $OUT/batch$n.json
   done
   for n in 1 32; do  # the engine with plain F.linear instead of cpu_linear's fast paths
-    run batch$n-torch $NS bench throughput $MODEL --threads 2 --num-prompts $n --input-len 128 \
+    run batch$n-torch $NS bench throughput $MODEL --num-cpu-threads 2 --num-prompts $n --input-len 128 \
       --output-len 128 --backend nanoserve --cpu-linear torch --profile --save-result $OUT/batch$n-torch.json
   done ;;
 offline)  # the 64 requests: input uniform in [64, 512], output uniform in [16, 256] (~20 min: hf is slow)
-  run offline $NS bench throughput $MODEL --threads 2 --num-prompts ${OFFLINE_N:-64} --input-len 288 \
+  run offline $NS bench throughput $MODEL --num-cpu-threads 2 --num-prompts ${OFFLINE_N:-64} --input-len 288 \
     --input-range-ratio 0.7778 --output-len 136 --output-range-ratio 0.8823 --backend nanoserve,hf,hf-batched \
     --hf-batch-size 16 --profile --save-result $OUT/offline.json ;;
 latency)
-  run latency $NS bench latency $MODEL --threads 2 --backend nanoserve,hf --input-lens 32,128,512,1024 \
+  run latency $NS bench latency $MODEL --num-cpu-threads 2 --backend nanoserve,hf --input-lens 32,128,512,1024 \
     --output-len 16 --num-iters 2 --plot benchmarks/latency.png --save-result $OUT/latency.json ;;
 serve)  # the demo model behind `nanoserve serve`: start-up time, then 500 streamed requests
   port=8765

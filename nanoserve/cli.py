@@ -31,11 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
+    args = build_parser(name).parse_args(argv[1:])
+    return int(importlib.import_module(COMMANDS[name][0]).run(args) or 0)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `nanoserve NAME` (importing only that command's module)."""
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"nanoserve {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    parser = argparse.ArgumentParser(prog=f"nanoserve {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return parser
 
 
 if __name__ == "__main__":

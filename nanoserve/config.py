@@ -1,15 +1,19 @@
 """Engine configuration: what the user asks for (EngineArgs) and what the engine resolves it to.
 
-`EngineArgs` carries vLLM's argument names. `LLMEngine.from_engine_args` reads the checkpoint's
-config.json into a `ModelConfig`, sizes the KV pool into a `CacheConfig` and fills a
-`SchedulerConfig`. This module imports no torch: the scheduler and the simulator use it too.
+`EngineArgs` carries vLLM's argument names and is the one source of the engine's command-line flags
+(`add_cli_args` / `from_cli_args`, used by serve, generate and bench). `LLMEngine.from_engine_args`
+reads the checkpoint's config.json into a `ModelConfig`, sizes the KV pool into a `CacheConfig` and
+fills a `SchedulerConfig`. This module imports no torch: the scheduler and the simulator use it too.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from nanoserve.errors import InvalidRequestError
@@ -29,26 +33,70 @@ CPU_KV_CAP_BYTES = 4 << 30
 
 @dataclass
 class EngineArgs:
-    """Every knob of the engine, with vLLM's names and defaults where vLLM has them."""
+    """Every knob of the engine, with vLLM's names and defaults where vLLM has them.
 
-    model: str
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    max_model_len: int | None = None
-    block_size: int = 16
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    kv_cache_memory_bytes: int | None = None
-    num_gpu_blocks_override: int | None = None
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    gpu_memory_utilization: float = 0.9
-    # torch's intra-op threads on CPU (None = torch's default). On a contended machine 1 can be far faster.
-    num_cpu_threads: int | None = None
-    # How bf16 linears run on CPU (see nanoserve/model/cpu_linear.py); "torch" turns the fast paths off.
-    cpu_linear: str = "auto"
+    Each field is also a command-line flag (`add_cli_args`): `--` + the name with `-` for `_`, its help
+    and choices from the field's metadata. A new field needs nothing else to reach every command.
+    """
+
+    model: str = field(
+        metadata={"help": "Hugging Face checkpoint directory (default: the bundled demo model, or "
+                  "$NANOSERVE_MODEL)"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer directory (default: the model's)"}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "weights and activations; auto = the checkpoint's (float16 ones run in "
+                  "float32 on CPU)",
+                  "choices": DTYPES},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seeds the engine's random generator (for requests without a seed)"}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "context length in tokens (default: the checkpoint's)"}
+    )
+    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
+    max_num_seqs: int | None = field(
+        default=None, metadata={"help": f"sequences per step (default: {DEFAULT_MAX_NUM_SEQS})"}
+    )
+    max_num_batched_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"tokens per step (default: {DEFAULT_MAX_NUM_BATCHED_TOKENS}, or max-model-len "
+                  "without chunked prefill)"},
+    )
+    enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "reuse the KV blocks of prompt prefixes seen before"}
+    )
+    enable_chunked_prefill: bool = field(
+        default=True, metadata={"help": "split long prompts over several steps, beside the decodes"}
+    )
+    kv_cache_memory_bytes: int | None = field(
+        default=None,
+        metadata={"help": "KV-cache budget in bytes (default: from gpu-memory-utilization on GPU; on CPU "
+                  "a quarter of the available RAM, at most 4 GiB)"},
+    )
+    num_gpu_blocks_override: int | None = field(
+        default=None, metadata={"help": "exact number of KV-cache blocks, overriding every budget"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto (cuda when available, else cpu), cpu or cuda[:N]"}
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "share of the free GPU memory (less 1 GiB) the KV cache takes"}
+    )
+    # On a contended machine 1 thread can be far faster than torch's default.
+    num_cpu_threads: int | None = field(
+        default=None, metadata={"help": "torch's intra-op threads on CPU (default: torch's choice)"}
+    )
+    # See nanoserve/model/cpu_linear.py for the paths.
+    cpu_linear: str = field(
+        default="auto",
+        metadata={"help": "how bf16 linears run on CPU; torch = plain F.linear, the fast paths off",
+                  "choices": CPU_LINEAR_BACKENDS},
+    )
     attention_backend: str = field(
         default="auto",
         metadata={
@@ -57,6 +105,48 @@ class EngineArgs:
             "choices": ATTENTION_BACKENDS,
         },
     )
+
+    @classmethod
+    def add_cli_args(
+        cls, parser: argparse.ArgumentParser, *, positional_model: bool = False
+    ) -> argparse._ArgumentGroup:
+        """Add one flag per field to an "engine" argument group of `parser`; returns the group.
+
+        `--model` is always there; `positional_model` also takes it as an optional first positional
+        (`nanoserve serve [MODEL]`, as `vllm serve`). Giving both with different values is an error.
+        """
+        group = parser.add_argument_group("engine", "engine arguments (EngineArgs' fields)")
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            help_text = f.metadata.get("help")
+            if f.name == "model":
+                if positional_model:
+                    group.add_argument(
+                        "model", nargs="?", default=None, metavar="MODEL", action=_ModelAction,
+                        help="same as --model",
+                    )
+                group.add_argument("--model", default=None, action=_ModelAction, help=help_text)
+                continue
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
+            action = group.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kwargs)
+            if action.default is not None and action.help and "%(default)" not in action.help:
+                action.help += " (default: %(default)s)"
+        return group
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> EngineArgs:
+        """The EngineArgs a namespace parsed by `add_cli_args` asks for; `overrides` win over it.
+
+        A missing model means the bundled demo model.
+        """
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values.update(overrides)
+        if values.get("model") is None:
+            from nanoserve.demo import default_model
+
+            values["model"] = default_model()
+        return cls(**values)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +182,48 @@ class EngineArgs:
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
                 "gpu_memory_utilization",
             )
+
+
+def engine_arg_names() -> frozenset[str]:
+    """The keyword arguments EngineArgs (and LLM) accept."""
+    return frozenset(f.name for f in fields(EngineArgs))
+
+
+def _flag_kwargs(name: str, hint: Any, default: Any, metadata: Any) -> dict[str, Any]:
+    """argparse keywords for one field: type (X of `X | None`), default, choices or a bool's --no- form."""
+    if default is MISSING:
+        raise TypeError(f"EngineArgs.{name} needs a default to become a flag")
+    base = hint
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        # X | None: the flag takes an X, and leaving it out keeps the field's default (None).
+        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(non_none) == 1:
+            base = non_none[0]
+    choices = metadata.get("choices")
+    if typing.get_origin(base) is typing.Literal:
+        choices = choices or typing.get_args(base)
+        base = type(typing.get_args(base)[0])
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction, "default": default}
+    if base not in (int, float, str):
+        raise TypeError(f"EngineArgs.{name}: no flag for type {hint!r}; use int, float, str or bool")
+    kwargs: dict[str, Any] = {"type": base, "default": default}
+    if choices is not None:
+        kwargs["choices"] = tuple(choices)
+    return kwargs
+
+
+class _ModelAction(argparse.Action):
+    """Stores the model from `--model` or the positional MODEL; both with different values is an error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values is None:  # the optional positional, absent
+            return
+        given = getattr(namespace, self.dest, None)
+        if given is not None and given != values:
+            parser.error(f"the model is given twice: {given!r} and {values!r}")
+        setattr(namespace, self.dest, values)
 
 
 def _check_positive(name: str, value: int | None) -> None:

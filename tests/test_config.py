@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import pytest
 
 from nanoserve.config import (
@@ -86,3 +89,99 @@ def test_scheduler_defaults_and_chunked_prefill_off():
     with pytest.raises(InvalidRequestError) as info:
         SchedulerConfig(max_num_batched_tokens=100, max_model_len=200, enable_chunked_prefill=False)
     assert info.value.param == "max_num_batched_tokens"
+
+
+# ---- EngineArgs as command-line flags ------------------------------------------------------------
+
+
+def _parser(cls: type[EngineArgs] = EngineArgs, **kw) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    cls.add_cli_args(parser, **kw)
+    return parser
+
+
+def _argv(args: EngineArgs) -> list[str]:
+    """The command line asking for `args`, written from its fields alone."""
+    argv = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def test_every_field_round_trips_through_the_command_line():
+    wanted = EngineArgs(
+        model="some/dir", tokenizer="tok/dir", dtype="bfloat16", seed=7, max_model_len=512, block_size=8,
+        max_num_seqs=3, max_num_batched_tokens=4096, enable_prefix_caching=False,
+        enable_chunked_prefill=False, kv_cache_memory_bytes=1 << 20, num_gpu_blocks_override=9,
+        device="cpu", gpu_memory_utilization=0.5, num_cpu_threads=2, cpu_linear="torch",
+    )
+    changed = [f.name for f in dataclasses.fields(EngineArgs)
+               if getattr(wanted, f.name) != f.default and f.name != "model"]
+    assert len(changed) == len(dataclasses.fields(EngineArgs)) - 1  # every field differs from its default
+    assert EngineArgs.from_cli_args(_parser().parse_args(_argv(wanted))) == wanted
+
+
+def test_flags_default_to_the_fields_defaults_and_no_model_means_the_demo_model(monkeypatch, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setenv("NANOSERVE_MODEL", str(tmp_path))
+    assert EngineArgs.from_cli_args(_parser().parse_args([])) == EngineArgs(model=str(tmp_path))
+    assert EngineArgs.from_cli_args(_parser().parse_args([]), model="x", seed=3) == EngineArgs("x", seed=3)
+
+
+def test_choices_and_types_come_from_the_fields():
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        _parser().parse_args(["--dtype", "float64"])
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        _parser().parse_args(["--cpu-linear", "nonsense"])
+    with pytest.raises(argparse.ArgumentError, match="invalid int"):
+        _parser().parse_args(["--max-num-seqs", "many"])
+    ns = _parser().parse_args(["--gpu-memory-utilization", "0.25", "--no-enable-chunked-prefill"])
+    assert ns.gpu_memory_utilization == 0.25 and ns.enable_chunked_prefill is False
+
+
+def test_model_positional_or_flag_but_not_two_different_ones():
+    parse = _parser(positional_model=True).parse_args
+    assert parse(["m"]).model == "m"
+    assert parse(["--model", "m"]).model == "m"
+    assert parse(["m", "--model", "m"]).model == "m"
+    assert parse(["--seed", "1"]).model is None
+    for argv in (["a", "--model", "b"], ["--model", "b", "a"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
+    with pytest.raises(SystemExit):  # without positional_model there is no MODEL
+        _parser().parse_args(["m"])
+
+
+@dataclasses.dataclass
+class _ExtendedArgs(EngineArgs):
+    attention_backend: str = dataclasses.field(
+        default="auto", metadata={"help": "which attention", "choices": ("auto", "torch")}
+    )
+    enable_magic: bool = False
+    draft_tokens: int | None = None
+
+
+def test_a_new_field_becomes_a_flag_without_other_code():
+    parser = _parser(_ExtendedArgs)
+    ns = parser.parse_args(["--attention-backend", "torch", "--enable-magic", "--draft-tokens", "4"])
+    args = _ExtendedArgs.from_cli_args(ns, model="m")
+    assert (args.attention_backend, args.enable_magic, args.draft_tokens) == ("torch", True, 4)
+    off = parser.parse_args(["--no-enable-magic"])
+    assert _ExtendedArgs.from_cli_args(off, model="m") == _ExtendedArgs("m")
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        parser.parse_args(["--attention-backend", "triton"])
+    assert "which attention" in parser.format_help()
+
+
+def test_a_field_of_a_type_without_a_flag_is_refused():
+    @dataclasses.dataclass
+    class Bad(EngineArgs):
+        sizes: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="sizes: no flag for type"):
+        _parser(Bad)

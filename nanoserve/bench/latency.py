@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from nanoserve.bench.dataset import random_requests
 from nanoserve.bench.report import print_table, save_json
@@ -78,13 +79,12 @@ def measure(
     input_lens: list[int],
     output_len: int,
     num_iters: int,
+    engine_kwargs: dict[str, Any],
     seed: int = 0,
-    dtype: str = "auto",
-    cpu_linear: str | None = None,
 ) -> list[LatencyPoint]:
+    """`engine_kwargs`: LLM's keywords for the nanoserve backend; their dtype also loads the hf one."""
     import gc
 
-    from nanoserve.bench.linear_paths import engine_kwargs
     from nanoserve.bench.models import special_token_ids, vocab_size
 
     vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
@@ -93,19 +93,12 @@ def measure(
         if backend == "nanoserve":
             from nanoserve import LLM
 
-            runner = LLM(
-                model=model_dir,
-                dtype=dtype,
-                seed=seed,
-                enable_prefix_caching=False,
-                max_num_batched_tokens=max(2048, max(input_lens)),
-                **engine_kwargs(cpu_linear),
-            )
+            runner = LLM(model=model_dir, **engine_kwargs)
             fn = nanoserve_latency
         elif backend == "hf":
             from nanoserve.bench.baselines import load_hf_model
 
-            runner = load_hf_model(model_dir, dtype)
+            runner = load_hf_model(model_dir, engine_kwargs.get("dtype", "auto"))
             fn = hf_latency
         else:
             raise ValueError(f"unknown backend {backend!r}; choose nanoserve or hf")
@@ -155,43 +148,41 @@ def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.linear_paths import add_cpu_linear_argument
-    from nanoserve.bench.models import add_model_arguments
+    from nanoserve.bench.engine_flags import add_engine_arguments
 
-    add_cpu_linear_argument(p)
-    add_model_arguments(p)
     p.add_argument("--backend", default="nanoserve", help="comma-separated: nanoserve, hf")
     p.add_argument("--input-lens", default="16,64,128,256,512,1024", help="prompt lengths to sweep")
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--num-iters", type=int, default=3)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--plot", default="latency.png", metavar="FILE.png", help="'' for no plot")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
+    # Every measured prompt is a fresh one: a prefix-cache hit would shorten the prefill being timed.
+    # --max-num-batched-tokens defaults to the longest prompt (at least 2048): one prefill step each.
+    add_engine_arguments(p, enable_prefix_caching=False)
 
 
 def run(args: argparse.Namespace) -> int:
+    from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model
 
-    if args.threads:
+    if args.num_cpu_threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.num_cpu_threads)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     input_lens = [int(x) for x in args.input_lens.split(",")]
     if args.output_len < 2:
         raise SystemExit("--output-len must be >= 2 to measure TPOT")
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    max_batched_tokens = args.max_num_batched_tokens or max(2048, max(input_lens))
     points = measure(
         model_dir,
         backends,
         input_lens,
         args.output_len,
         args.num_iters,
+        engine_kwargs(args, model_dir, max_num_batched_tokens=max_batched_tokens),
         args.seed,
-        args.dtype,
-        args.cpu_linear,
     )
     print_table(
         ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s"],
@@ -217,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.random_model or model_dir}"
             f"{f' ({args.random_layers} layers)' if args.random_layers else ''}"
             f" · {env['date_utc']} · {env.get('torch_threads')} threads"
-            f" · cpu-linear {args.cpu_linear or 'default'}",
+            f" · cpu-linear {args.cpu_linear}",
         )
         print(f"plot: {args.plot}")
     if args.save_result:

@@ -107,7 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", default="torch,mkldnn,avx512")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--layers", type=int, default=None, help="fewer layers for a quick run")
-    p.add_argument("--threads", type=int, default=None)
+    # No engine here, but the same spelling as the engine's flag for the same setting.
+    p.add_argument("--num-cpu-threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
 
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.backends.split(",")),
         args.repeats,
         args.layers,
-        args.threads,
+        args.num_cpu_threads,
     )
     print_table(
         ["backend", "used", "batch", "step ms", "GB/s", "GFLOP/s"],

@@ -1,25 +1,9 @@
-"""Which CPU linear path the engine runs (`EngineArgs.cpu_linear`), chosen and reported by the benchmarks."""
+"""Which CPU linear path the engine ran (`EngineArgs.cpu_linear` chose it), as the benchmarks report it."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
-
-from nanoserve.config import CPU_LINEAR_BACKENDS as CHOICES
-
-
-def add_cpu_linear_argument(p) -> None:
-    p.add_argument(
-        "--cpu-linear",
-        default=None,
-        choices=CHOICES,
-        help="the engine's path for bf16 CPU linears (EngineArgs.cpu_linear; default: the engine's own; "
-        "torch = plain F.linear)",
-    )
-
-
-def engine_kwargs(cpu_linear: str | None) -> dict[str, Any]:
-    return {} if cpu_linear is None else {"cpu_linear": cpu_linear}
 
 
 def linear_paths(engine: Any) -> dict[str, int]:

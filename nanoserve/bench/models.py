@@ -23,14 +23,12 @@ RANDOM_MODEL_SEED = 0
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """`--model DIR | --random-model PRESET [--random-layers N]`, shared by the offline benchmarks."""
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
-    g.add_argument(
+    """`--random-model PRESET [--random-layers N]`: the alternative to EngineArgs' `--model DIR`."""
+    p.add_argument(
         "--random-model",
         default=None,
         metavar="PRESET",
-        help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b",
+        help="random bf16 weights shaped like a planner preset, e.g. qwen2.5-0.5b (instead of --model)",
     )
     p.add_argument("--random-layers", type=int, default=None, help="fewer layers for a quick random model")
 

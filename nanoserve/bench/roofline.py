@@ -18,6 +18,7 @@ import argparse
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass
@@ -154,27 +155,20 @@ def measure_engine(
     input_len: int,
     output_len: int,
     prefill_len: int,
-    dtype: str = "auto",
+    engine_kwargs: dict[str, Any],
     seed: int = 0,
-    cpu_linear: str | None = None,
 ) -> tuple[dict[int, tuple[float, int]], float]:
-    """({batch: (median decode step s, mean context)}, prefill step s) on the nanoserve engine."""
+    """({batch: (median decode step s, mean context)}, prefill step s) on the nanoserve engine.
+
+    `engine_kwargs` (LLM's keywords) must let the largest batch run at once and each prefill in one step.
+    """
     from nanoserve import LLM, SamplingParams
     from nanoserve.bench.dataset import random_requests
-    from nanoserve.bench.linear_paths import engine_kwargs
     from nanoserve.bench.models import special_token_ids, vocab_size
     from nanoserve.bench.profile import StepProfiler
 
     vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
-    llm = LLM(
-        model=model_dir,
-        dtype=dtype,
-        seed=seed,
-        enable_prefix_caching=False,
-        max_num_seqs=max(batches),
-        max_num_batched_tokens=max(2048, prefill_len, input_len * max(batches)),
-        **engine_kwargs(cpu_linear),
-    )
+    llm = LLM(model=model_dir, **engine_kwargs)
     engine = llm.llm_engine
     llm.generate(
         [{"prompt_token_ids": [3 + i % 50 for i in range(16)]}],
@@ -237,42 +231,40 @@ def print_report(p: Probe, rows: list[RooflineRow]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.linear_paths import add_cpu_linear_argument
-    from nanoserve.bench.models import add_model_arguments
+    from nanoserve.bench.engine_flags import add_engine_arguments
 
-    add_cpu_linear_argument(p)
-    add_model_arguments(p)
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--prefill-len", type=int, default=512)
     p.add_argument("--probe-only", action="store_true", help="measure the machine, not the engine")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-result", default=None, metavar="FILE.json")
+    # Fresh prompts each batch: a prefix-cache hit would shorten the steps being timed.
+    # --max-num-seqs and --max-num-batched-tokens default to what the largest batch and prefill need.
+    add_engine_arguments(p, enable_prefix_caching=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from nanoserve.bench.report import save_json
 
-    p = probe(args.threads)
+    p = probe(args.num_cpu_threads)
     rows: list[RooflineRow] = []
     model_dir = None
     if not args.probe_only:
+        from nanoserve.bench.engine_flags import engine_kwargs
         from nanoserve.bench.models import resolve_model
 
         model_dir = resolve_model(args.model, args.random_model, args.random_layers)
         batches = [int(b) for b in args.batch_sizes.split(",")]
-        decode, prefill_s = measure_engine(
+        kwargs = engine_kwargs(
+            args,
             model_dir,
-            batches,
-            args.input_len,
-            args.output_len,
-            args.prefill_len,
-            args.dtype,
-            args.seed,
-            args.cpu_linear,
+            max_num_seqs=args.max_num_seqs or max(batches),
+            max_num_batched_tokens=args.max_num_batched_tokens
+            or max(2048, args.prefill_len, args.input_len * max(batches)),
+        )
+        decode, prefill_s = measure_engine(
+            model_dir, batches, args.input_len, args.output_len, args.prefill_len, kwargs, args.seed
         )
         rows = [decode_row(model_dir, p, b, ctx, s) for b, (s, ctx) in sorted(decode.items())]
         rows.append(prefill_row(model_dir, p, args.prefill_len, prefill_s))

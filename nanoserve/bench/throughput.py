@@ -65,21 +65,6 @@ def _warmup_prompt(requests: list[BenchRequest]) -> list[int]:
     return [ids[-1]] * 16 if ids[0] != ids[-1] else [ids[0] + 1] * 16
 
 
-def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
-    for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "kv_cache_memory_bytes"):
-        v = getattr(args, name, None)
-        if v is not None:
-            kw[name] = v
-    if getattr(args, "cpu_linear", None):
-        kw["cpu_linear"] = args.cpu_linear
-    if getattr(args, "threads", None):
-        kw["num_cpu_threads"] = args.threads
-    if getattr(args, "no_prefix_caching", False):
-        kw["enable_prefix_caching"] = False
-    return kw
-
-
 def run_nanoserve(
     model_dir: str,
     requests: list[BenchRequest],
@@ -221,10 +206,8 @@ def print_results(results: list[ThroughputResult]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoserve.bench.linear_paths import add_cpu_linear_argument
-    from nanoserve.bench.models import add_model_arguments
+    from nanoserve.bench.engine_flags import add_engine_arguments
 
-    add_model_arguments(p)
     p.add_argument(
         "--backend",
         default="nanoserve,hf,hf-batched",
@@ -242,16 +225,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-range-ratio", type=float, default=None, help="--range-ratio for inputs")
     p.add_argument("--output-range-ratio", type=float, default=None, help="--range-ratio for outputs")
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the hf-batched backend")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-warmup", action="store_true")
-    add_cpu_linear_argument(p)
     p.add_argument(
         "--profile",
         action="store_true",
@@ -260,19 +234,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
+    # --seed also seeds the random prompts; --dtype and --num-cpu-threads apply to the hf backends too.
+    add_engine_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model, special_token_ids, vocab_size
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise SystemExit(f"--backend: unknown {unknown}; choose from {', '.join(BACKENDS)}")
-    if args.threads:
+    if args.num_cpu_threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.num_cpu_threads)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     requests = random_requests(
         args.num_prompts,
@@ -295,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir,
         requests,
         backends,
-        engine_kwargs=engine_kwargs_from_args(args),
+        engine_kwargs=engine_kwargs(args, model_dir),
         hf_batch_size=args.hf_batch_size,
         dtype=args.dtype,
         profile=args.profile,

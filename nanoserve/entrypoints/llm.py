@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
-from nanoserve.config import EngineArgs
+from nanoserve.config import EngineArgs, engine_arg_names
 from nanoserve.engine.llm_engine import LLMEngine
 from nanoserve.errors import InvalidRequestError
 from nanoserve.outputs import RequestOutput
@@ -16,37 +16,13 @@ PromptType = str | dict[str, Any]
 
 
 class LLM:
-    def __init__(
-        self,
-        model: str,
-        tokenizer: str | None = None,
-        dtype: str = "auto",
-        seed: int = 0,
-        max_model_len: int | None = None,
-        block_size: int = 16,
-        max_num_seqs: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        enable_prefix_caching: bool = True,
-        enable_chunked_prefill: bool = True,
-        kv_cache_memory_bytes: int | None = None,
-        num_gpu_blocks_override: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        args = EngineArgs(
-            model=str(model),
-            tokenizer=tokenizer,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=max_model_len,
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            enable_prefix_caching=enable_prefix_caching,
-            enable_chunked_prefill=enable_chunked_prefill,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            num_gpu_blocks_override=num_gpu_blocks_override,
-            **kwargs,
-        )
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        """`kwargs` are EngineArgs' fields (dtype, max_model_len, block_size, ...), with its defaults."""
+        unknown = sorted(set(kwargs) - engine_arg_names())
+        if unknown:
+            raise TypeError(f"LLM() got unexpected keyword argument(s): {', '.join(unknown)} "
+                            "(not fields of EngineArgs)")
+        args = EngineArgs(model=str(model), **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(args)
         self._counter = itertools.count()
 

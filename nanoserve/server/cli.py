@@ -1,4 +1,4 @@
-"""`nanoserve serve`: the OpenAI-compatible server on uvicorn, with vLLM's engine flag names.
+"""`nanoserve serve [MODEL]`: the OpenAI-compatible server on uvicorn; engine flags are EngineArgs' fields.
 
 SIGTERM / SIGINT drain the server: new requests get 503, in-flight ones may finish within
 `--shutdown-grace-s`, the rest are aborted (their streams end with an error event and `[DONE]`),
@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
 from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
@@ -25,24 +26,12 @@ logger = logging.getLogger("nanoserve.server")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="Hugging Face model directory (default: the bundled demo model)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
     parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="name(s) clients use in `model` (default: the --model argument)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-num-seqs", type=int, default=None)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--seed", type=int, default=0)
+                        help="name(s) clients use in `model` (default: the model argument, or "
+                        "toy-assistant for the demo model)")
     parser.add_argument("--max-num-queued-reqs", type=int, default=None,
                         help="503 when more requests than this are waiting (default: no limit)")
     parser.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -50,23 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before being aborted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    EngineArgs.add_cli_args(parser, positional_model=True)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from nanoserve.config import EngineArgs
-    from nanoserve.demo import default_model
-
-    model = args.model or default_model()
+    engine_args = EngineArgs.from_cli_args(args)
+    model = engine_args.model
     names = args.served_model_name or [args.model or "toy-assistant"]
-    engine_args = EngineArgs(
-        model=model, tokenizer=args.tokenizer, dtype=args.dtype, seed=args.seed,
-        max_model_len=args.max_model_len, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
-        enable_chunked_prefill=args.enable_chunked_prefill, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-        num_gpu_blocks_override=args.num_gpu_blocks_override,
-    )
     # The engine thread runs Python between torch ops; a 1 ms GIL switch interval (default 5 ms) lets the
     # event loop answer /health and write stream chunks promptly while a step is being computed.
     sys.setswitchinterval(0.001)

@@ -106,3 +106,14 @@ def test_min_tokens_defers_stop_tokens(llm):
         0
     ]
     assert len(out.token_ids) >= 2 and out.token_ids[0] != first
+
+
+def test_llm_takes_every_engine_arg_and_names_an_unknown_one(tiny_llama):
+    llm = LLM(str(tiny_llama), num_gpu_blocks_override=32, block_size=8, cpu_linear="torch", device="cpu",
+              num_cpu_threads=1, enable_chunked_prefill=False)
+    assert llm.llm_engine.cache_config.num_blocks == 32 and llm.llm_engine.cache_config.block_size == 8
+    assert not llm.llm_engine.scheduler_config.enable_chunked_prefill
+    with pytest.raises(TypeError, match="max_num_seq\\b"):
+        LLM(str(tiny_llama), max_num_seq=4)  # a typo of max_num_seqs
+    with pytest.raises(TypeError, match="bogus, nonsense"):
+        LLM(str(tiny_llama), nonsense=1, bogus=2)

@@ -32,8 +32,7 @@ class StepInputs:
     positions: torch.Tensor  # [T] int64
     meta: AttentionMetadata
     logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
-    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row after expansion
-    sample_src: list[int]  # for each of sample_seqs, which entry of logits_rows holds its logits
+    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row
 
 
 @dataclass
@@ -73,15 +72,11 @@ class ModelRunner:
     # ---- step --------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
-        if out.block_copies:
-            self.copy_blocks(out.block_copies)
         inputs = self.prepare(out)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         if not inputs.sample_seqs:
             return StepResult([], [], [])
         logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]
-        if len(inputs.sample_src) != logits.shape[0]:  # forked siblings reuse their parent's row
-            logits = logits[torch.tensor(inputs.sample_src, device=logits.device)]
         seqs = inputs.sample_seqs
         for s in seqs:
             seed = s.request.params.seed
@@ -97,12 +92,6 @@ class ModelRunner:
         sampled = self.sampler(logits, meta)
         return StepResult(seqs, sampled.token_ids, sampled.logprobs)
 
-    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        """Copy-on-write of shared partial blocks, in every layer, for K and V."""
-        src = torch.tensor([s for s, _ in copies], device=self.device)
-        dst = torch.tensor([d for _, d in copies], device=self.device)
-        self.kv_cache[:, :, :, dst] = self.kv_cache[:, :, :, src]
-
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         """The step's flat tensors, built from Python lists with one tensor per field (no per-layer work)."""
         bs = self.block_size
@@ -114,8 +103,6 @@ class ModelRunner:
         tables: list[list[int]] = []
         logits_rows: list[int] = []
         sample_seqs: list[Sequence] = []
-        sample_src: list[int] = []
-        row_of_seq: dict[int, int] = {}
         decode_idx: list[int] = []
         prefill_idx: list[int] = []
         for i, item in enumerate(out.scheduled):
@@ -137,13 +124,8 @@ class ModelRunner:
             context_lens.append(end)
             tables.append(table)
             if item.samples:
-                row_of_seq[seq.seq_id] = len(logits_rows)
-                sample_src.append(len(logits_rows))
                 logits_rows.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-        for child, parent in out.forked:
-            sample_seqs.append(child)
-            sample_src.append(row_of_seq[parent.seq_id])
         dev = self.device
         num_seqs = len(tables)
         max_blocks = max(len(t) for t in tables)
@@ -171,7 +153,6 @@ class ModelRunner:
             meta=meta,
             logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
             sample_seqs=sample_seqs,
-            sample_src=sample_src,
         )
 
     def _decode_meta(

@@ -9,6 +9,8 @@ checking the stored token ids and parent hash (a hash match alone is never trust
 reference count drops to zero goes to the back of the free queue but keeps its hash, so it can be
 hit again until it is reused for something else: the front of the queue (least recently freed) is
 evicted first, and a sequence frees its blocks tail first, so chains lose their tails before heads.
+Only the prefix cache shares blocks, and only full computed ones, so a block being written into is
+never shared: there is no copy-on-write (n > 1 completions are independent sequences).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class BlockManager:
         self.block_key: list[tuple[int, int | None, tuple[int, ...]] | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.pending_copies: list[tuple[int, int]] = []  # (src, dst) copy-on-write, drained per step
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -164,36 +165,17 @@ class BlockManager:
         num_computed = seq.num_computed_tokens + len(computed_blocks) * bs
         total_blocks = self.blocks_needed(num_computed + num_new_tokens)
         new_blocks = max(0, total_blocks - len(seq.block_table) - len(computed_blocks))
-        # Copy-on-write: a forked sibling shares our partial last block; writing into it needs a copy.
-        cow = (
-            num_new_tokens > 0
-            and num_computed % bs != 0
-            and len(seq.block_table) > num_computed // bs
-            and self.ref_counts[seq.block_table[num_computed // bs]] > 1
-        )
         revived = sum(1 for b in computed_blocks if self.ref_counts[b] == 0)
-        if new_blocks + int(cow) + revived > self.num_free_blocks:
+        if new_blocks + revived > self.num_free_blocks:
             return False
         for b in computed_blocks:
             self._take(b)
         seq.block_table.extend(computed_blocks)
         seq.num_computed_tokens = num_computed
         seq.num_cached_blocks = max(seq.num_cached_blocks, len(computed_blocks))
-        if cow:
-            i = num_computed // bs
-            src = seq.block_table[i]
-            dst = self._pop_free()
-            self._release(src)
-            seq.block_table[i] = dst
-            self.pending_copies.append((src, dst))
         for _ in range(new_blocks):
             seq.block_table.append(self._pop_free())
         return True
-
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """`child` shares every block of `parent` (its block table is already a copy)."""
-        for b in child.block_table:
-            self._take(b)
 
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's blocks, tail first (so a chain's tail is evicted before its head)."""
@@ -201,7 +183,3 @@ class BlockManager:
             self._release(b)
         seq.block_table = []
         seq.num_cached_blocks = 0
-
-    def take_pending_copies(self) -> list[tuple[int, int]]:
-        copies, self.pending_copies = self.pending_copies, []
-        return copies

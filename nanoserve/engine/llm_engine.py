@@ -3,6 +3,8 @@
 One step: the scheduler picks sequences and token counts, the runner runs one forward for all of
 them and samples, then each sampled token is appended, detokenized and checked against the stop
 conditions; finished sequences free their blocks at once, so the next step can admit waiting ones.
+A request with n > 1 is fanned out here into n independent requests (engine/parent_request.py), and
+their progress is gathered back into one RequestOutput per step.
 Not thread-safe: one thread calls add_request / step / abort_request.
 """
 
@@ -25,12 +27,13 @@ from nanoserve.config import (
 )
 from nanoserve.engine.block_manager import BlockManager
 from nanoserve.engine.detokenizer import IncrementalDetokenizer
+from nanoserve.engine.parent_request import ParentRequest
 from nanoserve.engine.scheduler import Scheduler
-from nanoserve.engine.sequence import Request, Sequence
+from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
 from nanoserve.errors import InvalidRequestError, PromptTooLongError
-from nanoserve.outputs import CompletionOutput, RequestOutput
+from nanoserve.outputs import RequestOutput
 from nanoserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ class LLMEngine:
             cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, ParentRequest] = {}  # by the user's request id
         self._arrivals = itertools.count()
         self._aborted_outputs: list[RequestOutput] = []
         self.generation_tokens = 0
@@ -145,28 +148,30 @@ class LLMEngine:
         # A sequence must fit the context and, alone, the pool: then preemption can always make room.
         room = min(max_len, pool_tokens) - n
         max_tokens = min(params.max_tokens or room, room)
-        request = Request(
+        parent = ParentRequest.fan_out(
             request_id,
             text,
             ids,
             params,
             time.monotonic() if arrival_time is None else arrival_time,
-            next(self._arrivals),
+            self._arrivals,
             max_tokens,
         )
-        self.requests[request_id] = request
-        self.scheduler.add_request(request)
+        self.requests[request_id] = parent
+        for child in parent.children:
+            self.scheduler.add_request(child)
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         """Finish the request(s) at once with finish_reason "abort"; their blocks go back to the pool."""
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
-            request = self.requests.pop(rid, None)
-            if request is None:
+            parent = self.requests.pop(rid, None)
+            if parent is None:
                 continue
-            self.scheduler.abort_request(request)
-            request.metrics.finished_time = time.monotonic()
-            self._aborted_outputs.append(self._make_output(request))
+            for child in parent.children:
+                self.scheduler.abort_request(child)
+            parent.metrics.finished_time = time.monotonic()
+            self._aborted_outputs.append(parent.make_output())
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -189,16 +194,17 @@ class LLMEngine:
         result = self.runner.execute(sched)
         self.scheduler.update_after_step(sched)
         now = time.monotonic()
-        touched: dict[str, Request] = {}
+        touched: dict[str, ParentRequest] = {}
         for seq, token, logprobs in zip(result.seqs, result.token_ids, result.logprobs, strict=True):
             self._append_token(seq, token, logprobs, now)
-            touched[seq.request.request_id] = seq.request
+            parent_id = seq.request.parent_id
+            touched[parent_id] = self.requests[parent_id]
         self.generation_tokens += len(result.token_ids)
-        for request in touched.values():
-            if request.is_finished:
-                request.metrics.finished_time = now
-                del self.requests[request.request_id]
-            outputs.append(self._make_output(request))
+        for parent in touched.values():
+            if parent.is_finished:
+                parent.metrics.finished_time = now
+                del self.requests[parent.request_id]
+            outputs.append(parent.make_output())
         return outputs
 
     def _append_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float) -> None:
@@ -245,27 +251,6 @@ class LLMEngine:
             return "length"
         return None
 
-    def _make_output(self, request: Request) -> RequestOutput:
-        completions = [
-            CompletionOutput(
-                index=s.index,
-                text=s.output_text,
-                token_ids=list(s.output_token_ids),
-                finish_reason=s.finish_reason,
-                logprobs=list(s.logprobs) if s.logprobs is not None else None,
-                stop_reason=s.stop_reason,
-            )
-            for s in sorted(request.seqs, key=lambda s: s.index)
-        ]
-        return RequestOutput(
-            request.request_id,
-            request.prompt,
-            list(request.prompt_token_ids),
-            completions,
-            request.is_finished,
-            request.metrics,
-        )
-
     # ---- observability -------------------------------------------------------------------------
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler
@@ -282,9 +267,10 @@ class LLMEngine:
             num_preemptions=c.num_preemptions,
             prompt_tokens=c.prompt_tokens,
             generation_tokens=self.generation_tokens,
-            num_running_requests=len({s.request.request_id for s in sched.running}),
+            # By the user's request: n completions count once, running while any of them runs.
+            num_running_requests=len({s.request.parent_id for s in sched.running}),
             num_waiting_requests=len(
-                {s.request.request_id for s in sched.waiting} - {s.request.request_id for s in sched.running}
+                {s.request.parent_id for s in sched.waiting} - {s.request.parent_id for s in sched.running}
             ),
             kv_cache_fragmentation=bm.internal_fragmentation(sched.running),
             num_cached_blocks=pool.num_cached_blocks,

@@ -4,6 +4,7 @@ Every step has a token budget (max_num_batched_tokens) and a sequence cap (max_n
 decodes go first (one token each, oldest request first), then running prefills continue (chunked),
 then waiting sequences are admitted in arrival order (preempted ones first) with prefix-cache hits
 skipped. With chunked prefill off a prompt is scheduled whole or not at all.
+One sequence per request: the engine fans n > 1 out into independent requests before they get here.
 
 When the pool runs out, the newest running sequence not yet scheduled this step is preempted by
 recompute: its blocks are freed and it goes back to the front of the queue, to be prefilled again
@@ -38,10 +39,6 @@ class ScheduledSeq:
 @dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
-    # Siblings forked this step from a request's first sequence: (child, parent). They sample their
-    # first token from the parent's logits.
-    forked: list[tuple[Sequence, Sequence]] = field(default_factory=list)
-    block_copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[Sequence] = field(default_factory=list)
     num_batched_tokens: int = 0
 
@@ -68,9 +65,8 @@ class Scheduler:
 
     # ---- queue management ----------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        for seq in request.seqs:
-            seq.status = SequenceStatus.WAITING
-            self.waiting.append(seq)
+        request.seq.status = SequenceStatus.WAITING
+        self.waiting.append(request.seq)
 
     def finish_seq(self, seq: Sequence, reason: str) -> None:
         """Mark finished and free its blocks and slot at once."""
@@ -83,11 +79,8 @@ class Scheduler:
         self.block_manager.free(seq)
 
     def abort_request(self, request: Request) -> None:
-        for seq in request.seqs:
-            if not seq.is_finished:
-                self.finish_seq(seq, "abort")
-        for seq in request.seqs:
-            seq.pending_children = 0  # siblings never forked are never made
+        if not request.seq.is_finished:
+            self.finish_seq(request.seq, "abort")
 
     @property
     def num_running(self) -> int:
@@ -125,9 +118,7 @@ class Scheduler:
         # 3. admit waiting sequences (never while anything was preempted this step: that would thrash).
         while self.waiting and budget > 0 and not out.preempted:
             seq = self.waiting[0]
-            request = seq.request
-            extra_seqs = seq.pending_children  # its siblings will join when its prefill completes
-            if len(self.running) + 1 + extra_seqs > self.config.max_num_seqs and self.running:
+            if len(self.running) >= self.config.max_num_seqs:
                 break
             hits = self.block_manager.get_computed_blocks(seq)
             num_cached = len(hits) * self.block_manager.block_size
@@ -138,8 +129,7 @@ class Scheduler:
                 num_new = budget
             if not self.block_manager.allocate_slots(seq, num_new, hits):
                 break
-            if not request.counted_prefix_query:
-                request.counted_prefix_query = True
+            if seq.num_preemptions == 0:  # a recompute is not a query
                 self.counters.prefix_cache_queries += seq.num_tokens
                 self.counters.prefix_cache_hits += num_cached
             self.waiting.popleft()
@@ -149,7 +139,6 @@ class Scheduler:
             budget -= num_new
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
-        out.block_copies = self.block_manager.take_pending_copies()
         return out
 
     def _add(self, out: SchedulerOutput, seq: Sequence, num_new: int, start: int, ids: set[int]) -> None:
@@ -158,11 +147,6 @@ class Scheduler:
         ids.add(seq.seq_id)
         if start < seq.num_prompt_tokens:
             self.counters.prompt_tokens += min(num_new, seq.num_prompt_tokens - start)
-        if item.samples and seq.pending_children:
-            for child in seq.request.fork(seq):
-                self.block_manager.fork(seq, child)
-                self._insert_running(child)
-                out.forked.append((child, seq))
 
     def _insert_running(self, seq: Sequence) -> None:
         i = len(self.running)
@@ -205,7 +189,3 @@ class Scheduler:
             seq = item.seq
             seq.num_computed_tokens = item.start + item.num_new_tokens
             self.block_manager.cache_full_blocks(seq)
-        for child, parent in out.forked:
-            child.num_computed_tokens = parent.num_computed_tokens
-            child.num_cached_blocks = parent.num_cached_blocks
-            child.block_hashes = list(parent.block_hashes)

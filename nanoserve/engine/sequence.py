@@ -1,15 +1,16 @@
 """Request and Sequence state: token ids, progress, block table, timestamps.
 
-A Request holds n Sequences (one per completion). It starts with one: the prompt is prefilled once,
-and when its last prompt chunk is scheduled the scheduler forks the n-1 others, which share the
-prompt's KV blocks by reference count (the partial last block is copied on first write).
-Pure Python: the scheduler, the block manager and the simulator all work on these objects.
+A Request is one completion of one prompt, and holds one Sequence (its progress through the KV
+cache). A user's request with n > 1 reaches the scheduler as n independent Requests
+(engine/parent_request.py), which share the prompt's KV blocks only through the prefix cache.
+Pure Python: the scheduler, the block manager and the test harness all work on these objects.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ class SequenceStatus(enum.Enum):
 @dataclass(eq=False)
 class Sequence:
     request: Request
-    index: int  # completion index within the request (CompletionOutput.index)
+    index: int  # completion index within the user's request (CompletionOutput.index); picks its seed stream
     token_ids: list[int]  # prompt + generated
     num_prompt_tokens: int
     seq_id: int = field(default_factory=lambda: next(_seq_counter))
@@ -43,12 +44,11 @@ class Sequence:
     output_text: str = ""
     detok_state: Any = None  # the detokenizer's incremental state
     generator: Any = None  # per-sequence torch.Generator when the request has a seed
-    pending_children: int = 0  # >0 on a request's first sequence until it forks
 
     @property
-    def order(self) -> tuple[int, int]:
-        """Scheduling priority: older requests first, then completion index."""
-        return (self.request.arrival_order, self.index)
+    def order(self) -> int:
+        """Scheduling priority: older requests first."""
+        return self.request.arrival_order
 
     @property
     def num_tokens(self) -> int:
@@ -77,56 +77,29 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (
-            f"Sequence({self.request.request_id}#{self.index}, {self.status.value}, "
+            f"Sequence({self.request.request_id}, {self.status.value}, "
             f"tokens={self.num_tokens}, computed={self.num_computed_tokens}, blocks={len(self.block_table)})"
         )
 
 
 @dataclass(eq=False)
 class Request:
-    request_id: str
-    prompt: str | None
+    request_id: str  # the user's id, or f"{index}_{id}" for one of n > 1 completions
     prompt_token_ids: list[int]
-    params: Any  # SamplingParams
-    arrival_time: float
+    params: Any  # SamplingParams with n == 1
     arrival_order: int
     max_tokens: int  # params.max_tokens clamped so that prompt + output fits the context and the pool
-    seqs: list[Sequence] = field(default_factory=list)
-    metrics: RequestMetrics | None = None
-    counted_prefix_query: bool = False  # prefix-cache metrics count the first admission only
+    index: int = 0  # completion index within the user's request
+    parent_id: str | None = None  # the user's request id (None: request_id itself)
+    # Shared by the n Requests of one user's request, which report as one.
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_time=time.monotonic()))
+    seq: Sequence = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.metrics is None:
-            self.metrics = RequestMetrics(arrival_time=self.arrival_time)
-        if not self.seqs:
-            first = Sequence(self, 0, list(self.prompt_token_ids), len(self.prompt_token_ids))
-            first.pending_children = self.n - 1
-            self.seqs.append(first)
-
-    @property
-    def n(self) -> int:
-        return int(getattr(self.params, "n", 1) or 1)
+        if self.parent_id is None:
+            self.parent_id = self.request_id
+        self.seq = Sequence(self, self.index, list(self.prompt_token_ids), len(self.prompt_token_ids))
 
     @property
     def is_finished(self) -> bool:
-        return all(s.is_finished and not s.pending_children for s in self.seqs)
-
-    def fork(self, parent: Sequence) -> list[Sequence]:
-        """Make the n-1 sibling sequences of `parent` (same tokens, same progress, shared blocks)."""
-        children = []
-        for i in range(1, parent.pending_children + 1):
-            child = Sequence(
-                self,
-                i,
-                list(parent.token_ids),
-                parent.num_prompt_tokens,
-                status=parent.status,
-                num_computed_tokens=parent.num_computed_tokens,
-                block_table=list(parent.block_table),
-                block_hashes=list(parent.block_hashes),
-                num_cached_blocks=parent.num_cached_blocks,
-            )
-            children.append(child)
-        parent.pending_children = 0
-        self.seqs.extend(children)
-        return children
+        return self.seq.is_finished

@@ -1,20 +1,21 @@
 """A model-free driver of the real Scheduler + BlockManager for tests.
 
 It plays the runner's part with a fake KV pool: every computed token writes (token id, position) into
-its cache slot, copy-on-write copies are applied first, and after each step every scheduled sequence
-must find exactly its own tokens in the slots its block table names. The "model" is a hash of the
-sequence so far, so outputs do not depend on batching or preemption.
+its cache slot, and after each step every scheduled sequence must find exactly its own tokens in the
+slots its block table names. The "model" is a hash of the sequence so far, so outputs do not depend
+on batching or preemption. A request with n > 1 is fanned out as the engine does (ParentRequest).
 """
 
 from __future__ import annotations
 
 import itertools
-from types import SimpleNamespace
 
 from nanoserve.config import SchedulerConfig
 from nanoserve.engine.block_manager import BlockManager
+from nanoserve.engine.parent_request import ParentRequest
 from nanoserve.engine.scheduler import Scheduler, SchedulerOutput
-from nanoserve.engine.sequence import Request, SequenceStatus
+from nanoserve.engine.sequence import SequenceStatus
+from nanoserve.sampling_params import SamplingParams
 
 
 def fake_next_token(token_ids: list[int], vocab: int = 50) -> int:
@@ -36,22 +37,26 @@ class Harness:
         self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len, chunked)
         self.sched = Scheduler(self.config, self.bm)
         self.slots: list[tuple[int, int] | None] = [None] * (num_blocks * block_size)
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, ParentRequest] = {}
         self.order = itertools.count()
         self.steps: list[SchedulerOutput] = []
 
-    def add(self, rid: str, prompt: list[int], max_tokens: int = 8, n: int = 1) -> Request:
-        req = Request(rid, None, list(prompt), SimpleNamespace(n=n), 0.0, next(self.order), max_tokens)
-        self.requests[rid] = req
-        self.sched.add_request(req)
-        return req
+    def add(self, rid: str, prompt: list[int], max_tokens: int = 8, n: int = 1) -> ParentRequest:
+        params = SamplingParams(n=n)  # the harness stops at the max_tokens given here
+        parent = ParentRequest.fan_out(rid, None, list(prompt), params, 0.0, self.order, max_tokens)
+        self.requests[rid] = parent
+        for child in parent.children:
+            self.sched.add_request(child)
+        return parent
+
+    def abort(self, rid: str) -> None:
+        for child in self.requests[rid].children:
+            self.sched.abort_request(child)
 
     def step(self) -> SchedulerOutput:
         out = self.sched.schedule()
         self.check_schedule(out)
         bs = self.bm.block_size
-        for src, dst in out.block_copies:
-            self.slots[dst * bs : (dst + 1) * bs] = self.slots[src * bs : (src + 1) * bs]
         for item in out.scheduled:
             seq = item.seq
             for p in range(item.start, item.start + item.num_new_tokens):
@@ -62,7 +67,7 @@ class Harness:
                 got = self.slots[seq.block_table[p // bs] * bs + p % bs]
                 assert got == (seq.token_ids[p], p), f"{seq} position {p}: cache holds {got}"
         self.sched.update_after_step(out)
-        samplers = [i.seq for i in out.scheduled if i.samples] + [c for c, _ in out.forked]
+        samplers = [i.seq for i in out.scheduled if i.samples]
         for seq in samplers:
             seq.token_ids.append(fake_next_token(seq.token_ids))
             if seq.num_output_tokens >= seq.request.max_tokens:
@@ -84,8 +89,7 @@ class Harness:
         assert out.num_batched_tokens <= self.config.max_num_batched_tokens
         ids = [i.seq.seq_id for i in out.scheduled]
         assert len(ids) == len(set(ids))
-        if len({s.request.request_id for s in self.sched.running}) > 1:
-            assert len(self.sched.running) <= self.config.max_num_seqs
+        assert len(self.sched.running) <= self.config.max_num_seqs
         for item in out.scheduled:
             assert item.num_new_tokens >= 1
             assert item.seq.status is SequenceStatus.RUNNING
@@ -104,6 +108,6 @@ class Harness:
 
     def outputs(self) -> dict[str, list[list[int]]]:
         return {
-            rid: [s.output_token_ids for s in sorted(r.seqs, key=lambda s: s.index)]
-            for rid, r in self.requests.items()
+            rid: [c.seq.output_token_ids for c in sorted(p.children, key=lambda c: c.index)]
+            for rid, p in self.requests.items()
         }

@@ -12,7 +12,7 @@ from nanoserve.engine.sequence import Request
 
 
 def _seq(tokens: list[int], order: int = 0):
-    return Request(f"r{order}", None, tokens, SimpleNamespace(n=1), 0.0, order, 4).seqs[0]
+    return Request(f"r{order}", tokens, SimpleNamespace(), order, 4).seq
 
 
 def _compute(bm: BlockManager, seq, n: int | None = None) -> None:

@@ -184,8 +184,10 @@ def test_abort_of_a_running_request_frees_it_and_others_complete(make_llm):
     done = {}
     for _ in range(3):
         done.update({o.request_id: o for o in engine.step() if o.finished})
-    assert "victim" in engine.requests and len(engine.requests["victim"].seqs) == 2
-    used_before = engine.get_stats().num_used_blocks
+    assert "victim" in engine.requests and len(engine.requests["victim"].children) == 2
+    stats = engine.get_stats()
+    assert stats.num_running == 5 and stats.num_running_requests == 4  # victim's 2 count as one request
+    used_before = stats.num_used_blocks
     engine.abort_request("victim")
     engine.abort_request(["unknown-id"])  # ignored
     assert engine.get_stats().num_used_blocks < used_before
@@ -224,13 +226,15 @@ def test_step_outputs_are_cumulative_and_metrics_are_ordered(make_llm):
 
 
 def test_n_completions_share_the_prompt_and_finish(make_llm):
-    llm = make_llm()
+    llm = make_llm(max_num_batched_tokens=37)  # one prompt per step: the later completions hit the cache
     engine = llm.llm_engine
     params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=6, ignore_eos=True)
     engine.add_request("r", [4] * 37, params)  # 2 full blocks + a partial one
-    engine.step()  # prefill; siblings forked
-    seqs = engine.requests["r"].seqs
-    assert len(seqs) == 3 and seqs[0].block_table == seqs[1].block_table == seqs[2].block_table
+    engine.step()  # completion 0 prefills
+    engine.step()  # 1 and 2 take its 2 full blocks from the prefix cache
+    seqs = [c.seq for c in engine.requests["r"].children]
+    assert len(seqs) == 3 and seqs[0].block_table[:2] == seqs[1].block_table[:2] == seqs[2].block_table[:2]
+    assert engine.get_stats().prefix_cache_hits == 2 * 32
     out = _run_all(engine)["r"]
     assert [c.index for c in out.outputs] == [0, 1, 2]
     assert all(len(c.token_ids) == 6 for c in out.outputs)
@@ -258,9 +262,9 @@ def test_eos_stops_with_reason_stop(make_llm):
     assert eos in llm.llm_engine.model_config.eos_token_ids
 
 
-def test_greedy_siblings_through_copy_on_write_and_preemption_match_transformers(make_llm, tiny_model):
-    """n=3 greedy: every sibling must produce transformers' tokens, so the shared and copied blocks hold
-    the right K/V (a wrong copy-on-write would change the siblings' attention)."""
+def test_greedy_siblings_through_the_prefix_cache_and_preemption_match_transformers(make_llm, tiny_model):
+    """n=3 greedy: every sibling must produce transformers' tokens, so the blocks they share through the
+    prefix cache, and those they recompute after preemption, hold the right K/V."""
     llm = make_llm("qwen3", num_gpu_blocks_override=16, block_size=8, max_num_batched_tokens=40)
     prompts = [p for p in make_prompts(seed=2) if 5 <= len(p) <= 100][:6]
     params = SamplingParams(n=3, temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)

@@ -12,13 +12,19 @@ def _plan(out) -> list[tuple[str, int]]:
     return [(i.seq.request.request_id, i.num_new_tokens) for i in out.scheduled]
 
 
-def _random_workload(h: Harness, rng: random.Random, num: int, pool_tokens: int, n_max: int = 1) -> None:
+def _random_workload(
+    h: Harness, rng: random.Random, num: int, pool_tokens: int, n_max: int = 1
+) -> dict[str, int]:
+    """Add `num` requests; returns each one's n."""
+    ns = {}
     shared = [rng.randrange(50) for _ in range(24)]
     for i in range(num):
         plen = rng.randint(1, 30)
         prompt = (shared[: rng.randint(0, 24)] if i % 2 else []) + [rng.randrange(50) for _ in range(plen)]
         max_tokens = min(rng.randint(1, 12), pool_tokens - len(prompt))
-        h.add(f"r{i}", prompt, max_tokens=max_tokens, n=rng.randint(1, n_max))
+        ns[f"r{i}"] = rng.randint(1, n_max)
+        h.add(f"r{i}", prompt, max_tokens=max_tokens, n=ns[f"r{i}"])
+    return ns
 
 
 @pytest.mark.parametrize("chunked", [True, False])
@@ -35,10 +41,10 @@ def test_every_request_finishes_with_the_same_tokens_under_memory_pressure(chunk
             prefix=prefix,
             max_model_len=64,
         )
-        _random_workload(h, random.Random(0), 30, pool_tokens=12 * 4, n_max=3)
+        ns = _random_workload(h, random.Random(0), 30, pool_tokens=12 * 4, n_max=3)
         h.run()
         assert all(r.is_finished for r in h.requests.values())
-        assert all(len(r.seqs) == r.n for r in h.requests.values())
+        assert {rid: len(out) for rid, out in h.outputs().items()} == ns
         h.bm.check_all_free()
         outputs.append((h.outputs(), h.sched.counters.num_preemptions))
     (tight, tight_preempt), (roomy, roomy_preempt) = outputs
@@ -104,7 +110,7 @@ def test_preemption_takes_the_newest_running_sequence_and_it_resumes_first():
     assert [i.seq.request.request_id for i in out.scheduled] == ["old"]
     assert h.sched.waiting[0].request.request_id == "new"
     h.run()
-    assert h.requests["new"].seqs[0].num_preemptions >= 1
+    assert h.requests["new"].children[0].seq.num_preemptions >= 1
     h.bm.check_all_free()
 
 
@@ -142,19 +148,32 @@ def test_preempted_recompute_does_not_inflate_prefix_hits():
     assert c.prefix_cache_queries == 18 and c.prefix_cache_hits == 0
 
 
-def test_n_siblings_share_prompt_blocks_until_they_diverge():
-    h = Harness(100, block_size=4, max_num_batched_tokens=64)
+def test_n_completions_share_the_prompt_through_the_prefix_cache():
+    h = Harness(100, block_size=4, max_num_batched_tokens=10)
     req = h.add("a", list(range(10)), max_tokens=4, n=3)  # 2 full blocks + 2 tokens in a partial one
-    out = h.step()
-    assert len(out.forked) == 2 and len(req.seqs) == 3
-    tables = [s.block_table for s in req.seqs]
-    assert tables[0] == tables[1] == tables[2]
-    assert h.bm.num_free_blocks == 97
-    out = h.step()  # each sibling writes its own token into the partial block: copies for two of them
-    assert len(out.block_copies) == 2
-    assert len({tuple(s.block_table[:2]) for s in req.seqs}) == 1  # full blocks stay shared
-    assert len({s.block_table[2] for s in req.seqs}) == 3
+    out = h.step()  # the budget holds one prompt: completion 0 prefills alone
+    assert _plan(out) == [("0_a", 10)]
+    out = h.step()  # 1 and 2 hit the 2 full blocks that 0 registered and compute only the rest
+    assert _plan(out) == [("0_a", 1), ("1_a", 2), ("2_a", 2)]
+    assert [i.start for i in out.scheduled[1:]] == [8, 8]
+    tables = [c.seq.block_table for c in req.children]
+    assert tables[0][:2] == tables[1][:2] == tables[2][:2]  # full blocks shared
+    assert len({t[2] for t in tables}) == 3  # each writes its own partial block
+    assert [h.bm.ref_counts[b] for b in tables[0][:2]] == [3, 3]
+    assert h.bm.num_free_blocks == 100 - 2 - 3
+    assert h.sched.counters.prefix_cache_hits == 2 * 8
     h.run()
+    assert h.outputs()["a"] == [h.outputs()["a"][0]] * 3  # the fake model: same tokens, same outputs
+    h.bm.check_all_free()
+
+
+def test_max_num_seqs_counts_each_completion():
+    h = Harness(100, block_size=4, max_num_seqs=2, max_num_batched_tokens=100)
+    h.add("a", [1, 2, 3], max_tokens=2, n=3)
+    out = h.step()
+    assert _plan(out) == [("0_a", 3), ("1_a", 3)] and h.sched.num_waiting == 1
+    h.run()
+    assert [len(o) for o in h.outputs()["a"]] == [2, 2, 2]
     h.bm.check_all_free()
 
 
@@ -163,7 +182,8 @@ def test_abort_frees_blocks_at_once():
     req = h.add("a", list(range(10)), max_tokens=50, n=2)
     h.add("b", [1, 2, 3], max_tokens=3)
     h.step()
-    h.sched.abort_request(req)
-    assert req.is_finished and all(s.finish_reason == "abort" for s in req.seqs)
+    h.abort("a")
+    assert req.is_finished and all(c.seq.finish_reason == "abort" for c in req.children)
+    assert h.bm.num_free_blocks == 100 - 1  # only b's block: both completions' blocks are back
     h.run()
     h.bm.check_all_free()

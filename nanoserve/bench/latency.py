@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from nanoserve.bench.dataset import random_requests
 from nanoserve.bench.report import print_table, save_json
+from nanoserve.extras import require
 
 
 @dataclass
@@ -129,8 +130,7 @@ def measure(
 
 
 def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "nanoserve bench latency --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.plot:  # fail now rather than after the sweep
+        require("matplotlib", "nanoserve bench latency --plot (or --plot '')")
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     input_lens = [int(x) for x in args.input_lens.split(",")]
     if args.output_len < 2:

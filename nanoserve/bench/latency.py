@@ -129,8 +129,11 @@ def measure(
     return points
 
 
+_CHART = "the latency chart (skip it with --plot '')"
+
+
 def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
-    matplotlib = require("matplotlib", "nanoserve bench latency --plot")
+    matplotlib = require("matplotlib", _CHART)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -179,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     if args.plot:  # fail now rather than after the sweep
-        require("matplotlib", "nanoserve bench latency --plot (or --plot '')")
+        require("matplotlib", _CHART)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     input_lens = [int(x) for x in args.input_lens.split(",")]
     if args.output_len < 2:

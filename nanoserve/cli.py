@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from nanoserve.extras import MissingExtraError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("nanoserve.server.cli", "OpenAI-compatible HTTP server"),
     "generate": ("nanoserve.entrypoints.generate_cli", "generate text offline"),
@@ -31,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
-    args = build_parser(name).parse_args(argv[1:])
-    return int(importlib.import_module(COMMANDS[name][0]).run(args) or 0)
+    try:
+        args = build_parser(name).parse_args(argv[1:])
+        return int(importlib.import_module(COMMANDS[name][0]).run(args) or 0)
+    except MissingExtraError as e:  # an optional dependency: one line naming the extra, no traceback
+        print(f"nanoserve {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from typing import Any
 
 from nanoserve.bench.dataset import random_requests
 from nanoserve.bench.report import print_table, save_json
+from nanoserve.extras import require
 
 
 @dataclass
@@ -121,9 +122,11 @@ def measure(
     return points
 
 
-def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
-    import matplotlib
+_CHART = "the latency chart (skip it with --plot '')"
 
+
+def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
+    matplotlib = require("matplotlib", _CHART)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -169,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_cpu_threads)
+    if args.plot:  # fail now rather than after the sweep
+        require("matplotlib", _CHART)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     input_lens = [int(x) for x in args.input_lens.split(",")]
     if args.output_len < 2:

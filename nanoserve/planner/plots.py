@@ -1,7 +1,7 @@
 """Charts for `nanoserve plan --plot FILE.png`: a roofline with the workload's points, a memory bar.
 
 matplotlib is imported inside the functions with the Agg backend, so the planner stays importable
-(and fast) without a display and without matplotlib loaded.
+(and fast) without a display and without matplotlib, which only the `plots` extra installs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nanoserve.extras import require
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,7 @@ class MemorySpec:
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,9 +16,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fsrs import Card, Rating, Scheduler
-
 from nanoserve.errors import InvalidRequestError
+from nanoserve.extras import MissingExtraError
+
+try:
+    from fsrs import Card, Rating, Scheduler
+except ImportError as e:
+    raise MissingExtraError("fsrs", "the workbook") from e
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (

@@ -1,0 +1,140 @@
+"""Topics about speed limits: roofline (a matmul, an op or a whole model), decode, prefill."""
+
+from __future__ import annotations
+
+import argparse
+
+from nanoserve.planner.cli.flags import GPU, MODEL, Topic
+from nanoserve.planner.cli.inputs import hardware_of, model_of, n_params, need, peak_flops
+from nanoserve.planner.cli.output import Output
+from nanoserve.planner.derivation import Result
+from nanoserve.planner.hardware import Hardware
+from nanoserve.planner.memory import dtype_bytes, kv_cache_per_token
+from nanoserve.planner.plots import RooflineSpec
+from nanoserve.planner.roofline import analyze, analyze_matmul
+from nanoserve.planner.serving import (
+    decode_crossover_batch,
+    decode_throughput,
+    prefill_throughput,
+    prefill_time,
+    ttft,
+)
+
+
+def _model_points(args: argparse.Namespace, hw: Hardware) -> tuple[list[Result], list[tuple[str, float]]]:
+    """Decode (at --batch) and prefill (at --prompt) of the whole model as two roofline points."""
+    m = model_of(args)
+    n = n_params(args)
+    w_bytes = n * dtype_bytes(args.dtype)
+    kv_tok = kv_cache_per_token(m, kv_dtype=args.kv_dtype).value
+    ctx, batch, prompt = args.context or 4096, args.batch or 1, args.prompt or args.context or 4096
+    peak = peak_flops(hw, args.dtype)
+    dec = analyze(
+        2 * n * batch,
+        w_bytes + batch * ctx * kv_tok,
+        peak,
+        hw.hbm_bytes_per_s,
+        args.efficiency,
+        f"decode, batch {batch}",
+    )
+    pre = analyze(
+        2 * n * prompt,
+        w_bytes + prompt * kv_tok,
+        peak,
+        hw.hbm_bytes_per_s,
+        args.efficiency,
+        f"prefill, {prompt} tokens",
+    )
+    res = []
+    for p in (dec, pre):
+        res += [
+            Result(
+                f"{p.name}: {r.name}", r.value, r.unit, r.formula, r.substituted, r.inputs, r.steps, r.note
+            )
+            for r in (p.intensity, p.time)
+        ]
+    res.append(dec.ridge)
+    return res, [(dec.name, dec.intensity.value), (pre.name, pre.intensity.value)]
+
+
+def t_roofline(args: argparse.Namespace) -> Output:
+    hw = hardware_of(args)
+    peak = peak_flops(hw, args.dtype)
+    if args.m or args.k or args.n:
+        need(args, "m", "k", "n")
+        p = analyze_matmul(
+            int(args.m),
+            int(args.k),
+            int(args.n),
+            peak,
+            hw.hbm_bytes_per_s,
+            dtype_bytes(args.act_dtype),
+            dtype_bytes(args.dtype),
+            args.efficiency,
+        )
+        res, points, title = p.results(), [(p.name, p.intensity.value)], f"matmul {p.name} on {hw.name}"
+    elif args.flops or args.bytes:
+        need(args, "flops", "bytes")
+        p = analyze(args.flops, args.bytes, peak, hw.hbm_bytes_per_s, args.efficiency)
+        res, points, title = p.results(), [("op", p.intensity.value)], f"op on {hw.name}"
+    else:
+        need(args, "model")
+        res, points = _model_points(args, hw)
+        title = f"{model_of(args).name} on {hw.name}"
+    spec = RooflineSpec(f"roofline: {title}", peak, hw.hbm_bytes_per_s, tuple(points), args.efficiency)
+    return Output(f"roofline: {title}", res, roofline=spec)
+
+
+def t_decode(args: argparse.Namespace) -> Output:
+    m, hw = model_of(args), hardware_of(args)
+    n = n_params(args)
+    b = dtype_bytes(args.dtype)
+    kv_seq = kv_cache_per_token(m, kv_dtype=args.kv_dtype).value * (args.context or 0)
+    peak = peak_flops(hw, args.dtype)
+    batch = args.batch or 1
+    d = decode_throughput(n * b, hw.hbm_bytes_per_s, batch, kv_seq, 2 * n, peak, args.efficiency)
+    x = decode_crossover_batch(peak, hw.hbm_bytes_per_s, b)
+    spec = RooflineSpec(
+        f"decode of {m.name} on {hw.name}",
+        peak,
+        hw.hbm_bytes_per_s,
+        ((f"batch {batch}", 2 * n * batch / (n * b + batch * kv_seq)),),
+        args.efficiency,
+    )
+    return Output(f"decode of {m.name} ({args.dtype}) on {hw.name}", [d, x], [d.note], roofline=spec)
+
+
+def t_prefill(args: argparse.Namespace) -> Output:
+    m, hw = model_of(args), hardware_of(args)
+    n = n_params(args)
+    peak = peak_flops(hw, args.dtype) * (args.tp or 1)
+    prompt = args.prompt or args.context or 4096
+    thr = prefill_throughput(n, peak, args.efficiency)
+    return Output(
+        f"prefill of {m.name} on {hw.name} (TP={args.tp or 1})",
+        [thr, prefill_time(prompt, n, peak, args.efficiency), ttft(prompt, thr.value, args.queue)],
+    )
+
+
+TOPICS = {
+    "roofline": Topic(
+        t_roofline,
+        "arithmetic intensity, ridge point, bound and time of a matmul, op or model",
+        MODEL
+        + GPU
+        + ("dtype", "act-dtype", "kv-dtype", "efficiency")
+        + ("m", "k", "n", "flops", "bytes", "batch", "context", "prompt"),
+    ),
+    "decode": Topic(
+        t_decode,
+        "decode throughput bound and the compute-bound crossover batch",
+        MODEL + GPU + ("dtype", "kv-dtype", "efficiency", "batch", "context"),
+        needs="model",
+    ),
+    "prefill": Topic(
+        t_prefill,
+        "prefill throughput, time and TTFT",
+        MODEL + GPU + ("dtype", "efficiency", "tp", "prompt", "context", "queue"),
+        needs="model",
+    ),
+}

@@ -66,8 +66,8 @@ class LLMEngine:
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         import torch
 
+        from nanoserve.engine.model_runner import ModelRunner
         from nanoserve.model.loader import load_model, load_model_config, load_tokenizer, resolve_device
-        from nanoserve.runner import ModelRunner
 
         torch.manual_seed(args.seed)
         if args.num_cpu_threads is not None:

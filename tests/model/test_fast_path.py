@@ -197,7 +197,7 @@ def test_native_argmax_is_torchs_first_maximum(dtype):
 
 
 def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
-    from nanoserve.sampler import Sampler, SamplingMetadata
+    from nanoserve.engine.sampler import Sampler, SamplingMetadata
 
     logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(3)).bfloat16()
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from nanoserve.config import CacheConfig, ModelConfig
+from nanoserve.engine.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
-from nanoserve.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 
 logger = logging.getLogger(__name__)
 

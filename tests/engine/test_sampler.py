@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from nanoserve.sampler import (
+from nanoserve.engine.sampler import (
     Sampler,
     SamplingMetadata,
     _apply_min_p,

@@ -27,7 +27,20 @@ ALL_VARIANTS = sorted(VARIANTS)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+def native_extensions_built() -> None:
+    """Compile the native CPU extensions once, before the first test that makes an engine.
+
+    An engine compiles them in the foreground on a machine's first start (about a minute); done here,
+    no server subprocess of a test spends its start-up deadline on that build."""
+    from nanoserve.model.cpu_linear import load_avx512_kernel
+    from nanoserve.model.native_kernels import load_native_kernels
+
+    load_native_kernels()
+    load_avx512_kernel()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, native_extensions_built) -> Callable[..., Path]:
     """`tiny_model("qwen2")` → folder of a tiny random Qwen2 checkpoint; cached per (variant, options)."""
     cache: dict[tuple, Path] = {}
 

@@ -4,7 +4,8 @@ One step: the scheduler picks sequences and token counts, the runner runs one fo
 them and samples, then each sampled token is appended, detokenized and checked against the stop
 conditions; finished sequences free their blocks at once, so the next step can admit waiting ones.
 A request with n > 1 is fanned out here into n independent requests (engine/parent_request.py), and
-their progress is gathered back into one RequestOutput per step.
+their progress is gathered back into one RequestOutput per step; with prefix caching the siblings
+reach the scheduler only once completion 0 has computed the prompt, so they hit its cached blocks.
 Not thread-safe: one thread calls add_request / step / abort_request.
 """
 
@@ -156,9 +157,14 @@ class LLMEngine:
             time.monotonic() if arrival_time is None else arrival_time,
             self._arrivals,
             max_tokens,
+            # Siblings can share a full block before the prompt's last token, and only through the cache.
+            share_prompt=self.cache_config.enable_prefix_caching and n > self.cache_config.block_size,
         )
         self.requests[request_id] = parent
-        for child in parent.children:
+        self._hand_out(parent)
+
+    def _hand_out(self, parent: ParentRequest) -> None:
+        for child in parent.take_ready():
             self.scheduler.add_request(child)
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
@@ -168,6 +174,7 @@ class LLMEngine:
             parent = self.requests.pop(rid, None)
             if parent is None:
                 continue
+            parent.finish_staged("abort")  # siblings not yet handed out never will be
             for child in parent.children:
                 self.scheduler.abort_request(child)
             parent.metrics.finished_time = time.monotonic()
@@ -201,6 +208,7 @@ class LLMEngine:
             touched[parent_id] = self.requests[parent_id]
         self.generation_tokens += len(result.token_ids)
         for parent in touched.values():
+            self._hand_out(parent)  # siblings, once completion 0 has its first token
             if parent.is_finished:
                 parent.metrics.finished_time = now
                 del self.requests[parent.request_id]

@@ -1,11 +1,14 @@
 """ParentRequest: a user's request fanned out into one child Request per completion (vLLM V1's n > 1).
 
 The scheduler, the block manager and the runner never see n: each child is an ordinary n=1 Request
-with its own completion index, and the children share the prompt's KV only through the prefix cache
-(children admitted in the same step each compute the prompt; one admitted later hits the full blocks
-an earlier one registered). The index picks the child's seed stream (sampler.child_seed), so child i
-draws what the i-th of n completions drew before the fan-out. The children's progress is gathered
-back into one RequestOutput under the user's request id.
+with its own completion index, and the children share the prompt's KV only through the prefix cache.
+Children admitted in the same step would each compute the whole prompt, so with prompt sharing only
+child 0 goes to the scheduler at first; its siblings follow once it has sampled its first token
+(its prompt is then computed and its full blocks registered), and each computes only the partial
+last block. They keep their consecutive arrival orders, so the scheduler queues them where they
+would have stood. The index picks the child's seed stream (sampler.child_seed), so child i draws what
+the i-th of n completions drew before the fan-out, whenever it runs. The children's progress is
+gathered back into one RequestOutput under the user's request id.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nanoserve.engine.sequence import Request
+from nanoserve.engine.sequence import Request, SequenceStatus
 from nanoserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from nanoserve.sampling_params import SamplingParams
 
@@ -25,6 +28,8 @@ class ParentRequest:
     prompt_token_ids: list[int]
     metrics: RequestMetrics  # one for all children: first token of any, tokens of all
     children: list[Request]  # children[i] is completion i
+    share_prompt: bool  # stage siblings behind child 0 (see take_ready)
+    num_handed_out: int = 0  # children[:num_handed_out] have gone to the scheduler
 
     @classmethod
     def fan_out(
@@ -36,9 +41,13 @@ class ParentRequest:
         arrival_time: float,
         arrival_orders: Iterator[int],
         max_tokens: int,
+        share_prompt: bool,
     ) -> ParentRequest:
         """n = params.n children, ids f"{i}_{request_id}" (n = 1: the user's id), taking arrival
-        orders from `arrival_orders` so that they are scheduled together, in index order."""
+        orders from `arrival_orders` so that they are scheduled together, in index order.
+
+        `share_prompt`: the prefix cache is on and the prompt has a full block before its last token
+        (one a sibling could hit); otherwise all children are handed out at once."""
         metrics = RequestMetrics(arrival_time=arrival_time)
         n = params.n
         child_params = params.clone(n=1) if n > 1 else params
@@ -55,7 +64,32 @@ class ParentRequest:
             )
             for i in range(n)
         ]
-        return cls(request_id, prompt, list(prompt_token_ids), metrics, children)
+        return cls(request_id, prompt, list(prompt_token_ids), metrics, children, share_prompt)
+
+    def take_ready(self) -> list[Request]:
+        """Children to hand to the scheduler now, each returned once: at the first call child 0
+        (every child without prompt sharing); later its siblings, as soon as child 0 has a token.
+
+        A sampled token means child 0 computed the whole prompt at least once, even if it finished at
+        that token or was preempted since; while it has none (waiting, prefilling, or preempted
+        mid-prompt) the siblings wait, so they never compute the full blocks it is about to cache.
+        """
+        n = len(self.children)
+        if self.num_handed_out == 0:
+            self.num_handed_out = 1 if self.share_prompt else n
+            return self.children[: self.num_handed_out]
+        if self.num_handed_out < n and self.children[0].seq.num_output_tokens > 0:
+            ready = self.children[self.num_handed_out :]
+            self.num_handed_out = n
+            return ready
+        return []
+
+    def finish_staged(self, reason: str) -> None:
+        """Finish the children never handed out (on abort): they hold no blocks and never will."""
+        for child in self.children[self.num_handed_out :]:
+            child.seq.status = SequenceStatus.FINISHED
+            child.seq.finish_reason = reason
+        self.num_handed_out = len(self.children)  # nothing left to hand out
 
     @property
     def is_finished(self) -> bool:

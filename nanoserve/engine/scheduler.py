@@ -65,8 +65,13 @@ class Scheduler:
 
     # ---- queue management ----------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        request.seq.status = SequenceStatus.WAITING
-        self.waiting.append(request.seq)
+        """Queue by arrival order: a request added late (an n > 1 sibling) keeps its place."""
+        seq = request.seq
+        seq.status = SequenceStatus.WAITING
+        i = len(self.waiting)
+        while i > 0 and self.waiting[i - 1].order > seq.order:
+            i -= 1
+        self.waiting.insert(i, seq)
 
     def finish_seq(self, seq: Sequence, reason: str) -> None:
         """Mark finished and free its blocks and slot at once."""

@@ -43,13 +43,18 @@ class Harness:
 
     def add(self, rid: str, prompt: list[int], max_tokens: int = 8, n: int = 1) -> ParentRequest:
         params = SamplingParams(n=n)  # the harness stops at the max_tokens given here
-        parent = ParentRequest.fan_out(rid, None, list(prompt), params, 0.0, self.order, max_tokens)
+        share = self.bm.enable_prefix_caching and len(prompt) > self.bm.block_size  # as the engine does
+        parent = ParentRequest.fan_out(rid, None, list(prompt), params, 0.0, self.order, max_tokens, share)
         self.requests[rid] = parent
-        for child in parent.children:
-            self.sched.add_request(child)
+        self._hand_out(parent)
         return parent
 
+    def _hand_out(self, parent: ParentRequest) -> None:
+        for child in parent.take_ready():
+            self.sched.add_request(child)
+
     def abort(self, rid: str) -> None:
+        self.requests[rid].finish_staged("abort")
         for child in self.requests[rid].children:
             self.sched.abort_request(child)
 
@@ -72,13 +77,15 @@ class Harness:
             seq.token_ids.append(fake_next_token(seq.token_ids))
             if seq.num_output_tokens >= seq.request.max_tokens:
                 self.sched.finish_seq(seq, "length")
+            self._hand_out(self.requests[seq.request.parent_id])
         self.check_pool()
         self.steps.append(out)
         return out
 
     def run(self, max_steps: int = 10_000) -> None:
         for _ in range(max_steps):
-            if not self.sched.has_unfinished():
+            if all(p.is_finished for p in self.requests.values()):  # staged siblings included
+                assert not self.sched.has_unfinished()
                 return
             out = self.step()
             assert not out.is_empty, "no progress with requests pending"

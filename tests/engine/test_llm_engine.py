@@ -243,6 +243,67 @@ def test_n_completions_share_the_prompt_and_finish(make_llm):
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]  # seeded
 
 
+def test_n_siblings_start_after_completion_0_and_compute_only_the_prompts_tail(make_llm):
+    llm = make_llm(block_size=16)
+    engine = llm.llm_engine
+    prompt = [random.Random(3).randrange(3, 128) for _ in range(70)]  # 4 full blocks + 6 tokens
+    params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=4, ignore_eos=True)
+    engine.add_request("r", prompt, params)
+    stats = engine.get_stats()  # only completion 0 is queued, and the request counts as waiting
+    assert (stats.num_waiting, stats.num_waiting_requests, stats.num_running_requests) == (1, 1, 0)
+    assert engine.has_unfinished_requests()
+    (out,) = engine.step()
+    assert [len(c.token_ids) for c in out.outputs] == [1, 0, 0, 0] and not out.finished
+    stats = engine.get_stats()  # the siblings joined the queue behind the running completion 0
+    assert (stats.num_running, stats.num_waiting) == (1, 3)
+    assert (stats.num_running_requests, stats.num_waiting_requests) == (1, 0)
+    out = _run_all(engine)["r"]
+    stats = engine.get_stats()
+    assert stats.prompt_tokens == 70 + 3 * 6 and stats.prefix_cache_hits == 3 * 64
+    assert [c.index for c in out.outputs] == [0, 1, 2, 3] and all(len(c.token_ids) == 4 for c in out.outputs)
+    # Seeded streams do not depend on when a completion ran: all four start together without the cache.
+    again = make_llm(block_size=16, enable_prefix_caching=False).generate(
+        {"prompt_token_ids": prompt}, params, use_tqdm=False
+    )[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]
+
+
+def test_staged_siblings_keep_their_place_ahead_of_later_requests(make_llm):
+    engine = make_llm(block_size=16, max_num_batched_tokens=40).llm_engine  # one 40-token prompt a step
+    engine.add_request("a", [4] * 40, SamplingParams(n=3, max_tokens=3, ignore_eos=True))
+    engine.add_request("b", [5] * 40, SamplingParams(max_tokens=3, ignore_eos=True))
+    engine.step()
+    assert [s.request.request_id for s in engine.scheduler.waiting] == ["1_a", "2_a", "b"]
+    assert sorted(_run_all(engine)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("stop_at_first", [False, True])
+def test_completion_0_finishing_at_its_first_token_still_runs_its_siblings(make_llm, stop_at_first):
+    prompt = {"prompt_token_ids": [7] * 40}  # 2 full blocks + 8 tokens
+    greedy = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    ref = make_llm(enable_prefix_caching=False).generate(prompt, greedy, use_tqdm=False)[0]
+    first = ref.outputs[0].token_ids[0]
+    llm = make_llm(block_size=16)  # an empty prefix cache
+    params = greedy.clone(n=4, max_tokens=5, stop_token_ids=[first]) if stop_at_first else greedy.clone(n=4)
+    out = llm.generate(prompt, params, use_tqdm=False)[0]
+    assert [c.token_ids for c in out.outputs] == [[first]] * 4
+    assert {c.finish_reason for c in out.outputs} == {"stop" if stop_at_first else "length"}
+    stats = llm.llm_engine.get_stats()  # the siblings hit the blocks completion 0 left in the cache
+    assert stats.prompt_tokens == 40 + 3 * 8 and stats.prefix_cache_hits == 3 * 32
+
+
+def test_abort_before_the_siblings_start_never_queues_them(make_llm):
+    engine = make_llm(block_size=16, max_num_batched_tokens=32).llm_engine
+    engine.add_request("r", [6] * 70, SamplingParams(n=3, max_tokens=4, ignore_eos=True))
+    engine.step()  # completion 0 computes its first 32-token chunk
+    assert engine.scheduler.num_running == 1 and engine.scheduler.num_waiting == 0
+    engine.abort_request("r")
+    (out,) = engine.step()
+    assert out.finished and [(c.finish_reason, c.token_ids) for c in out.outputs] == [("abort", [])] * 3
+    assert not engine.has_unfinished_requests() and not engine.scheduler.has_unfinished()
+    assert engine.step() == []  # nothing is queued later
+
+
 def test_eos_stops_with_reason_stop(make_llm):
     llm = make_llm()
     eos = llm.llm_engine.model_config.eos_token_ids[0]

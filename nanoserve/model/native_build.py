@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,27 +30,35 @@ CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
 OPENMP_CFLAGS = ["-fopenmp"]
 OPENMP_LDFLAGS = ["-fopenmp"]
 PROGRESS_EVERY_S = 15.0  # how often a first-start build says it is still compiling
+STALE_LOCK_S = 600.0  # a build lock older than this was left by an interrupted build
 
 _loaded: dict[str, ModuleType] = {}
 _lock = threading.Lock()
 
 
 def versioned_name(name: str, sources: list[str], cflags: list[str], ldflags: list[str]) -> str:
-    """`name` + a hash of the sources, every header in csrc/ and the flags: what the build is cached as."""
+    """`name` + a hash of the sources, every header in csrc/, the flags and the Python and torch versions:
+    what the build is cached as (an upgrade must not load a module built against another ABI)."""
+    import torch
+
     digest = hashlib.sha256()
     for path in [CSRC_DIR / s for s in sources] + sorted(CSRC_DIR.glob("*.h")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join(cflags + ["|"] + ldflags).encode())
+    digest.update(" ".join([*cflags, "|", *ldflags, "|", sys.version, torch.__version__]).encode())
     return f"{name}_{digest.hexdigest()[:12]}"
 
 
-def built_on_disk(full_name: str) -> bool:
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
+def build_directory(full_name: str) -> Path:
+    """Where the extension is built and cached: $TORCH_EXTENSIONS_DIR, else torch's per-user cache, one
+    folder per versioned name, whichever checkout asks (the name already carries the Python and torch
+    versions that torch's own per-version subfolder would)."""
+    from torch.utils.cpp_extension import get_default_build_root
 
-        return os.path.isfile(os.path.join(_get_build_directory(full_name, False), f"{full_name}.so"))
-    except Exception:  # a private torch helper: if it moved, say a build is needed (only the log differs)
-        return False
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / full_name
+
+
+def built_on_disk(full_name: str) -> bool:
+    return (build_directory(full_name) / f"{full_name}.so").is_file()
 
 
 def load_extension(
@@ -68,9 +77,16 @@ def load_extension(
             return _loaded[full_name]
         from torch.utils import cpp_extension
 
+        build_dir = build_directory(full_name)
         cached = built_on_disk(full_name)
         if not cached:
             log.warning("compiling native CPU kernels %s (first start only, about a minute)…", name)
+            _remove_stale_lock(build_dir)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        # torch rebuilds when the compile command changes, and the command names the source and include
+        # paths: building from a copy in the build folder keeps one cached build for every checkout.
+        for path in [CSRC_DIR / s for s in sources] + sorted(CSRC_DIR.glob("*.h")):
+            _copy_if_changed(path, build_dir / path.name)
         started = time.perf_counter()
         done = threading.Event()
         if not cached:
@@ -78,10 +94,11 @@ def load_extension(
         try:
             ext = cpp_extension.load(
                 name=full_name,
-                sources=[str(CSRC_DIR / s) for s in sources],
+                sources=[str(build_dir / s) for s in sources],
                 extra_cflags=cflags,
                 extra_ldflags=ldflags,
-                extra_include_paths=[str(CSRC_DIR)],
+                extra_include_paths=[str(build_dir)],
+                build_directory=str(build_dir),
                 verbose=False,
             )
         finally:
@@ -91,6 +108,30 @@ def load_extension(
             log.warning("compiled %s in %.0f s (cached for later starts)", name, elapsed_s)
         _loaded[full_name] = ext
         return ext
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    """Copy atomically (another process may be reading it), and only when it differs: a rewritten file
+    would look newer to ninja and trigger a rebuild."""
+    data = src.read_bytes()
+    if dst.is_file() and dst.read_bytes() == data:
+        return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, dst)
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    """torch's build lock is a bare file: a build killed midway (Ctrl-C on a first start) leaves it, and
+    every later start would wait on it forever. No build takes STALE_LOCK_S, so an older lock is stale."""
+    lock = build_dir / "lock"
+    try:
+        age_s = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age_s > STALE_LOCK_S:
+        log.warning("removing a stale build lock %s (%.0f s old: an interrupted build)", lock, age_s)
+        lock.unlink(missing_ok=True)
 
 
 def _say_still_compiling(name: str, started: float, done: threading.Event) -> None:

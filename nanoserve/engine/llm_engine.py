@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nanoserve.config import (
     CacheConfig,
@@ -37,6 +37,11 @@ from nanoserve.errors import InvalidRequestError, PromptTooLongError
 from nanoserve.outputs import RequestOutput
 from nanoserve.sampling_params import SamplingParams
 
+if TYPE_CHECKING:  # both import torch / transformers, which this module's importers may not need
+    from transformers import PreTrainedTokenizerBase
+
+    from nanoserve.engine.model_runner import ModelRunner
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,8 +51,8 @@ class LLMEngine:
         model_config: ModelConfig,
         cache_config: CacheConfig,
         scheduler_config: SchedulerConfig,
-        runner: Any,
-        tokenizer: Any,
+        runner: ModelRunner,
+        tokenizer: PreTrainedTokenizerBase,
     ) -> None:
         self.model_config = model_config
         self.cache_config = cache_config

@@ -69,6 +69,8 @@ class ParentRequest:
             )
             for i in range(n)
         ]
+        if params.prompt_logprobs is not None:
+            children[0].seq.prompt_logprobs = [None]  # token 0 has no prefix (a 1-token prompt is done)
         return cls(request_id, prompt, list(prompt_token_ids), metrics, children, share_prompt)
 
     def take_ready(self) -> list[Request]:

@@ -81,7 +81,9 @@ def test_prompt_logprobs_over_chunked_prefill_and_after_a_cached_prefix(tiny_lla
                                                      SamplingParams(max_tokens=3, prompt_logprobs=1)],
                         use_tqdm=False)
     _check(outs[1].prompt_logprobs, ids, ref, 0)
-    assert outs[0].prompt_logprobs is None and len(outs[2].prompt_logprobs) == 5  # BOS + "hello"
+    assert outs[0].prompt_logprobs is None and len(outs[2].prompt_logprobs) == 5
+    one = llm.generate("a", SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    assert one.prompt_logprobs == [None]
     llm.llm_engine.check_all_blocks_free()
 
 

@@ -68,4 +68,6 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics | None = None
-    prompt_logprobs: None = field(default=None, repr=False)  # not supported; kept for vLLM parity
+    # With SamplingParams.prompt_logprobs: per prompt token {token id: logprob} (top-N, then the prompt
+    # token), the first None (it has no prefix). Raw model log-probabilities, as vLLM's.
+    prompt_logprobs: list[dict[int, float] | None] | None = field(default=None, repr=False)

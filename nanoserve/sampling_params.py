@@ -16,6 +16,8 @@ from nanoserve.errors import InvalidRequestError
 SAMPLING_EPS = 1e-5
 # The most alternatives `logprobs` may ask for (the OpenAI completions API caps it at 20 too).
 MAX_LOGPROBS = 20
+# OpenAI's range for one logit_bias value.
+MAX_LOGIT_BIAS = 100.0
 # torch.Generator takes a 64-bit seed; we accept any int that fits signed or unsigned 64 bits.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
 
@@ -42,6 +44,11 @@ class SamplingParams:
     # vLLM's output-shaping fields that the stop checker and detokenizer honour.
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # {token id: bias} added to the raw logits before anything else (OpenAI's logit_bias, -100..100).
+    logit_bias: dict[int, float] | None = None
+    # Log-probabilities of each prompt token given its prefix, with this many alternatives (vLLM's
+    # prompt_logprobs); RequestOutput.prompt_logprobs, first entry None. None = not computed.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.n = _int("n", self.n, low=1)
@@ -70,6 +77,9 @@ class SamplingParams:
                                          low_open=True)
         self.include_stop_str_in_output = _bool("include_stop_str_in_output", self.include_stop_str_in_output)
         self.skip_special_tokens = _bool("skip_special_tokens", self.skip_special_tokens)
+        self.logit_bias = _logit_bias(self.logit_bias)
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _int("prompt_logprobs", self.prompt_logprobs, low=0, high=MAX_LOGPROBS)
 
     @property
     def greedy(self) -> bool:
@@ -89,6 +99,7 @@ class SamplingParams:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["stop"] = list(self.stop or [])
         fields["stop_token_ids"] = list(self.stop_token_ids or [])
+        fields["logit_bias"] = dict(self.logit_bias) if self.logit_bias is not None else None
         fields.update(changes)
         return SamplingParams(**fields)
 
@@ -151,3 +162,21 @@ def _token_ids(ids: object) -> list[int]:
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise _bad("stop_token_ids", "a list of non-negative integers", ids)
     return list(ids)
+
+
+def _logit_bias(bias: object) -> dict[int, float] | None:
+    """{token id: bias}; keys may be numeric strings (JSON object keys). The vocabulary bound is the
+    engine's to check (it knows the model)."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise _bad("logit_bias", "an object mapping token ids to numbers", bias)
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        tok = key
+        if isinstance(key, str) and key.strip().isdigit():
+            tok = int(key)
+        if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
+            raise _bad("logit_bias", "keyed by non-negative token ids", key)
+        out[tok] = _float("logit_bias", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+    return out or None

@@ -85,3 +85,19 @@ def test_clone_copies_lists_and_revalidates():
     with pytest.raises(InvalidRequestError) as info:
         p.clone(top_p=0.0)
     assert info.value.param == "top_p"
+
+
+def test_logit_bias_and_prompt_logprobs_validation():
+    p = SamplingParams(logit_bias={"5": 1.5, 7: -100}, prompt_logprobs=0)
+    assert p.logit_bias == {5: 1.5, 7: -100.0} and p.prompt_logprobs == 0
+    assert SamplingParams().logit_bias is None and SamplingParams().prompt_logprobs is None
+    for bad in ({"x": 1.0}, {"-1": 1.0}, {5: 100.5}, {5: "1"}, [1, 2], {True: 1.0}):
+        with pytest.raises(InvalidRequestError) as e:
+            SamplingParams(logit_bias=bad)
+        assert e.value.param == "logit_bias"
+    for bad in (-1, 21, True, 1.5):
+        with pytest.raises(InvalidRequestError) as e:
+            SamplingParams(prompt_logprobs=bad)
+        assert e.value.param == "prompt_logprobs"
+    clone = p.clone()
+    assert clone.logit_bias == p.logit_bias and clone.logit_bias is not p.logit_bias

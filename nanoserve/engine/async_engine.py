@@ -149,6 +149,7 @@ class _StreamState:
     sent_chars: dict[int, int] = field(default_factory=dict)
     sent_tokens: dict[int, int] = field(default_factory=dict)
     finished_indices: set[int] = field(default_factory=set)
+    sent_prompt_logprobs: bool = False  # they come once, with the first delta that has them
 
 
 class AsyncLLMEngine:
@@ -413,7 +414,10 @@ def _delta(out: RequestOutput, state: _StreamState) -> RequestOutput | None:
         if comp.finish_reason is not None:
             state.finished_indices.add(i)
         deltas.append(dataclasses.replace(comp, text=text, token_ids=token_ids, logprobs=logprobs))
-    if not deltas and not out.finished:
+    prompt_logprobs = None
+    if out.prompt_logprobs is not None and not state.sent_prompt_logprobs:
+        prompt_logprobs, state.sent_prompt_logprobs = out.prompt_logprobs, True
+    if not deltas and not out.finished and prompt_logprobs is None:
         return None
-    return dataclasses.replace(out, outputs=deltas)
+    return dataclasses.replace(out, outputs=deltas, prompt_logprobs=prompt_logprobs)
 

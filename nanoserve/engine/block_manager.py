@@ -96,6 +96,8 @@ class BlockManager:
         """
         if not self.enable_prefix_caching:
             return []
+        if getattr(seq.request.params, "prompt_logprobs", None) is not None:
+            return []  # every prompt position must run to yield its logits (vLLM does the same)
         bs = self.block_size
         num_full = (seq.num_tokens - 1) // bs
         hashes = self._block_hashes(seq, num_full)

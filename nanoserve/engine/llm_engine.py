@@ -131,6 +131,12 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         params = params if params is not None else SamplingParams()
+        vocab = self.model_config.vocab_size
+        bad_bias = [t for t in params.logit_bias or {} if t >= vocab]
+        if bad_bias:
+            raise InvalidRequestError(
+                f"logit_bias has token id {bad_bias[0]}, outside the vocabulary [0, {vocab}).", "logit_bias"
+            )
         text, ids = self._tokenize(prompt)
         n = len(ids)
         if n == 0:
@@ -207,6 +213,8 @@ class LLMEngine:
         self.scheduler.update_after_step(sched)
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}
+        for seq, first_index, entries in result.prompt_logprobs:
+            _add_prompt_logprobs(seq, first_index, entries)
         for seq, token, logprobs in zip(result.seqs, result.token_ids, result.logprobs, strict=True):
             self._append_token(seq, token, logprobs, now)
             parent_id = seq.request.parent_id
@@ -292,3 +300,12 @@ class LLMEngine:
     def check_all_blocks_free(self) -> None:
         """AssertionError unless the KV pool is entirely free (call when no request is in flight)."""
         self.block_manager.check_all_free()
+
+
+def _add_prompt_logprobs(seq: Sequence, first_index: int, entries: list[dict[int, float]]) -> None:
+    """Record prompt tokens first_index.. of `seq`; a recompute after preemption repeats known ones."""
+    if seq.prompt_logprobs is None:
+        seq.prompt_logprobs = [None]  # the first prompt token has no prefix to score it
+    for i, entry in enumerate(entries, start=first_index):
+        if i == len(seq.prompt_logprobs):
+            seq.prompt_logprobs.append(entry)

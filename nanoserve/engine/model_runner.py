@@ -1,6 +1,11 @@
 """The model runner: owns the model and the paged KV pool; turns a scheduled step into tensors,
 runs one forward for every sequence of the step, and samples.
 
+Prompt logprobs: for a request with `prompt_logprobs`, every prompt position computed this step also
+yields the log-probability of the next prompt token (raw logits, as vLLM); its positions arrive over
+as many steps as its chunked prefill takes. The logits of those rows are computed in blocks of at
+most `_PROMPT_LOGITS_ELEMENTS`, so a long prompt never materialises a [prompt_len, vocab] tensor.
+
 Flat step layout (vLLM's): all scheduled tokens packed into one [T] row of input_ids/positions;
 the runner describes where they sit (a `StepLayout`) and the attention backend, one for every
 layer, turns that into whatever tensors it reads.
@@ -9,7 +14,7 @@ layer, turns that into whatever tensors it reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +30,20 @@ from nanoserve.model.loader import TORCH_DTYPES
 
 logger = logging.getLogger(__name__)
 
+# Most logits elements computed at once for prompt logprobs (64 MiB in float32).
+_PROMPT_LOGITS_ELEMENTS = 1 << 24
+
+
+@dataclass
+class PromptLogprobsChunk:
+    """Prompt tokens [first_index, first_index + count) of `seq` scored this step: their logits come
+    from the hidden rows of the positions just before them."""
+
+    seq: Sequence
+    first_index: int  # index in the prompt of the first token scored (>= 1: token 0 has no prefix)
+    count: int
+    num_top: int  # alternatives per token (params.prompt_logprobs)
+
 
 @dataclass
 class StepInputs:
@@ -33,6 +52,9 @@ class StepInputs:
     meta: AttentionMetadata  # built by the attention backend
     logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
     sample_seqs: list[Sequence]  # the sequences that sample, one per logits row
+    prompt_rows: torch.Tensor  # [R] int64: hidden rows whose logits score the next prompt token
+    prompt_targets: torch.Tensor  # [R] int64: that next prompt token
+    prompt_chunks: list[PromptLogprobsChunk]  # which sequence each run of prompt_rows belongs to
 
 
 @dataclass
@@ -40,6 +62,8 @@ class StepResult:
     seqs: list[Sequence]
     token_ids: list[int]
     logprobs: list[dict[int, float] | None]
+    # (seq, index of the first prompt token scored, {token id: logprob} per token: top-N then the token)
+    prompt_logprobs: list[tuple[Sequence, int, list[dict[int, float]]]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -80,8 +104,9 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> StepResult:
         inputs = self.prepare(out)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
+        prompt_logprobs = self._prompt_logprobs(hidden, inputs) if inputs.prompt_chunks else []
         if not inputs.sample_seqs:
-            return StepResult([], [], [])
+            return StepResult([], [], [], prompt_logprobs)
         logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]
         seqs = inputs.sample_seqs
         for s in seqs:
@@ -96,7 +121,41 @@ class ModelRunner:
             eos_token_ids=self.model_config.eos_token_ids,
         )
         sampled = self.sampler(logits, meta)
-        return StepResult(seqs, sampled.token_ids, sampled.logprobs)
+        return StepResult(seqs, sampled.token_ids, sampled.logprobs, prompt_logprobs)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor,
+                         inputs: StepInputs) -> list[tuple[Sequence, int, list[dict[int, float]]]]:
+        """Raw log-softmax of the prompt rows' logits, in blocks of rows, at the next prompt token."""
+        num_rows = inputs.prompt_rows.shape[0]
+        vocab = self.model_config.vocab_size
+        block = max(1, _PROMPT_LOGITS_ELEMENTS // vocab)
+        max_top = max(c.num_top for c in inputs.prompt_chunks)
+        chosen: list[float] = []
+        top_vals: list[list[float]] = []
+        top_ids: list[list[int]] = []
+        for b in range(0, num_rows, block):
+            rows = inputs.prompt_rows[b : b + block]
+            logits = self.model.compute_logits(hidden[rows]).float()  # [r, vocab]
+            logprobs = torch.log_softmax(logits, dim=-1)  # [r, vocab]
+            targets = inputs.prompt_targets[b : b + block].unsqueeze(1)  # [r, 1]
+            chosen += logprobs.gather(1, targets).squeeze(1).tolist()
+            if max_top > 0:
+                vals, ids = logprobs.topk(min(max_top, vocab), dim=-1)  # [r, N]
+                top_vals += vals.tolist()
+                top_ids += ids.tolist()
+        target_ids = inputs.prompt_targets.tolist()
+        out = []
+        row = 0
+        for c in inputs.prompt_chunks:
+            entries = []
+            for r in range(row, row + c.count):
+                top = zip(top_ids[r][: c.num_top], top_vals[r][: c.num_top], strict=True) if c.num_top else ()
+                entry = dict(top)
+                entry.setdefault(target_ids[r], chosen[r])
+                entries.append(entry)
+            out.append((c.seq, c.first_index, entries))
+            row += c.count
+        return out
 
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         """The step's flat tensors, built from Python lists with one tensor per field (no per-layer work)."""
@@ -109,6 +168,9 @@ class ModelRunner:
         tables: list[list[int]] = []
         logits_rows: list[int] = []
         sample_seqs: list[Sequence] = []
+        prompt_rows: list[int] = []
+        prompt_targets: list[int] = []
+        prompt_chunks: list[PromptLogprobsChunk] = []
         for item in out.scheduled:
             seq, start, n = item.seq, item.start, item.num_new_tokens
             end = start + n
@@ -122,6 +184,14 @@ class ModelRunner:
                 pos = np.arange(start, end)
                 positions.extend(pos.tolist())
                 slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
+            num_top = seq.request.params.prompt_logprobs
+            # Position q's logits score prompt token q + 1; the last prompt position's are sampled from.
+            last = min(end, seq.num_prompt_tokens - 1)
+            if num_top is not None and last > start:
+                first_row = query_start[-1]
+                prompt_rows.extend(range(first_row, first_row + last - start))
+                prompt_targets.extend(seq.token_ids[start + 1 : last + 1])
+                prompt_chunks.append(PromptLogprobsChunk(seq, start + 1, last - start, num_top))
             query_start.append(query_start[-1] + n)
             context_lens.append(end)
             tables.append(table)
@@ -136,4 +206,7 @@ class ModelRunner:
             meta=self.attention_backend.build_metadata(layout),
             logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
             sample_seqs=sample_seqs,
+            prompt_rows=torch.tensor(prompt_rows, dtype=torch.int64, device=dev),
+            prompt_targets=torch.tensor(prompt_targets, dtype=torch.int64, device=dev),
+            prompt_chunks=prompt_chunks,
         )

@@ -51,11 +51,16 @@ class ParentRequest:
         metrics = RequestMetrics(arrival_time=arrival_time)
         n = params.n
         child_params = params.clone(n=1) if n > 1 else params
+        # The prompt's logprobs are the same for every completion: child 0 computes them, its siblings
+        # keep their prefix-cache hits.
+        sibling_params = child_params
+        if n > 1 and params.prompt_logprobs is not None:
+            sibling_params = child_params.clone(prompt_logprobs=None)
         children = [
             Request(
                 f"{i}_{request_id}" if n > 1 else request_id,
                 prompt_token_ids,
-                child_params,
+                child_params if i == 0 else sibling_params,
                 next(arrival_orders),
                 max_tokens,
                 index=i,
@@ -64,6 +69,8 @@ class ParentRequest:
             )
             for i in range(n)
         ]
+        if params.prompt_logprobs is not None:
+            children[0].seq.prompt_logprobs = [None]  # token 0 has no prefix (a 1-token prompt is done)
         return cls(request_id, prompt, list(prompt_token_ids), metrics, children, share_prompt)
 
     def take_ready(self) -> list[Request]:
@@ -108,6 +115,8 @@ class ParentRequest:
             )
             for s in (c.seq for c in self.children)
         ]
+        prompt_logprobs = self.children[0].seq.prompt_logprobs
+        complete = prompt_logprobs is not None and len(prompt_logprobs) == len(self.prompt_token_ids)
         return RequestOutput(
             self.request_id,
             self.prompt,
@@ -115,4 +124,5 @@ class ParentRequest:
             completions,
             self.is_finished,
             self.metrics,
+            prompt_logprobs=list(prompt_logprobs) if complete else None,
         )

@@ -1,9 +1,10 @@
 """Batched sampler: one next token per sequence from the model's last-position logits.
 
-Order of operations (vLLM's): min_tokens masking of EOS / stop tokens -> repetition, frequency and
-presence penalties -> greedy rows take the argmax here -> temperature -> top-k and top-p (one sort) ->
-min-p -> draw. Every step works on [B, V] tensors with per-row parameter tensors; the only Python loop
-is over seeded rows (each draws its noise from its own generator) and rows asking for logprobs.
+Order of operations (vLLM's): logit_bias -> min_tokens masking of EOS / stop tokens -> repetition,
+frequency and presence penalties -> greedy rows take the argmax here -> temperature -> top-k and
+top-p (one sort) -> min-p -> draw. Every step works on [B, V] tensors with per-row parameter
+tensors; the only Python loops are over seeded rows (each draws its noise from its own generator),
+logit_bias entries and rows asking for logprobs.
 
 Drawing inverts each row's CDF at one uniform number per row (a V-sized noise tensor per row, as in
 the exponential race, costs more than the rest of the sampler on CPU). A seeded row takes its number
@@ -81,6 +82,7 @@ class Sampler:
             # the first maximal index per row (upcasting bf16 exactly could not change it)
             return SamplerOutput(self.kernels.argmax_rows(logits).tolist(), [None] * num_rows)
         logits = logits.to(torch.float32, copy=True)  # [B, V]; we modify it in place
+        _apply_logit_bias(logits, params)
         _mask_stop_tokens_before_min(logits, meta)
         if any(p.has_penalties for p in params):
             _apply_penalties(logits, meta)
@@ -111,11 +113,30 @@ class Sampler:
 
 
 def _plain_greedy(meta: SamplingMetadata) -> bool:
-    """Every row is an argmax of the raw logits: greedy, no penalties, no logprobs, no min_tokens mask."""
+    """Every row is an argmax of the raw logits: greedy, no penalties, no logprobs, no min_tokens mask,
+    no logit_bias."""
     return all(
         p.greedy and not p.has_penalties and p.logprobs is None and len(out) >= p.min_tokens
+        and not p.logit_bias
         for p, out in zip(meta.params, meta.output_token_ids, strict=True)
     )
+
+
+def _apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> None:
+    """Add each row's {token id: bias} to its logits (ids outside the vocabulary are the engine's to
+    refuse; here they are skipped)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    values: list[float] = []
+    vocab = logits.shape[1]
+    for row, p in enumerate(params):
+        for tok, bias in (p.logit_bias or {}).items():
+            if 0 <= tok < vocab:
+                rows.append(row)
+                cols.append(tok)
+                values.append(bias)
+    if rows:  # (row, col) pairs are distinct: a dict's keys per row
+        logits[rows, cols] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
 
 
 def _mask_stop_tokens_before_min(logits: torch.Tensor, meta: SamplingMetadata) -> None:

@@ -41,6 +41,8 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None
     logprobs: list[dict[int, float]] | None = None
+    # With params.prompt_logprobs: entry i scores prompt token i (entry 0 None), filled as prefill runs.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
     output_text: str = ""
     detok_state: Any = None  # the detokenizer's incremental state
     generator: Any = None  # per-sequence torch.Generator when the request has a seed

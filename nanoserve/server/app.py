@@ -1,8 +1,10 @@
 """The FastAPI app: routes, API key, body-size cap, error bodies, lifespan of the engine thread.
 
 `build_app(engine, ...)` takes an `AsyncLLMEngine` (not started); the app's lifespan starts its step
-thread and, on shutdown, drains it (see `drain`). Health and metrics are open; /v1/* routes require
-`Authorization: Bearer <key>` when an API key is set.
+thread and, on shutdown, drains it (see `drain`). Health, metrics and /version are open; /v1/*,
+/tokenize and /detokenize require `Authorization: Bearer <key>` when an API key is set. CORS headers
+are sent only when `cors` names allowed origins (vLLM's --allowed-origins etc.); CORS is the outermost
+layer, so a browser's preflight is answered before the key is checked.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import nanoserve
 from nanoserve.engine.async_engine import AsyncLLMEngine
-from nanoserve.server import chat, completions
+from nanoserve.server import chat, completions, tokenize
 from nanoserve.server.errors import APIError, error_response, install_error_handlers
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import ModelCard, ModelList
@@ -27,6 +32,16 @@ from nanoserve.server.serving import ServerState
 logger = logging.getLogger("nanoserve.server")
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 << 20
+
+
+@dataclass
+class CorsConfig:
+    """Starlette CORSMiddleware's settings; no allowed origins = no CORS headers at all."""
+
+    allowed_origins: list[str] = field(default_factory=list)
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
 
 
 class BodySizeLimitMiddleware:
@@ -77,7 +92,7 @@ def _api_key_dependency(api_key: str | None):
 
 def build_app(engine: AsyncLLMEngine, served_model_names: list[str], model_path: str,
               api_key: str | None = None, max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
-              shutdown_grace_s: float = 30.0) -> FastAPI:
+              shutdown_grace_s: float = 30.0, cors: CorsConfig | None = None) -> FastAPI:
     """The OpenAI-compatible app around an (unstarted) async engine."""
     state = ServerState(engine, list(served_model_names), model_path,
                         ServerMetrics(engine, served_model_names[0]))
@@ -92,6 +107,10 @@ def build_app(engine: AsyncLLMEngine, served_model_names: list[str], model_path:
     app.state.nanoserve = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_body_bytes)
+    if cors is not None and cors.allowed_origins:  # added last: the outermost layer
+        app.add_middleware(CORSMiddleware, allow_origins=cors.allowed_origins,
+                           allow_methods=cors.allowed_methods, allow_headers=cors.allowed_headers,
+                           allow_credentials=cors.allow_credentials)
 
     v1 = APIRouter(dependencies=[Depends(_api_key_dependency(api_key))])
 
@@ -103,7 +122,12 @@ def build_app(engine: AsyncLLMEngine, served_model_names: list[str], model_path:
 
     v1.include_router(completions.router)
     v1.include_router(chat.router)
+    v1.include_router(tokenize.router)
     app.include_router(v1)
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": nanoserve.__version__})
 
     @app.get("/health")
     async def health() -> Response:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.server.errors import APIError
-from nanoserve.server.logprobs import chat_logprobs
+from nanoserve.server.logprobs import chat_logprobs, prompt_logprobs
 from nanoserve.server.protocol import (
     ChatChoice,
     ChatCompletionChunk,
@@ -82,8 +82,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         params = body.sampling_params(max_tokens, body.num_logprobs)
     except InvalidRequestError as e:
         # The engine calls it logprobs; the chat API calls the count top_logprobs.
-        raise APIError(400, e.message.replace("logprobs", "top_logprobs"),
-                       "top_logprobs" if e.param == "logprobs" else e.param) from e
+        if e.param != "logprobs":
+            raise
+        raise APIError(400, e.message.replace("logprobs", "top_logprobs"), "top_logprobs") from e
     gen = Generation(state, f"chatcmpl-{uuid.uuid4().hex}", [prompt], [params])
     await gen.submit()
     if body.stream:
@@ -97,7 +98,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                    if body.logprobs else None)
         for c in gen.choices
     ]
-    resp = ChatCompletionResponse(id=gen.request_id, model=model, choices=choices, usage=gen.usage)
+    resp = ChatCompletionResponse(
+        id=gen.request_id, model=model, choices=choices, usage=gen.usage,
+        prompt_logprobs=prompt_logprobs(state.tokenizer, gen.prompt_logprobs[0], body.prompt_logprobs or 0))
     return JSONResponse(resp.model_dump())
 
 

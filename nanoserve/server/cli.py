@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ import uvicorn
 from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
-from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
+from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, CorsConfig, build_app
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -39,7 +40,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before being aborted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--allowed-origins", type=_str_list, default=None,
+                        help='CORS: origins browsers may call from, a JSON list (\'["*"]\') or '
+                        "comma-separated (default: no CORS headers)")
+    parser.add_argument("--allowed-methods", type=_str_list, default=["*"],
+                        help="CORS: allowed methods, with --allowed-origins (default: all)")
+    parser.add_argument("--allowed-headers", type=_str_list, default=["*"],
+                        help="CORS: allowed request headers, with --allowed-origins (default: all)")
+    parser.add_argument("--allow-credentials", action="store_true",
+                        help="CORS: allow credentials (cookies, Authorization), with --allowed-origins")
     EngineArgs.add_cli_args(parser, positional_model=True)
+
+
+def _str_list(value: str) -> list[str]:
+    """vLLM's JSON list (["a", "b"]), or a plain comma-separated list."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(parsed, str):
+        return [parsed]
+    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {value!r}")
+    return parsed
+
+
+def cors_config(args: argparse.Namespace) -> CorsConfig | None:
+    if not args.allowed_origins:
+        return None
+    return CorsConfig(args.allowed_origins, args.allowed_methods, args.allowed_headers,
+                      args.allow_credentials)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
     app = build_app(engine, names, model, api_key=args.api_key, shutdown_grace_s=args.shutdown_grace_s,
-                    max_request_body_bytes=args.max_request_body_bytes)
+                    max_request_body_bytes=args.max_request_body_bytes, cors=cors_config(args))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on")
     server = DrainingServer(config, engine, args.shutdown_grace_s)

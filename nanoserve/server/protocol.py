@@ -2,7 +2,7 @@
 
 Pydantic checks types (a wrong type is a 400 naming `body.<field>`); ranges are checked once, by
 `SamplingParams`, whose `InvalidRequestError.param` names the field. Unknown fields are ignored, as
-the OpenAI server and vLLM do.
+the OpenAI server and vLLM do. /tokenize and /detokenize bodies (vLLM's) are in server/tokenize.py.
 """
 
 from __future__ import annotations
@@ -44,13 +44,19 @@ class _SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted and ignored
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    prompt_logprobs: int | None = None  # vLLM's: logprobs of each prompt token, non-streaming only
 
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
-        if self.logit_bias:
-            raise APIError(400, "logit_bias is not supported.", "logit_bias")
+        if self.prompt_logprobs is not None and self.stream:
+            raise APIError(400, "prompt_logprobs is not available when stream is enabled.", "prompt_logprobs")
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """SamplingParams.prompt_logprobs for this request."""
+        return self.prompt_logprobs
 
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """SamplingParams from the request; unset optional fields keep vLLM's defaults."""
@@ -61,7 +67,8 @@ class _SamplingRequest(BaseModel):
             n=self.n, seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens, **kwargs,
+            skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias,
+            prompt_logprobs=self.engine_prompt_logprobs, **kwargs,
         )
 
     @property
@@ -83,11 +90,21 @@ class CompletionRequest(_SamplingRequest):
         if self.suffix:
             raise APIError(400, "suffix is not supported: this server has no fill-in-the-middle models.",
                            "suffix")
-        if self.echo and self.logprobs is not None:
-            raise APIError(400, "echo with logprobs is not supported (no prompt logprobs).", "echo")
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, f"best_of must equal n ({self.n}) if given: best_of is not supported.",
                            "best_of")
+
+    @property
+    def score_only(self) -> bool:
+        """echo with max_tokens 0: return the prompt (and its logprobs) and generate nothing."""
+        return self.echo and self.max_tokens == 0
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        # echo with logprobs reports the prompt's tokens too, with as many alternatives (vLLM's rule).
+        if self.prompt_logprobs is None and self.echo:
+            return self.logprobs
+        return self.prompt_logprobs
 
 
 class ContentPart(BaseModel, extra="allow"):
@@ -150,9 +167,22 @@ class UsageInfo(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)  # None: an echoed first prompt token
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's Logprob: rank is 1 for the most likely token; None where it was not computed (a prompt
+    token outside the top-N)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# One entry per prompt token, keyed by token id (a JSON string); the first is None.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
 class CompletionChoice(BaseModel):
@@ -161,6 +191,7 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -206,6 +237,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaMessage(BaseModel):

@@ -159,6 +159,8 @@ class Generation:
         self._timing = _Timing()
         self._closed = False
         self.status = 200
+        # Per prompt, the engine's prompt logprobs once they arrive (requests with prompt_logprobs).
+        self.prompt_logprobs: list[list[dict[int, float] | None] | None] = [None] * len(prompts)
 
     @property
     def usage(self) -> UsageInfo:
@@ -183,6 +185,8 @@ class Generation:
         async for prompt_index, out in self._merged():
             now = time.monotonic()
             new_tokens = 0
+            if out.prompt_logprobs is not None:
+                self.prompt_logprobs[prompt_index] = out.prompt_logprobs
             for comp in out.outputs:
                 choice = self.choices[prompt_index * self.n + comp.index]
                 choice.text_parts.append(comp.text)

@@ -430,3 +430,41 @@ def test_min_tokens_masking_is_per_row():
     params = [SamplingParams(temperature=0.0, min_tokens=2), SamplingParams(temperature=0.0, min_tokens=2)]
     out = sample(logits, params, outputs=[[0], [0, 0]])
     assert out.token_ids == [2, 1]
+
+
+# ---------------------------------------------------------------- logit_bias
+def test_logit_bias_forces_and_bans_tokens_in_greedy_and_sampled_rows():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    top = int(logits[0].argmax())
+    forced = (top + 7) % 50
+    params = [
+        SamplingParams(temperature=0.0, logit_bias={forced: 100.0}),  # greedy: the plain-argmax fast path
+        SamplingParams(temperature=1.0, logit_bias={forced: 100.0}),  # sampled
+        SamplingParams(temperature=0.0, logit_bias={top: -100.0}),  # greedy, its argmax banned
+        SamplingParams(temperature=0.0),  # untouched beside them
+    ]
+    logits[2] = logits[0]
+    logits[3] = logits[0]
+    for _ in range(20):
+        out = sample(logits, params).token_ids
+        assert out[0] == forced and out[1] == forced
+        assert out[2] != top and out[2] == int(logits[0].clone().index_fill_(0, torch.tensor([top]),
+                                                                             -math.inf).argmax())
+        assert out[3] == top
+    # A banned token is never drawn from a flat distribution.
+    flat = torch.zeros(1, 4)
+    banned = SamplingParams(temperature=1.0, logit_bias={0: -100.0, 1: -100.0, 2: -100.0})
+    assert {sample(flat, [banned]).token_ids[0] for _ in range(50)} == {3}
+
+
+def test_logit_bias_alone_leaves_the_plain_greedy_path():
+    """A batch of greedy rows, one with a bias: the bias must still apply (no raw argmax)."""
+    logits = torch.tensor([[0.0, 5.0, 1.0], [0.0, 5.0, 1.0]])
+    biased = SamplingParams(temperature=0.0, logit_bias={2: 10.0})
+    out = sample(logits, [SamplingParams(temperature=0.0), biased])
+    assert out.token_ids == [1, 2]
+    # The reported logprobs come from the biased distribution.
+    lp = sample(logits[:1], [biased.clone(logprobs=1)]).logprobs[0]
+    expected = torch.log_softmax(torch.tensor([0.0, 5.0, 11.0]), 0)[2].item()
+    assert next(iter(lp)) == 2 and lp[2] == pytest.approx(expected)

@@ -117,3 +117,15 @@ def test_llm_takes_every_engine_arg_and_names_an_unknown_one(tiny_llama):
         LLM(str(tiny_llama), max_num_seq=4)  # a typo of max_num_seqs
     with pytest.raises(TypeError, match="bogus, nonsense"):
         LLM(str(tiny_llama), nonsense=1, bogus=2)
+
+
+def test_logit_bias_forces_a_token_and_an_id_outside_the_vocabulary_is_refused(llm):
+    forced = llm.get_tokenizer().encode("z", add_special_tokens=False)[0]
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(temperature=temperature, max_tokens=4, ignore_eos=True,
+                                logit_bias={forced: 100.0})
+        assert llm.generate("abc", params, use_tqdm=False)[0].outputs[0].token_ids == [forced] * 4
+    vocab = llm.llm_engine.model_config.vocab_size
+    with pytest.raises(InvalidRequestError) as e:
+        llm.generate("abc", SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
+    assert e.value.param == "logit_bias"

@@ -107,9 +107,7 @@ def test_max_tokens_over_the_context_and_empty_prompts(http):
 
 @pytest.mark.parametrize("body, param", [
     ({"suffix": "tail"}, "suffix"),
-    ({"echo": True, "logprobs": 1}, "echo"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"logit_bias": {"5": 1.0}}, "logit_bias"),
     ({"best_of": 3}, "best_of"),
 ])
 def test_unsupported_completion_fields_are_rejected_clearly(http, body, param):

@@ -15,10 +15,12 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
 import sys
+import threading
 from types import FrameType
 
 import uvicorn
@@ -136,7 +138,24 @@ def run(args: argparse.Namespace) -> int:
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
                 args.port, kv_pool_summary(engine.engine))
     server.run(sockets=[sock])
+    exit_past_stuck_renders()
     return 0
+
+
+def exit_past_stuck_renders(wait_s: float = 1.0) -> None:
+    """A request's chat template may still be rendering after its 400 (threads cannot be killed); the
+    interpreter would wait for it at exit, so exit now: the engine is drained, nothing else is pending."""
+    stuck = False
+    for t in threading.enumerate():
+        if t.name.startswith("nanoserve-prep"):
+            t.join(wait_s)
+            stuck = stuck or t.is_alive()
+    if stuck:
+        logger.warning("exiting while a request's chat template is still rendering")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def kv_pool_summary(engine: EngineCore) -> str:

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import uvicorn
@@ -138,13 +139,14 @@ def run(args: argparse.Namespace) -> int:
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
                 args.port, kv_pool_summary(engine.engine))
     server.run(sockets=[sock])
-    exit_past_stuck_renders()
+    exit_past_stuck_renders(app.state.nanoserve.prep_executor)
     return 0
 
 
-def exit_past_stuck_renders(wait_s: float = 1.0) -> None:
+def exit_past_stuck_renders(executor: ThreadPoolExecutor, wait_s: float = 1.0) -> None:
     """A request's chat template may still be rendering after its 400 (threads cannot be killed); the
     interpreter would wait for it at exit, so exit now: the engine is drained, nothing else is pending."""
+    executor.shutdown(wait=False, cancel_futures=True)  # idle threads end now; a busy one does not
     stuck = False
     for t in threading.enumerate():
         if t.name.startswith("nanoserve-prep"):

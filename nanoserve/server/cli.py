@@ -29,7 +29,7 @@ import uvicorn
 from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
-from nanoserve.server.app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
+from nanoserve.server.app import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_REQUEST_BODY_BYTES, build_app, model_root
 from nanoserve.server.connections import header_timeout_protocol
 from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
     parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="name(s) clients use in `model` (default: the model argument, or "
+                        help="name(s) clients use in `model` (default: the model folder's name, or "
                         "toy-assistant for the demo model)")
     parser.add_argument("--max-num-queued-reqs", type=int, default=None,
                         help="503 when more requests than this are waiting (default: no limit)")
@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs.from_cli_args(args)
     model = engine_args.model
-    names = args.served_model_name or [args.model or "toy-assistant"]
+    # The default name is the folder's name, not its host path (clients may still send the path).
+    names = args.served_model_name or [model_root(args.model) if args.model else "toy-assistant"]
     sock = bind_port(args.host, args.port)
     raise_open_files_limit()
     # The engine thread runs Python between torch ops; a 1 ms GIL switch interval (default 5 ms) lets the

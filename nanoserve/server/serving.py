@@ -107,7 +107,7 @@ class ServerState:
 
     def check_model(self, name: str | None) -> str:
         """The served name the response reports; 404 for a model we do not serve (None = the default)."""
-        if name is None:
+        if name is None or name == self.model_path:  # vLLM's default name is the model as given
             return self.model_name
         if name not in self.served_model_names:
             raise APIError(404, f"The model `{name}` does not exist.", "model")

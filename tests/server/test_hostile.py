@@ -312,6 +312,16 @@ def test_connections_over_the_cap_get_503_then_recover(hostile_server):
         time.sleep(0.1)
 
 
+def test_default_served_name_is_the_folder_not_the_host_path(hostile_server, server_model):
+    models = httpx.get(hostile_server.url + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [server_model.name]
+    for name in (server_model.name, str(server_model)):  # the path as given still names the model
+        resp = httpx.post(hostile_server.url + "/v1/completions", timeout=30,
+                          json={"model": name, "prompt": "hi", "max_tokens": 2})
+        assert resp.status_code == 200 and resp.json()["model"] == server_model.name, resp.text
+        assert str(server_model) not in resp.text
+
+
 def test_port_in_use_is_a_clear_error_before_loading(server_model, hostile_server, tmp_path):
     import subprocess
     import sys

@@ -14,6 +14,10 @@ use vLLM's definitions (`vllm bench serve`):
 Output tokens come from the server's usage (stream_options.include_usage), else from the number
 of text chunks. A request fails on a connection error, a non-200 status or an error event in the
 stream; failures are counted and kept out of the latency statistics.
+
+Lengths are tokens: `--input-len`/`--output-len` default to what fits the served model's context
+(`max_model_len` from /v1/models; too-long explicit lengths are an error before any request is sent),
+and without `--tokenizer` the word prompts are sized from the server's own token counts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nanoserve.bench.fit import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, fit_lengths
 from nanoserve.bench.report import print_table, save_json, summarize
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -86,23 +91,55 @@ def make_requests(
     vocab_size: int | None,
     special_ids: set[int],
     as_text: bool,
+    word_tokens: tuple[float, float] = (0.0, 1.0),
 ) -> list[ServeRequest]:
-    """Token-id prompts when the vocabulary is known; else words ("w123"), about one token each."""
+    """Token-id prompts when the vocabulary is known; else words ("w123"), as many as make the prompt
+    `input_len` tokens by `word_tokens` = (a, b): W words are a + b·W tokens (`calibrate_words`)."""
     from nanoserve.bench.dataset import random_requests
 
     vocab = vocab_size or 1000
     reqs = random_requests(
         num_prompts, input_len, output_len, vocab, range_ratio, seed=seed, special_ids=special_ids
     )
+    a, b = word_tokens
     out = []
     for r in reqs:
         if as_text or vocab_size is None:
-            out.append(
-                ServeRequest(" ".join(f"w{t}" for t in r.prompt_token_ids), r.prompt_len, r.output_len)
-            )
+            n_words = max(1, round((r.prompt_len - a) / b))
+            ids = (r.prompt_token_ids * (n_words // r.prompt_len + 1))[:n_words]
+            out.append(ServeRequest(_words(ids), r.prompt_len, r.output_len))
         else:
             out.append(ServeRequest(r.prompt_token_ids, r.prompt_len, r.output_len))
     return out
+
+
+def _words(ids: list[int]) -> str:
+    return " ".join(f"w{t}" for t in ids)
+
+
+def calibrate_words(base_url: str, endpoint: str, model: str, api_key: str | None,
+                    max_model_len: int | None = None) -> tuple[float, float]:
+    """(a, b) with prompt tokens = a + b·words for word prompts, measured from the server's usage in
+    two one-token requests (a: the chat template's tokens; b: tokens per word), so that --input-len
+    counts tokens even without --tokenizer."""
+    import httpx
+
+    # Two prompt sizes that fit even a short context with a character-level tokenizer.
+    big = max(2, min(64, (max_model_len or 640) // 10))
+    sizes = (max(1, big // 4), big)
+    rng = random.Random(12345)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    counts = []
+    for n in sizes:
+        req = ServeRequest(_words([rng.randrange(1000) for _ in range(n)]), n, 1)
+        payload = _payload(endpoint, model, req, ignore_eos=True) | {"stream": False}
+        del payload["stream_options"]
+        r = httpx.post(base_url.rstrip("/") + endpoint, json=payload, headers=headers, timeout=60)
+        if r.status_code != 200:
+            raise ValueError(f"calibrating prompt lengths: HTTP {r.status_code}: {r.text[:200]}")
+        counts.append(r.json()["usage"]["prompt_tokens"])
+    b = max((counts[1] - counts[0]) / (sizes[1] - sizes[0]), 1e-3)
+    return counts[0] - b * sizes[0], b
 
 
 def arrival_gaps_s(n: int, request_rate: float, burstiness: float, seed: int) -> list[float]:
@@ -324,13 +361,18 @@ def print_summary(s: ServeSummary) -> None:
         print(f"error: {e}")
 
 
-def _fetch_model_name(base_url: str, api_key: str | None) -> str:
+def _fetch_model(base_url: str, api_key: str | None, name: str | None) -> tuple[str, int | None]:
+    """(served name, its max_model_len if the server says) from /v1/models: `name` or the first."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     r = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
     r.raise_for_status()
-    return r.json()["data"][0]["id"]
+    cards = r.json()["data"]
+    card = next((c for c in cards if c.get("id") == name), None) if name else cards[0]
+    if card is None:
+        return name, None
+    return card["id"], card.get("max_model_len")
 
 
 def _vocab_from(path: str | None) -> tuple[int | None, set[int]]:
@@ -354,8 +396,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(without it, prompts are words)",
     )
     p.add_argument("--num-prompts", type=int, default=100)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--input-len", type=int, default=None,
+                   help="prompt tokens (default: 128, or what fits the served model's context); without "
+                   "--tokenizer the word prompts are sized from the server's token counts")
+    p.add_argument("--output-len", type=int, default=None,
+                   help="output tokens (default: 128, or what fits the served model's context)")
     p.add_argument("--range-ratio", type=float, default=0.0)
     p.add_argument("--request-rate", type=float, default=math.inf, help="requests/s (inf: all at once)")
     p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps (1 = Poisson)")
@@ -375,20 +420,30 @@ def run(args: argparse.Namespace) -> int:
     try:
         slos = parse_goodput(args.goodput)
         percentiles = tuple(float(x) for x in args.percentiles.split(","))
-        model = args.model or _fetch_model_name(args.base_url, args.api_key)
+        model, max_model_len = _fetch_model(args.base_url, args.api_key, args.model)
+        input_len, output_len = args.input_len, args.output_len
+        if max_model_len:  # before any request is sent: lengths that fit, or a clear error
+            input_len, output_len = fit_lengths(input_len, output_len, max_model_len, args.range_ratio,
+                                                args.range_ratio)
+        input_len, output_len = input_len or DEFAULT_INPUT_LEN, output_len or DEFAULT_OUTPUT_LEN
+        vocab, special = _vocab_from(args.tokenizer)
+        as_text = "chat" in args.endpoint
+        word_tokens = (0.0, 1.0)
+        if as_text or vocab is None:
+            word_tokens = calibrate_words(args.base_url, args.endpoint, model, args.api_key, max_model_len)
     except Exception as e:
         print(f"error: {e}")
         return 2
-    vocab, special = _vocab_from(args.tokenizer)
     requests = make_requests(
         args.num_prompts,
-        args.input_len,
-        args.output_len,
+        input_len,
+        output_len,
         args.range_ratio,
         args.seed,
         vocab,
         special,
-        as_text="chat" in args.endpoint,
+        as_text=as_text,
+        word_tokens=word_tokens,
     )
     results, duration = asyncio.run(
         run_load(

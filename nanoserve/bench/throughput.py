@@ -214,8 +214,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated, several in one run: {', '.join(BACKENDS)}",
     )
     p.add_argument("--num-prompts", type=int, default=64)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--input-len", type=int, default=None,
+                   help="prompt tokens (default: 128, or what fits the model's context)")
+    p.add_argument("--output-len", type=int, default=None,
+                   help="output tokens (default: 128, or what fits the model's context)")
     p.add_argument(
         "--range-ratio",
         type=float,
@@ -251,10 +253,20 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.num_cpu_threads)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
+    from nanoserve.bench.fit import LengthError, context_len, fit_lengths
+
+    ratio = args.range_ratio
+    try:
+        input_len, output_len = fit_lengths(
+            args.input_len, args.output_len, context_len(model_dir, args.max_model_len),
+            ratio if args.input_range_ratio is None else args.input_range_ratio,
+            ratio if args.output_range_ratio is None else args.output_range_ratio)
+    except LengthError as e:
+        raise SystemExit(f"bench throughput: {e}") from None
     requests = random_requests(
         args.num_prompts,
-        args.input_len,
-        args.output_len,
+        input_len,
+        output_len,
         vocab_size(model_dir),
         args.range_ratio,
         args.input_range_ratio,

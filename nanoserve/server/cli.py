@@ -2,7 +2,11 @@
 
 SIGTERM / SIGINT drain the server: new requests get 503, in-flight ones may finish within
 `--shutdown-grace-s`, the rest are aborted (their streams end with an error event and `[DONE]`),
-then the process exits 0. A second signal skips the wait.
+then the process exits 0. A second signal skips the wait. While draining, the server keeps accepting
+connections so that a new request gets the 503 rather than "connection refused".
+
+The port is bound before the model loads: a port in use is a one-line error, not a traceback after
+a minute of loading.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import resource
 import signal
+import socket
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import uvicorn
@@ -21,7 +30,15 @@ import uvicorn
 from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
-from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, CorsConfig, build_app
+from nanoserve.server.app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    CorsConfig,
+    build_app,
+    model_root,
+)
+from nanoserve.server.connections import header_timeout_protocol
+from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -31,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
     parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="name(s) clients use in `model` (default: the model argument, or "
+                        help="name(s) clients use in `model` (default: the model folder's name, or "
                         "toy-assistant for the demo model)")
     parser.add_argument("--max-num-queued-reqs", type=int, default=None,
                         help="503 when more requests than this are waiting (default: no limit)")
@@ -49,6 +66,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CORS: allowed request headers, with --allowed-origins (default: all)")
     parser.add_argument("--allow-credentials", action="store_true",
                         help="CORS: allow credentials (cookies, Authorization), with --allowed-origins")
+    limits = parser.add_argument_group("limits (one request must not tie up the server)")
+    limits.add_argument("--max-n-sequences", type=int, default=DEFAULT_LIMITS.max_n_sequences,
+                        help="400 for a request asking for more choices per prompt (`n`); vLLM: "
+                        "VLLM_MAX_N_SEQUENCES")
+    limits.add_argument("--max-prompts-per-request", type=int, default=DEFAULT_LIMITS.max_prompts_per_request,
+                        help="400 for a /v1/completions request with more prompts")
+    limits.add_argument("--max-stop-strings", type=int, default=DEFAULT_LIMITS.max_stop_strings,
+                        help="400 for more `stop` strings than this")
+    limits.add_argument("--max-stop-string-chars", type=int, default=DEFAULT_LIMITS.max_stop_string_chars,
+                        help="400 for a longer `stop` string")
+    limits.add_argument("--trust-request-chat-template", action="store_true",
+                        help="accept `chat_template` in requests (refused by default: even sandboxed, a "
+                        "template can run for minutes)")
+    limits.add_argument("--chat-template-timeout-s", type=float, default=10.0,
+                        help="400 for a request's chat template that takes longer to render")
+    limits.add_argument("--limit-concurrency", type=int, default=1000,
+                        help="open connections (or running requests) beyond which uvicorn answers 503")
+    limits.add_argument("--timeout-keep-alive", type=float, default=5.0,
+                        help="close an idle keep-alive connection after this many seconds")
+    limits.add_argument("--header-timeout-s", type=float, default=10.0,
+                        help="408 and close a connection whose request headers take longer")
+    limits.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="408 for a request body that takes longer to arrive")
+    limits.add_argument("--disable-fastapi-docs", action="store_true",
+                        help="no /docs, /redoc or /openapi.json (with --api-key they need the key)")
     EngineArgs.add_cli_args(parser, positional_model=True)
 
 
@@ -72,20 +114,59 @@ def cors_config(args: argparse.Namespace) -> CorsConfig | None:
                       args.allow_credentials)
 
 
+def bind_port(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads; SystemExit with one clear line if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"nanoserve serve: cannot listen on {host}:{port}: {e.strerror} (is another server "
+                         "running there? choose another with --port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the hard limit (vLLM does the same)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs.from_cli_args(args)
     model = engine_args.model
-    names = args.served_model_name or [args.model or "toy-assistant"]
+    # The default name is the folder's name, not its host path (clients may still send the path).
+    names = args.served_model_name or [model_root(args.model) if args.model else "toy-assistant"]
+    sock = bind_port(args.host, args.port)
+    raise_open_files_limit()
     # The engine thread runs Python between torch ops; a 1 ms GIL switch interval (default 5 ms) lets the
     # event loop answer /health and write stream chunks promptly while a step is being computed.
     sys.setswitchinterval(0.001)
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
+    limits = RequestLimits(max_n_sequences=args.max_n_sequences,
+                           max_prompts_per_request=args.max_prompts_per_request,
+                           max_stop_strings=args.max_stop_strings,
+                           max_stop_string_chars=args.max_stop_string_chars)
     app = build_app(engine, names, model, api_key=args.api_key, shutdown_grace_s=args.shutdown_grace_s,
-                    max_request_body_bytes=args.max_request_body_bytes, cors=cors_config(args))
+                    max_request_body_bytes=args.max_request_body_bytes, limits=limits,
+                    trust_request_chat_template=args.trust_request_chat_template,
+                    chat_template_timeout_s=args.chat_template_timeout_s, body_timeout_s=args.body_timeout_s,
+                    disable_docs=args.disable_fastapi_docs, cors=cors_config(args))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on",
+                            http=header_timeout_protocol(args.header_timeout_s),
+                            limit_concurrency=args.limit_concurrency,
+                            timeout_keep_alive=args.timeout_keep_alive)
     server = DrainingServer(config, engine, args.shutdown_grace_s)
     # Everything loaded so far (torch, transformers, the model) lives as long as the process: moving it
     # out of the collector's reach keeps full collections short, which are GIL-holding pauses that
@@ -94,8 +175,26 @@ def run(args: argparse.Namespace) -> int:
     gc.freeze()
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
                 args.port, kv_pool_summary(engine.engine))
-    server.run()
+    server.run(sockets=[sock])
+    exit_past_stuck_renders(app.state.nanoserve.prep_executor)
     return 0
+
+
+def exit_past_stuck_renders(executor: ThreadPoolExecutor, wait_s: float = 1.0) -> None:
+    """A request's chat template may still be rendering after its 400 (threads cannot be killed); the
+    interpreter would wait for it at exit, so exit now: the engine is drained, nothing else is pending."""
+    executor.shutdown(wait=False, cancel_futures=True)  # idle threads end now; a busy one does not
+    stuck = False
+    for t in threading.enumerate():
+        if t.name.startswith("nanoserve-prep"):
+            t.join(wait_s)
+            stuck = stuck or t.is_alive()
+    if stuck:
+        logger.warning("exiting while a request's chat template is still rendering")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def kv_pool_summary(engine: EngineCore) -> str:
@@ -128,8 +227,7 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_requested and self._drain_task is None:
-            for server in getattr(self, "servers", []):
-                server.close()  # refuse new connections while draining
+            # The listening socket stays open: a new request gets the engine's 503 (shutting down).
             self._drain_task = asyncio.ensure_future(self.engine.shutdown(grace_s=self.grace_s))
         if self._drain_task is not None and self._drain_task.done():
             await asyncio.sleep(0.2)  # let the handlers write their last events and [DONE]

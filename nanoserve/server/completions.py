@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from nanoserve.server.errors import APIError
+from nanoserve.server.limits import check_request_limits
 from nanoserve.server.logprobs import completion_logprobs, prompt_logprobs
 from nanoserve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from nanoserve.server.serving import (
@@ -32,16 +33,23 @@ from nanoserve.server.streaming import SSEResponse, sse
 router = APIRouter()
 
 
-def _prompts(state: ServerState, body: CompletionRequest) -> list[Prompt]:
+async def _prompts(state: ServerState, body: CompletionRequest) -> list[Prompt]:
     raw = body.prompt
     if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
         raw = [raw]
     if not raw:
         raise APIError(400, "The prompt is empty: it must contain at least one token.", "prompt")
+    check_request_limits(state.limits, max(body.n, body.best_of or 0), len(raw), body.stop)
+    for p in raw:
+        if isinstance(p, str):
+            state.check_prompt_chars(len(p))  # all of them before tokenizing any
     prompts = []
     for p in raw:
         if isinstance(p, str):
-            prompts.append(Prompt(state.encode(p), p))
+            if not p:  # the tokenizer would make it [BOS], which is not a prompt
+                raise APIError(400, "The prompt is empty: it must contain at least one character.",
+                               "prompt")
+            prompts.append(Prompt(await state.encode_async(p), p))
         else:
             check_token_ids(p, state.vocab_size)
             prompts.append(Prompt(list(p)))
@@ -59,7 +67,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state: ServerState = request.app.state.nanoserve
     model = state.check_model(body.model)
     body.check_supported()
-    prompts = _prompts(state, body)
+    prompts = await _prompts(state, body)
     max_tokens = 1 if body.score_only else body.max_tokens
     params = [body.sampling_params(clamp_max_tokens(state.max_model_len, p, max_tokens), body.logprobs)
               for p in prompts]

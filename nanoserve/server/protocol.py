@@ -1,51 +1,91 @@
 """Request and response bodies of the OpenAI API, with OpenAI's and vLLM's field names.
 
 Pydantic checks types (a wrong type is a 400 naming `body.<field>`); ranges are checked once, by
-`SamplingParams`, whose `InvalidRequestError.param` names the field. Unknown fields are ignored, as
-the OpenAI server and vLLM do. /tokenize and /detokenize bodies (vLLM's) are in server/tokenize.py.
+`SamplingParams`, whose `InvalidRequestError.param` names the field. Types are strict (`n: true` and
+`stream: "yes"` are 400s, not coerced). An unknown field is a 400 naming it, never silently ignored;
+fields we know but do not implement are listed once, in `UNSUPPORTED_FIELDS`. /tokenize and
+/detokenize bodies (vLLM's) are in server/tokenize.py.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, model_validator
 
 from nanoserve.sampling_params import SamplingParams
 from nanoserve.server.errors import APIError
+from nanoserve.server.limits import check_unicode
+
+# A number that may be written as an int, but never as a bool or a string.
+StrictFloat = Annotated[float, Strict()]
+
+# Fields of the OpenAI / vLLM APIs this server knows but does not implement (yet): a 400 saying so,
+# instead of pydantic's generic "extra inputs" message. Implementing one = declaring it on the request
+# model and deleting its line here.
+UNSUPPORTED_FIELDS: dict[str, str] = {
+    "structured_outputs": "structured_outputs is not supported.",
+    "guided_json": "guided_json is not supported (vLLM's newer name is structured_outputs).",
+    "guided_regex": "guided_regex is not supported (vLLM's newer name is structured_outputs).",
+    "guided_choice": "guided_choice is not supported (vLLM's newer name is structured_outputs).",
+    "guided_grammar": "guided_grammar is not supported (vLLM's newer name is structured_outputs).",
+    "tool_choice": "tool_choice is not supported.",
+    "parallel_tool_calls": "parallel_tool_calls is not supported.",
+    "priority": "priority is not supported: requests are served first come, first served.",
+    "use_beam_search": "beam search is not supported.",
+    "bad_words": "bad_words is not supported.",
+    "allowed_token_ids": "allowed_token_ids is not supported.",
+}
+
+
+class StrictRequest(BaseModel):
+    """Unknown fields are 400s; every string in the body must be valid Unicode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_raw(cls, data: Any) -> Any:
+        # APIError is not a ValueError: pydantic lets it through, and its handler answers 400 with param.
+        if isinstance(data, dict):
+            for name in data:
+                if name in UNSUPPORTED_FIELDS and name not in cls.model_fields:
+                    raise APIError(400, UNSUPPORTED_FIELDS[name], name)
+        check_unicode(data)
+        return data
 
 # ---------------------------------------------------------------------------------------- requests
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+class StreamOptions(BaseModel, extra="forbid"):
+    include_usage: StrictBool = False
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(StrictRequest):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = None
+    n: StrictInt = 1
+    temperature: StrictFloat | None = None
+    top_p: StrictFloat | None = None
+    top_k: StrictInt | None = None
+    min_p: StrictFloat | None = None
+    seed: StrictInt | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    stream: bool = False
+    stop_token_ids: list[StrictInt] | None = None
+    presence_penalty: StrictFloat | None = None
+    frequency_penalty: StrictFloat | None = None
+    repetition_penalty: StrictFloat | None = None
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = 0
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted and ignored
-    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
-    prompt_logprobs: int | None = None  # vLLM's: logprobs of each prompt token, non-streaming only
+    logit_bias: dict[str, StrictFloat] | None = None  # token id (as a string) -> bias in [-100, 100]
+    prompt_logprobs: StrictInt | None = None  # vLLM's: logprobs of each prompt token, non-streaming only
 
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -78,12 +118,12 @@ class _SamplingRequest(BaseModel):
 
 class CompletionRequest(_SamplingRequest):
     # Token ids first: a list of ints must not be read as anything else.
-    prompt: list[int] | list[list[int]] | str | list[str]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    echo: bool = False
+    prompt: list[StrictInt] | list[list[StrictInt]] | str | list[str]
+    max_tokens: StrictInt | None = 16
+    logprobs: StrictInt | None = None
+    echo: StrictBool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: StrictInt | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -107,7 +147,7 @@ class CompletionRequest(_SamplingRequest):
         return self.prompt_logprobs
 
 
-class ContentPart(BaseModel, extra="allow"):
+class ContentPart(BaseModel, extra="allow"):  # image_url etc.: refused by type in chat.py
     type: str
     text: str | None = None
 
@@ -120,14 +160,16 @@ class ChatMessage(BaseModel, extra="allow"):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
+    max_tokens: StrictInt | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
+    # A request's own template: refused unless the server runs with --trust-request-chat-template.
+    chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:

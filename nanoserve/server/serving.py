@@ -5,6 +5,9 @@ A `Generation` submits its engine requests together (all or none), merges their 
 keeps each choice's text, tokens, logprobs and finish reason, and when it ends writes the request's
 log line and observes its latencies in the Prometheus histograms. Whatever way it ends (finished,
 client gone, error), `close()` aborts what is still running so KV blocks return to the pool at once.
+
+Tokenizing and chat-template rendering run on `ServerState.prep_executor`, never on the event loop, after
+a cheap length check (`check_prompt_chars`): one huge prompt must not stall /health or other streams.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nanoserve.engine.async_engine import AsyncLLMEngine, RequestStream
 from nanoserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from nanoserve.sampling_params import SamplingParams
 from nanoserve.server.disconnect import cancel_on_disconnect
 from nanoserve.server.errors import APIError, to_api_error
+from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import UsageInfo
 
@@ -29,6 +35,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("nanoserve.server")
 
+T = TypeVar("T")
+
+# Prompt preparation threads: fast tokenizers release the GIL while encoding, so a long prompt costs
+# the event loop nothing; a slow template render gets GIL slices like any thread.
+PREP_THREADS = 4
+
 
 @dataclass
 class ServerState:
@@ -36,6 +48,13 @@ class ServerState:
     served_model_names: list[str]
     model_path: str
     metrics: ServerMetrics
+    limits: RequestLimits = DEFAULT_LIMITS
+    trust_request_chat_template: bool = False
+    chat_template_timeout_s: float = 10.0
+    prep_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="nanoserve-prep"))
+    # Held while a request's own chat template renders (see chat.py): one at a time.
+    template_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def model_name(self) -> str:
@@ -55,11 +74,40 @@ class ServerState:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text prompt, exactly as the engine tokenizes a string prompt."""
-        return list(self.tokenizer(text).input_ids)
+        # verbose=False: no "Token indices sequence length is longer than ..." warning; we answer that 400.
+        return list(self.tokenizer(text, verbose=False).input_ids)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on a prompt-preparation thread (CPU-heavy work must not block the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.prep_executor, fn, *args)
+
+    async def encode_async(self, text: str, param: str = "prompt") -> list[int]:
+        """`encode` off the event loop, after refusing a text too long to possibly fit the context."""
+        self.check_prompt_chars(len(text), param)
+        return await self.off_loop(self.encode, text)
+
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """More characters than any prompt of max_model_len tokens can have: max_model_len times twice
+        the longest vocabulary entry (a byte-level or sentencepiece entry spells at least as many
+        characters as it decodes to; the factor 2 covers normalizers)."""
+        longest = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        return self.max_model_len * 2 * max(longest, 16)
+
+    def check_prompt_chars(self, num_chars: int, param: str = "prompt") -> None:
+        """The cheap length check before tokenizing: a 400 for a text that cannot fit the context."""
+        if num_chars > self.max_prompt_chars:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt "
+                f"has {num_chars} characters, more than {self.max_model_len} tokens can hold. Please "
+                "reduce the length of the prompt.",
+                param,
+            )
 
     def check_model(self, name: str | None) -> str:
         """The served name the response reports; 404 for a model we do not serve (None = the default)."""
-        if name is None:
+        if name is None or name == self.model_path:  # vLLM's default name is the model as given
             return self.model_name
         if name not in self.served_model_names:
             raise APIError(404, f"The model `{name}` does not exist.", "model")

@@ -37,6 +37,9 @@ def test_parse_goodput():
             parse_goodput(bad)
 
 
+SMALL_CONTEXT = 128  # the demo model's
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,6 +156,8 @@ def test_serve_bench_against_nanoserve_serve(tmp_path, tiny_model):
             str(port),
             "--kv-cache-memory-bytes",
             str(1 << 24),
+            "--max-model-len",
+            str(SMALL_CONTEXT),
             "--log-level",
             "warning",
         ],
@@ -201,6 +206,21 @@ def test_serve_bench_against_nanoserve_serve(tmp_path, tiny_model):
         assert data["failed"] == 0 and data["completed"] == 8, data["errors"]
         assert data["total_output_tokens"] > 0
         assert data["metrics_ms"]["ttft"]["mean"] > 0 and data["metrics_ms"]["tpot"]["mean"] > 0
+
+        # A first run: no --tokenizer, no lengths, a context as short as the demo model's. The defaults
+        # fit it, and the word prompts come out at --input-len tokens by the server's own count.
+        for endpoint in ("/v1/completions", "/v1/chat/completions"):
+            rc = main(["bench", "serve", "--base-url", base, "--num-prompts", "4", "--endpoint", endpoint,
+                       "--disable-tqdm", "--save-result", str(out)])
+            assert rc == 0
+            data = json.loads(out.read_text())
+            assert data["failed"] == 0 and data["completed"] == 4, data["errors"]
+            mean_input = data["total_input_tokens"] / 4
+            assert abs(mean_input - SMALL_CONTEXT // 2) <= 0.15 * SMALL_CONTEXT // 2, (endpoint, mean_input)
+            assert data["total_output_tokens"] == 4 * (SMALL_CONTEXT // 2)
+        # Lengths that cannot fit: an error before any request is sent.
+        assert main(["bench", "serve", "--base-url", base, "--input-len", "100", "--output-len", "100",
+                     "--disable-tqdm"]) == 2
     finally:
         proc.terminate()
         try:

@@ -32,8 +32,8 @@ from nanoserve.engine.parent_request import ParentRequest
 from nanoserve.engine.scheduler import Scheduler
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.stats import EngineStats
-from nanoserve.engine.structured_output.manager import StructuredOutputManager
 from nanoserve.engine.stop_checker import check_stop
+from nanoserve.engine.structured_output.manager import StructuredOutputManager
 from nanoserve.errors import InvalidRequestError, PromptTooLongError
 from nanoserve.outputs import RequestOutput
 from nanoserve.sampling_params import SamplingParams

@@ -2,8 +2,9 @@
 
 Order of operations (vLLM's): the grammar's token mask (structured outputs) -> min_tokens masking of
 EOS / stop tokens -> repetition, frequency and presence penalties -> greedy rows take the argmax here
--> temperature -> top-k and top-p (one sort) -> min-p -> draw. Every step works on [B, V] tensors with per-row parameter tensors; the only Python loop
-is over seeded rows (each draws its noise from its own generator) and rows asking for logprobs.
+-> temperature -> top-k and top-p (one sort) -> min-p -> draw. Every step works on [B, V] tensors
+with per-row parameter tensors; the only Python loop is over seeded rows (each draws its noise from
+its own generator) and rows asking for logprobs.
 
 Drawing inverts each row's CDF at one uniform number per row (a V-sized noise tensor per row, as in
 the exponential race, costs more than the rest of the sampler on CPU). A seeded row takes its number

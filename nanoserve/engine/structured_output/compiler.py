@@ -76,7 +76,8 @@ class GrammarCache:
         except (RuntimeError, ValueError, TypeError) as e:
             message = _CPP_PREFIX.sub("", str(e).strip())
             raise InvalidRequestError(
-                f"structured_outputs.{kind} is not a valid {_WHAT[kind]}: {message}", param="structured_outputs"
+                f"structured_outputs.{kind} is not a valid {_WHAT[kind]}: {message}",
+                param="structured_outputs",
             ) from e
         raise AssertionError(f"unknown structured output kind {kind!r}")
 

@@ -63,8 +63,8 @@ class GrammarCache:
         c = self._compiler
         try:
             if kind == "json":
-                json.loads(spec)  # a clearer message than the compiler's for text that is not JSON
-                return c.compile_json_schema(spec, any_whitespace=False)
+                schema = bounded_strings_as_patterns(json.loads(spec))  # json.loads: a clearer message
+                return c.compile_json_schema(json.dumps(schema), any_whitespace=False)
             if kind == "json_object":
                 return c.compile_json_schema('{"type": "object"}', any_whitespace=False)
             if kind == "regex":
@@ -84,6 +84,26 @@ class GrammarCache:
 
 _WHAT = {"json": "JSON schema", "json_object": "JSON object grammar", "regex": "regular expression",
          "choice": "list of choices", "grammar": "EBNF grammar"}
+
+
+def bounded_strings_as_patterns(schema: Any) -> Any:
+    """`schema` with each length-bounded string ({"type": "string", "maxLength": 6}) given as the
+    equivalent pattern ("^.{0,6}$").
+
+    xgrammar (0.2.x, mlc-ai/xgrammar#800) compiles minLength/maxLength to a character class that lets
+    raw control characters (a tab) into the string, which is not JSON; its pattern path excludes them.
+    Both paths leave out escape sequences, so the outputs are the same apart from that hole.
+    """
+    if isinstance(schema, list):
+        return [bounded_strings_as_patterns(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_strings_as_patterns(v) for k, v in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    if out.get("type") == "string" and bounded and "pattern" not in out and "format" not in out:
+        low, high = out.pop("minLength", 0), out.pop("maxLength", "")
+        out["pattern"] = f"^.{{{low},{high}}}$"
+    return out
 
 
 def choice_grammar(choices: list[str]) -> str:

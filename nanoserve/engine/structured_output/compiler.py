@@ -34,9 +34,7 @@ class GrammarCache:
         import xgrammar as xgr
 
         self._xgr = xgr
-        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
-        )
+        self.tokenizer_info = tokenizer_info(tokenizer, vocab_size, stop_token_ids)
         # One thread: compiles run on the engine thread between steps, beside the model's own threads.
         self._compiler = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1, cache_enabled=False)
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -84,6 +82,28 @@ class GrammarCache:
 
 _WHAT = {"json": "JSON schema", "json_object": "JSON object grammar", "regex": "regular expression",
          "choice": "list of choices", "grammar": "EBNF grammar"}
+
+
+def tokenizer_info(tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> Any:
+    """xgrammar's view of the vocabulary, with the tokenizer's special tokens (<s>, <pad>, <|...|>)
+    as special: none is ever allowed except the stop tokens.
+
+    xgrammar takes a special token whose text is in the vocabulary ("<unk>") for that text, so a
+    string of minLength 2 could be "<s>", which the detokenizer then drops (an empty string out).
+    A token with empty text is special to xgrammar, so the special tokens' texts are blanked.
+    """
+    import xgrammar as xgr
+
+    detected = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                  stop_token_ids=list(stop_token_ids))
+    special = set(tokenizer.all_special_ids)
+    special.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)
+    vocab = [""] * vocab_size
+    for text, i in tokenizer.get_vocab().items():
+        if 0 <= i < vocab_size and i not in special:
+            vocab[i] = text
+    return xgr.TokenizerInfo(vocab, detected.vocab_type, vocab_size=vocab_size,
+                             stop_token_ids=list(stop_token_ids), add_prefix_space=detected.add_prefix_space)
 
 
 def bounded_strings_as_patterns(schema: Any) -> Any:

@@ -84,3 +84,18 @@ def test_length_bounded_strings_never_take_raw_control_characters(cache):
     assert not matches(cache, bounded, '{"s": "a\tb"}')
     assert not matches(cache, bounded, '{"s": "abcd"}')
     assert not matches(cache, bounded, '{"s": ""}')
+
+
+def test_special_tokens_are_never_text_of_the_output(cache):
+    """'<s>' would satisfy minLength 2 for the grammar, but the detokenizer drops it: an empty string."""
+    tok = char_tokenizer()
+    specials = [i for i in tok.all_special_ids if i != EOS_ID]
+    assert set(specials) & set(cache.tokenizer_info.special_token_ids) == set(specials)
+    bounded = SO(json={"type": "string", "minLength": 2, "maxLength": 5})
+    matcher = xgr.GrammarMatcher(cache.get(bounded))
+    assert matcher.accept_token(tok.convert_tokens_to_ids('"'))
+    bitmask = xgr.allocate_token_bitmask(1, VOCAB_SIZE)  # [1, 4]
+    matcher.fill_next_token_bitmask(bitmask, 0)
+    bits = ((bitmask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).reshape(-1)
+    assert all(bits[i] == 0 for i in tok.all_special_ids)
+    assert bits[tok.convert_tokens_to_ids("a")] == 1

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt
 from nanoserve.sampling_params import SamplingParams
 from nanoserve.server.errors import APIError
 from nanoserve.server.limits import check_unicode
+from nanoserve.server.structured_outputs import structured_outputs_of
 
 # A number that may be written as an int, but never as a bool or a string.
 StrictFloat = Annotated[float, Strict()]
@@ -25,11 +26,6 @@ StrictFloat = Annotated[float, Strict()]
 # instead of pydantic's generic "extra inputs" message. Implementing one = declaring it on the request
 # model and deleting its line here.
 UNSUPPORTED_FIELDS: dict[str, str] = {
-    "structured_outputs": "structured_outputs is not supported.",
-    "guided_json": "guided_json is not supported (vLLM's newer name is structured_outputs).",
-    "guided_regex": "guided_regex is not supported (vLLM's newer name is structured_outputs).",
-    "guided_choice": "guided_choice is not supported (vLLM's newer name is structured_outputs).",
-    "guided_grammar": "guided_grammar is not supported (vLLM's newer name is structured_outputs).",
     "tool_choice": "tool_choice is not supported.",
     "parallel_tool_calls": "parallel_tool_calls is not supported.",
     "priority": "priority is not supported: requests are served first come, first served.",
@@ -86,6 +82,13 @@ class _SamplingRequest(StrictRequest):
     user: str | None = None  # accepted and ignored
     logit_bias: dict[str, StrictFloat] | None = None  # token id (as a string) -> bias in [-100, 100]
     prompt_logprobs: StrictInt | None = None  # vLLM's: logprobs of each prompt token, non-streaming only
+    # The output's constraint, in one of three spellings (server/structured_outputs.py).
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -108,7 +111,8 @@ class _SamplingRequest(StrictRequest):
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias,
-            prompt_logprobs=self.engine_prompt_logprobs, **kwargs,
+            prompt_logprobs=self.engine_prompt_logprobs, structured_outputs=structured_outputs_of(self),
+            **kwargs,
         )
 
     @property
@@ -165,7 +169,6 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = None
     tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
     add_generation_prompt: StrictBool = True
     continue_final_message: StrictBool = False
     # A request's own template: refused unless the server runs with --trust-request-chat-template.
@@ -176,8 +179,6 @@ class ChatCompletionRequest(_SamplingRequest):
         super().check_supported()
         if self.tools:
             raise APIError(400, "tools are not supported.", "tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise APIError(400, "response_format other than text is not supported.", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs requires logprobs to be true.", "top_logprobs")
         if self.add_generation_prompt and self.continue_final_message:

@@ -23,6 +23,7 @@ from nanoserve.server.errors import APIError, error_response, install_error_hand
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import ModelCard, ModelList
 from nanoserve.server.serving import ServerState
+from nanoserve.server.tool_parsers import ToolParser
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -77,10 +78,13 @@ def _api_key_dependency(api_key: str | None):
 
 def build_app(engine: AsyncLLMEngine, served_model_names: list[str], model_path: str,
               api_key: str | None = None, max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
-              shutdown_grace_s: float = 30.0) -> FastAPI:
-    """The OpenAI-compatible app around an (unstarted) async engine."""
+              shutdown_grace_s: float = 30.0, auto_tool_parser: ToolParser | None = None) -> FastAPI:
+    """The OpenAI-compatible app around an (unstarted) async engine.
+
+    `auto_tool_parser` reads tool calls for tool_choice "auto" (None: "auto" is refused).
+    """
     state = ServerState(engine, list(served_model_names), model_path,
-                        ServerMetrics(engine, served_model_names[0]))
+                        ServerMetrics(engine, served_model_names[0]), auto_tool_parser)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
 from nanoserve.server.app import DEFAULT_MAX_REQUEST_BODY_BYTES, build_app
+from nanoserve.server.tool_parsers import TOOL_PARSERS, get_tool_parser
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -39,10 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before being aborted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='read tool calls out of the output for tool_choice "auto" '
+                        "(needs --tool-call-parser)")
+    parser.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                        help="the model's tool-call format: hermes (<tool_call>...</tool_call>) "
+                        "or llama3_json")
     EngineArgs.add_cli_args(parser, positional_model=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise SystemExit("nanoserve serve: --enable-auto-tool-choice needs --tool-call-parser "
+                         f"({' | '.join(sorted(TOOL_PARSERS))})")
+    auto_tool_parser = get_tool_parser(args.tool_call_parser) if args.enable_auto_tool_choice else None
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs.from_cli_args(args)
@@ -53,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
     app = build_app(engine, names, model, api_key=args.api_key, shutdown_grace_s=args.shutdown_grace_s,
-                    max_request_body_bytes=args.max_request_body_bytes)
+                    max_request_body_bytes=args.max_request_body_bytes, auto_tool_parser=auto_tool_parser)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on")
     server = DrainingServer(config, engine, args.shutdown_grace_s)

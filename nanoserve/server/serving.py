@@ -23,6 +23,7 @@ from nanoserve.server.disconnect import cancel_on_disconnect
 from nanoserve.server.errors import APIError, to_api_error
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import UsageInfo
+from nanoserve.server.tool_parsers import ToolParser
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -36,6 +37,8 @@ class ServerState:
     served_model_names: list[str]
     model_path: str
     metrics: ServerMetrics
+    # The --tool-call-parser that reads tool_choice "auto" outputs; None without --enable-auto-tool-choice.
+    auto_tool_parser: ToolParser | None = None
 
     @property
     def model_name(self) -> str:

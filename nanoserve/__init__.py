@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LLM": "nanoserve.entrypoints.llm",
     "SamplingParams": "nanoserve.sampling_params",
+    "StructuredOutputsParams": "nanoserve.sampling_params",
     "RequestOutput": "nanoserve.outputs",
     "CompletionOutput": "nanoserve.outputs",
     "RequestMetrics": "nanoserve.outputs",

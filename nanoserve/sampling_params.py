@@ -7,6 +7,7 @@ over. Every invalid value raises `InvalidRequestError(message, param=<field name
 from __future__ import annotations
 
 import dataclasses
+import json as _json
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,75 @@ SAMPLING_EPS = 1e-5
 MAX_LOGPROBS = 20
 # torch.Generator takes a 64-bit seed; we accept any int that fits signed or unsigned 64 bits.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+# A constraint's spec (schema, regex, grammar, all choices together) is compiled on the engine thread;
+# past this size a request could stall every other request's step, so it is refused up front.
+MAX_STRUCTURED_SPEC_CHARS = 64 * 1024
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the generated text (vLLM's names); exactly one of the fields is set.
+
+    json: a JSON schema (dict or its text); json_object: any JSON object; regex: a regular expression;
+    choice: one of these strings; grammar: an EBNF grammar (xgrammar's GBNF dialect, `root ::= ...`).
+    """
+
+    json: dict | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        param = "structured_outputs"
+        if self.json is not None and not isinstance(self.json, dict | str):
+            raise _bad(param, "a JSON schema object or string in 'json'", self.json)
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _bad(param, f"a string in '{name}'", value)
+        if self.choice is not None:
+            if (not isinstance(self.choice, list | tuple) or not self.choice
+                    or not all(isinstance(c, str) for c in self.choice)):
+                raise _bad(param, "a non-empty list of strings in 'choice'", self.choice)
+            self.choice = list(self.choice)
+        self.json_object = _bool(param, self.json_object)
+        kinds = self.kinds
+        if len(kinds) != 1:
+            raise InvalidRequestError(
+                f"structured_outputs must set exactly one of json, regex, choice, grammar, json_object; "
+                f"got {kinds or 'none'}.",
+                param=param,
+            )
+        if len(self.spec) > MAX_STRUCTURED_SPEC_CHARS:
+            raise InvalidRequestError(
+                f"structured_outputs is too large ({len(self.spec)} characters; at most "
+                f"{MAX_STRUCTURED_SPEC_CHARS}).",
+                param=param,
+            )
+
+    @property
+    def kinds(self) -> list[str]:
+        """The names of the fields that are set (exactly one after validation)."""
+        names = [n for n in ("json", "regex", "choice", "grammar") if getattr(self, n) is not None]
+        return names + ["json_object"] if self.json_object else names
+
+    @property
+    def kind(self) -> str:
+        return self.kinds[0]
+
+    @property
+    def spec(self) -> str:
+        """The constraint as one canonical string (the compiled-grammar cache key, with `kind`)."""
+        kind = self.kind
+        if kind == "json":
+            # key order kept: a schema's property order is the order the output follows
+            return self.json if isinstance(self.json, str) else _json.dumps(self.json)
+        if kind == "choice":
+            return _json.dumps(self.choice)
+        if kind == "json_object":
+            return ""
+        return getattr(self, kind)
 
 
 @dataclass
@@ -42,6 +112,8 @@ class SamplingParams:
     # vLLM's output-shaping fields that the stop checker and detokenizer honour.
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # A grammar the output must match (JSON schema, regex, choice, EBNF); None = unconstrained.
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         self.n = _int("n", self.n, low=1)
@@ -70,6 +142,11 @@ class SamplingParams:
                                          low_open=True)
         self.include_stop_str_in_output = _bool("include_stop_str_in_output", self.include_stop_str_in_output)
         self.skip_special_tokens = _bool("skip_special_tokens", self.skip_special_tokens)
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = _structured_outputs(self.structured_outputs)
+        elif self.structured_outputs is not None and not isinstance(self.structured_outputs,
+                                                                    StructuredOutputsParams):
+            raise _bad("structured_outputs", "a StructuredOutputsParams or a dict", self.structured_outputs)
 
     @property
     def greedy(self) -> bool:
@@ -140,6 +217,15 @@ def _stop_strings(stop: object) -> list[str]:
     if any(s == "" for s in stop):
         raise InvalidRequestError("stop cannot contain an empty string.", param="stop")
     return list(stop)
+
+
+def _structured_outputs(fields: dict) -> StructuredOutputsParams:
+    known = {f.name for f in dataclasses.fields(StructuredOutputsParams)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InvalidRequestError(f"structured_outputs has unknown fields {unknown}; "
+                                  f"known: {sorted(known)}.", param="structured_outputs")
+    return StructuredOutputsParams(**fields)
 
 
 def _token_ids(ids: object) -> list[int]:

@@ -85,3 +85,23 @@ def test_clone_copies_lists_and_revalidates():
     with pytest.raises(InvalidRequestError) as info:
         p.clone(top_p=0.0)
     assert info.value.param == "top_p"
+
+
+def test_structured_outputs_needs_exactly_one_constraint():
+    from nanoserve.sampling_params import StructuredOutputsParams
+
+    so = StructuredOutputsParams(choice=("a", "b"))
+    assert (so.kind, so.choice) == ("choice", ["a", "b"])
+    assert SamplingParams(structured_outputs={"regex": "a+"}).structured_outputs.kind == "regex"
+    assert SamplingParams(structured_outputs=so, n=2).clone(n=1).structured_outputs is so
+    bad = [dict(), dict(regex="a", choice=["a"]), dict(json=3), dict(choice=[]), dict(choice=["a", 1]),
+           dict(grammar=b"root"), dict(json_object="yes"), dict(regex="a" * 70_000)]
+    for fields in bad:
+        with pytest.raises(InvalidRequestError) as err:
+            StructuredOutputsParams(**fields)
+        assert err.value.param == "structured_outputs", fields
+    with pytest.raises(InvalidRequestError) as err:
+        SamplingParams(structured_outputs={"guided_regex": "a"})
+    assert err.value.param == "structured_outputs"
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(structured_outputs="a+")

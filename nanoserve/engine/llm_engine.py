@@ -33,6 +33,7 @@ from nanoserve.engine.scheduler import Scheduler
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
+from nanoserve.engine.structured_output.manager import StructuredOutputManager
 from nanoserve.errors import InvalidRequestError, PromptTooLongError
 from nanoserve.outputs import RequestOutput
 from nanoserve.sampling_params import SamplingParams
@@ -67,6 +68,9 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._aborted_outputs: list[RequestOutput] = []
         self.generation_tokens = 0
+        self.structured_outputs = StructuredOutputManager(
+            tokenizer, model_config.vocab_size, model_config.eos_token_ids
+        )
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -154,6 +158,7 @@ class LLMEngine:
         # A sequence must fit the context and, alone, the pool: then preemption can always make room.
         room = min(max_len, pool_tokens) - n
         max_tokens = min(params.max_tokens or room, room)
+        grammar = self.structured_outputs.compile(params)  # before any state: a bad one is a 400
         parent = ParentRequest.fan_out(
             request_id,
             text,
@@ -165,6 +170,8 @@ class LLMEngine:
             # Siblings can share a full block before the prompt's last token, and only through the cache.
             share_prompt=self.cache_config.enable_prefix_caching and n > self.cache_config.block_size,
         )
+        if grammar is not None:
+            self.structured_outputs.attach(parent.children, grammar)
         self.requests[request_id] = parent
         self._hand_out(parent)
 
@@ -203,7 +210,9 @@ class LLMEngine:
             m = item.seq.request.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
-        result = self.runner.execute(sched)
+        mask = self.structured_outputs.token_bitmask([it.seq for it in sched.scheduled if it.samples])
+        # Unconstrained steps call the runner exactly as before (and keep the sampler's fast path).
+        result = self.runner.execute(sched) if mask is None else self.runner.execute(sched, mask)
         self.scheduler.update_after_step(sched)
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}
@@ -233,7 +242,10 @@ class LLMEngine:
             m.first_token_time = now
         m.last_token_time = now
         m.num_generation_tokens += 1
+        ended = request.grammar is not None and self.structured_outputs.accept(seq, token)
         reason = self._check_stop(seq, token)
+        if reason is None and ended:  # the grammar is complete (or, logged, could not go on)
+            reason = "stop"
         if reason is not None:
             self.scheduler.finish_seq(seq, reason)
 

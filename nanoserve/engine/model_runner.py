@@ -18,6 +18,7 @@ from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
+from nanoserve.engine.structured_output.bitmask import TokenBitmask
 from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
@@ -77,7 +78,9 @@ class ModelRunner:
 
     # ---- step --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> StepResult:
+    def execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None = None) -> StepResult:
+        """token_bitmask: the allowed tokens of the constrained rows among the step's sampling sequences
+        (in scheduled order, as the logits' rows), from the engine's structured-output manager."""
         inputs = self.prepare(out)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         if not inputs.sample_seqs:
@@ -94,6 +97,7 @@ class ModelRunner:
             output_token_ids=[s.output_token_ids for s in seqs],
             generators=[s.generator for s in seqs],
             eos_token_ids=self.model_config.eos_token_ids,
+            token_bitmask=token_bitmask,
         )
         sampled = self.sampler(logits, meta)
         return StepResult(seqs, sampled.token_ids, sampled.logprobs)

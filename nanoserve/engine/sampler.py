@@ -1,9 +1,10 @@
 """Batched sampler: one next token per sequence from the model's last-position logits.
 
-Order of operations (vLLM's): min_tokens masking of EOS / stop tokens -> repetition, frequency and
-presence penalties -> greedy rows take the argmax here -> temperature -> top-k and top-p (one sort) ->
-min-p -> draw. Every step works on [B, V] tensors with per-row parameter tensors; the only Python loop
-is over seeded rows (each draws its noise from its own generator) and rows asking for logprobs.
+Order of operations (vLLM's): the grammar's token mask (structured outputs) -> min_tokens masking of
+EOS / stop tokens -> repetition, frequency and presence penalties -> greedy rows take the argmax here
+-> temperature -> top-k and top-p (one sort) -> min-p -> draw. Every step works on [B, V] tensors
+with per-row parameter tensors; the only Python loop is over seeded rows (each draws its noise from
+its own generator) and rows asking for logprobs.
 
 Drawing inverts each row's CDF at one uniform number per row (a V-sized noise tensor per row, as in
 the exponential race, costs more than the rest of the sampler on CPU). A seeded row takes its number
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoserve.engine.structured_output.bitmask import TokenBitmask, apply_token_bitmask
 from nanoserve.model.kernels import Kernels, TorchKernels
 from nanoserve.sampling_params import SAMPLING_EPS, SamplingParams
 
@@ -33,6 +35,8 @@ class SamplingMetadata:
     output_token_ids: list[list[int]]
     generators: list[torch.Generator | None]  # per sequence, from make_generator(seed); None = global RNG
     eos_token_ids: list[int]  # the model's EOS ids (masked while len(output) < min_tokens unless ignore_eos)
+    # The tokens each grammar-constrained row may take (None: no row is constrained); applied first.
+    token_bitmask: TokenBitmask | None = None
 
 
 @dataclass
@@ -77,10 +81,12 @@ class Sampler:
         params = meta.params
         num_rows, vocab = logits.shape
         assert len(params) == num_rows, f"{len(params)} SamplingParams for {num_rows} rows of logits"
-        if _plain_greedy(meta):  # the common benchmark case: no copy, no upcast, one argmax
-            # the first maximal index per row (upcasting bf16 exactly could not change it)
+        if meta.token_bitmask is None and _plain_greedy(meta):  # the common benchmark case: no copy,
+            # no upcast, one argmax: the first maximal index per row (upcasting bf16 could not change it)
             return SamplerOutput(self.kernels.argmax_rows(logits).tolist(), [None] * num_rows)
         logits = logits.to(torch.float32, copy=True)  # [B, V]; we modify it in place
+        if meta.token_bitmask is not None:
+            apply_token_bitmask(logits, meta.token_bitmask)
         _mask_stop_tokens_before_min(logits, meta)
         if any(p.has_penalties for p in params):
             _apply_penalties(logits, meta)
@@ -134,7 +140,14 @@ def _mask_stop_tokens_before_min(logits: torch.Tensor, meta: SamplingMetadata) -
                 rows.append(row)
                 cols.append(tok)
     if rows:
+        kept = logits[rows, cols]  # [N]
         logits[rows, cols] = -torch.inf
+        # A grammar may allow only a stop token (its output is complete): the grammar wins, else the
+        # row would have nothing to sample.
+        dead = torch.isneginf(logits[rows]).all(dim=-1).tolist()  # [N]
+        if any(dead):
+            back = [i for i, d in enumerate(dead) if d]
+            logits[[rows[i] for i in back], [cols[i] for i in back]] = kept[back]
 
 
 def _apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> None:

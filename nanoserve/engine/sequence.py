@@ -93,6 +93,7 @@ class Request:
     parent_id: str | None = None  # the user's request id (None: request_id itself)
     # Shared by the n Requests of one user's request, which report as one.
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_time=time.monotonic()))
+    grammar: Any = None  # this completion's xgrammar GrammarMatcher when the request is constrained
     seq: Sequence = field(init=False)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from nanoserve.sampling_params import SamplingParams
 from nanoserve.server.errors import APIError
+from nanoserve.server.structured_outputs import structured_outputs_of
 
 # ---------------------------------------------------------------------------------------- requests
 
@@ -45,6 +46,13 @@ class _SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted and ignored
     logit_bias: dict[str, float] | None = None
+    # The output's constraint, in one of three spellings (server/structured_outputs.py).
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -61,7 +69,8 @@ class _SamplingRequest(BaseModel):
             n=self.n, seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens, **kwargs,
+            skip_special_tokens=self.skip_special_tokens,
+            structured_outputs=structured_outputs_of(self), **kwargs,
         )
 
     @property
@@ -145,15 +154,12 @@ class ChatCompletionRequest(_SamplingRequest):
     # None: "auto" when tools are given, else "none" (OpenAI's default).
     tool_choice: Literal["none", "auto", "required"] | ChatCompletionNamedToolChoiceParam | None = None
     parallel_tool_calls: bool = True
-    response_format: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise APIError(400, "response_format other than text is not supported.", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs requires logprobs to be true.", "top_logprobs")
         if self.add_generation_prompt and self.continue_final_message:

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nanoserve.sampling_params import SamplingParams
+from nanoserve.sampling_params import SamplingParams, StructuredOutputsParams
 from nanoserve.server.errors import APIError
 from nanoserve.server.protocol import (
     ChatCompletionRequest,
@@ -55,11 +55,10 @@ class ToolPlan:
         if self.parser is not None and self.parser.keeps_special_tokens and self.mode == "auto":
             changes["skip_special_tokens"] = False
         if self.schema is not None:
-            try:
-                from nanoserve.sampling_params import StructuredOutputsParams
-            except ImportError as e:  # structured outputs are another part of issue #16
-                raise APIError(400, f'tool_choice "{self.mode}" needs structured outputs, which this '
-                               "build lacks.", "tool_choice") from e
+            if params.structured_outputs is not None:
+                raise APIError(400, 'tool_choice "required" or a named function constrains the output '
+                               "itself: it cannot be combined with response_format, structured_outputs or "
+                               "guided_*.", "tool_choice")
             changes["structured_outputs"] = StructuredOutputsParams(json=self.schema)
         return dataclasses.replace(params, **changes) if changes else params
 
@@ -102,7 +101,6 @@ def plan_tools(body: ChatCompletionRequest, auto_parser: ToolParser | None) -> T
                            "--enable-auto-tool-choice and --tool-call-parser.",
                            "tool_choice" if body.tool_choice is not None else "tools")
         return ToolPlan("auto", auto_parser, max_calls=max_calls)
-    _check_not_otherwise_constrained(body)
     functions = [t.function.model_dump(exclude_none=True) for t in body.tools]
     if choice == "required":
         try:
@@ -115,13 +113,6 @@ def plan_tools(body: ChatCompletionRequest, auto_parser: ToolParser | None) -> T
     if function is None:
         raise APIError(400, f"Tool {name!r} named in tool_choice is not in tools.", "tool_choice")
     return ToolPlan("named", NamedFunctionParser(name), parameters_schema(function))
-
-
-def _check_not_otherwise_constrained(body: ChatCompletionRequest) -> None:
-    response_format = body.response_format or {}
-    if response_format.get("type", "text") != "text" or getattr(body, "structured_outputs", None):
-        raise APIError(400, 'tool_choice "required" or a named function cannot be combined with '
-                       "response_format or structured_outputs.", "tool_choice")
 
 
 def template_tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:

@@ -92,7 +92,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                        "top_logprobs" if e.param == "logprobs" else e.param) from e
     params = tools.sampling_params(params)
     gen = Generation(state, f"chatcmpl-{uuid.uuid4().hex}", [prompt], [params])
-    await gen.submit()
+    try:
+        await gen.submit()
+    except InvalidRequestError as e:
+        if tools.schema is not None and e.param == "structured_outputs":  # the grammar came from the tools
+            raise APIError(400, f"The tools' parameters are not a usable JSON schema: {e.message}",
+                           "tools") from e
+        raise
     if body.stream:
         return SSEResponse(_stream(state, gen, body, model, tools), on_close=lambda: gen.close(status=499))
     if not await gen.run_to_end(request.receive):

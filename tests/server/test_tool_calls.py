@@ -16,6 +16,7 @@ import pytest
 from fake_engine import FakeEngine
 from tiny_models import EOS_ID, TOOL_CHAT_TEMPLATE
 
+from nanoserve.cli import main
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.stop_checker import check_stop
 from nanoserve.server.app import build_app
@@ -188,3 +189,23 @@ def test_tool_choice_errors_are_400s_naming_the_field(body, param, message):
     err = run_with_client("x", None, go)
     assert err.status_code == 400
     assert err.body["param"].startswith(param) and message in err.body["message"]
+
+
+def test_serve_flags_choose_the_parser(tiny_model, tmp_path):
+    from server_process import start_server
+
+    with pytest.raises(SystemExit, match="--enable-auto-tool-choice needs --tool-call-parser"):
+        main(["serve", "--enable-auto-tool-choice"])
+    model = tiny_model("llama", chat_template=TOOL_CHAT_TEMPLATE)
+    server = start_server(model, tmp_path / "serve.log", "--enable-auto-tool-choice", "--tool-call-parser",
+                          "llama3_json", "--max-model-len", "512", "--num-gpu-blocks-override", "64")
+    try:
+        body = {"messages": ASK, "tools": [WEATHER], "max_tokens": 8}
+        resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        streamed = httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+    finally:
+        assert server.stop() == 0
+    # "auto" is accepted (without the flags it is a 400); a random model's text is plain content.
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["tool_calls"] == []
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")

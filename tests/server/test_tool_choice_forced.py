@@ -69,7 +69,10 @@ def run_requests(model_dir, max_model_len: int, bodies: list[dict]):
 
     async def one(client, body):
         kwargs = dict(model="m", messages=[{"role": "user", "content": "call a tool"}], **body)
-        whole = await client.chat.completions.create(**kwargs)
+        try:
+            whole = await client.chat.completions.create(**kwargs)
+        except openai.BadRequestError as e:
+            return e
         return whole.choices[0], await collect_stream(client, **kwargs)
 
     async def main():
@@ -94,7 +97,10 @@ def test_forced_tool_calls_validate_against_the_function_schema(model, tiny_mode
     tools = tools_for(model)
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     bodies = requests_for(model, tools)
-    results = run_requests(model_dir, max_model_len, bodies)
+    bad_tool = {"type": "function", "function": {"name": "bad", "parameters": {"type": "no-such-type"}}}
+    bad = {"tools": [bad_tool], "tool_choice": "required"}
+    *results, bad_error = run_requests(model_dir, max_model_len, bodies + [bad])
+    assert isinstance(bad_error, openai.BadRequestError) and bad_error.body["param"] == "tools", bad_error
     failures = []
     for body, (choice, (s_calls, s_finish, s_content)) in zip(bodies, results, strict=True):
         named = body["tool_choice"] if isinstance(body["tool_choice"], dict) else None

@@ -33,6 +33,7 @@ from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import ModelCard, ModelList
 from nanoserve.server.serving import ServerState
+from nanoserve.server.tool_parsers import ToolParser
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -130,12 +131,15 @@ def build_app(engine: AsyncLLMEngine, served_model_names: list[str], model_path:
               shutdown_grace_s: float = 30.0, limits: RequestLimits = DEFAULT_LIMITS,
               trust_request_chat_template: bool = False, chat_template_timeout_s: float = 10.0,
               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, disable_docs: bool = False,
-              cors: CorsConfig | None = None) -> FastAPI:
-    """The OpenAI-compatible app around an (unstarted) async engine."""
+              cors: CorsConfig | None = None, auto_tool_parser: ToolParser | None = None) -> FastAPI:
+    """The OpenAI-compatible app around an (unstarted) async engine.
+
+    `auto_tool_parser` reads tool calls for tool_choice "auto" (None: "auto" is refused).
+    """
     state = ServerState(engine, list(served_model_names), model_path,
                         ServerMetrics(engine, served_model_names[0]), limits=limits,
                         trust_request_chat_template=trust_request_chat_template,
-                        chat_template_timeout_s=chat_template_timeout_s)
+                        chat_template_timeout_s=chat_template_timeout_s, auto_tool_parser=auto_tool_parser)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -37,6 +37,7 @@ from nanoserve.server.protocol import (
 )
 from nanoserve.server.serving import Generation, Prompt, ServerState, clamp_max_tokens, status_of
 from nanoserve.server.streaming import SSEResponse, sse
+from nanoserve.server.tools import ToolPlan, delta_tool_calls, history_fields, plan_tools, template_tools
 
 router = APIRouter()
 
@@ -63,6 +64,7 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
         msg = {"role": m.role, "content": content or ""}
         if m.name is not None:
             msg["name"] = m.name
+        msg.update(history_fields(m))
         out.append(msg)
     return out
 
@@ -83,6 +85,8 @@ def _template_kwargs(state: ServerState, body: ChatCompletionRequest) -> tuple[s
                            "--trust-request-chat-template to accept them.", param)
         if not isinstance(template, str):
             raise APIError(400, "A chat template must be a string.", param)
+    if body.tools:
+        kwargs["tools"] = template_tools(body)
     return template, kwargs
 
 
@@ -151,6 +155,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = state.check_model(body.model)
     body.check_supported()
     check_request_limits(state.limits, body.n, 1, body.stop)
+    tools = plan_tools(body, state.auto_tool_parser)
     prompt = await render_chat_prompt(state, body)
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = clamp_max_tokens(state.max_model_len, prompt, body.requested_max_tokens, max_param,
@@ -162,19 +167,27 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         if e.param != "logprobs":
             raise
         raise APIError(400, e.message.replace("logprobs", "top_logprobs"), "top_logprobs") from e
+    params = tools.sampling_params(params)
     gen = Generation(state, f"chatcmpl-{uuid.uuid4().hex}", [prompt], [params])
-    await gen.submit()
+    try:
+        await gen.submit()
+    except InvalidRequestError as e:
+        if tools.schema is not None and e.param == "structured_outputs":  # the grammar came from the tools
+            raise APIError(400, f"The tools' parameters are not a usable JSON schema: {e.message}",
+                           "tools") from e
+        raise
     if body.stream:
-        return SSEResponse(_stream(state, gen, body, model), on_close=lambda: gen.close(status=499))
+        return SSEResponse(_stream(state, gen, body, model, tools), on_close=lambda: gen.close(status=499))
     if not await gen.run_to_end(request.receive):
         return Response(status_code=499)
-    choices = [
-        ChatChoice(index=c.index, message=ChatResponseMessage(content=c.text), finish_reason=c.finish_reason,
-                   stop_reason=c.stop_reason,
-                   logprobs=chat_logprobs(state.tokenizer, c.token_ids, c.logprobs, body.top_logprobs or 0)
-                   if body.logprobs else None)
-        for c in gen.choices
-    ]
+    choices = []
+    for c in gen.choices:
+        content, tool_calls = tools.extract(c.text)
+        choices.append(ChatChoice(
+            index=c.index, message=ChatResponseMessage(content=content, tool_calls=tool_calls),
+            finish_reason=tools.finish_reason(bool(tool_calls), c.finish_reason), stop_reason=c.stop_reason,
+            logprobs=chat_logprobs(state.tokenizer, c.token_ids, c.logprobs, body.top_logprobs or 0)
+            if body.logprobs else None))
     resp = ChatCompletionResponse(
         id=gen.request_id, model=model, choices=choices, usage=gen.usage,
         prompt_logprobs=prompt_logprobs(state.tokenizer, gen.prompt_logprobs[0], body.prompt_logprobs or 0))
@@ -182,11 +195,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
 
 async def _stream(state: ServerState, gen: Generation, body: ChatCompletionRequest,
-                  model: str) -> AsyncIterator[str]:
+                  model: str, tools: ToolPlan) -> AsyncIterator[str]:
     def chunk(choice: ChatStreamChoice) -> str:
         return sse(ChatCompletionChunk(id=gen.request_id, model=model, choices=[choice]))
 
     status = 200
+    tool_streams = {c.index: tools.stream() for c in gen.choices}
     try:
         for c in gen.choices:
             yield chunk(ChatStreamChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")))
@@ -195,9 +209,17 @@ async def _stream(state: ServerState, gen: Generation, body: ChatCompletionReque
             if body.logprobs and delta.token_ids:
                 logprobs = chat_logprobs(state.tokenizer, list(delta.token_ids), delta.logprobs or [],
                                          body.top_logprobs or 0)
-            if delta.text or delta.finish_reason is not None or logprobs is not None:
-                yield chunk(ChatStreamChoice(index=choice.index, delta=DeltaMessage(content=delta.text),
-                                             logprobs=logprobs, finish_reason=delta.finish_reason,
+            content, tool_calls = delta.text, None
+            finish_reason = delta.finish_reason
+            tool_stream = tool_streams[choice.index]
+            if tool_stream is not None:
+                content, deltas = tool_stream.push(delta.text, final=finish_reason is not None)
+                tool_calls = delta_tool_calls(deltas)
+                finish_reason = tools.finish_reason(tool_stream.tools_called, finish_reason)
+            if content or tool_calls or finish_reason is not None or logprobs is not None:
+                yield chunk(ChatStreamChoice(index=choice.index,
+                                             delta=DeltaMessage(content=content, tool_calls=tool_calls),
+                                             logprobs=logprobs, finish_reason=finish_reason,
                                              stop_reason=delta.stop_reason))
         if body.include_usage:
             yield sse(ChatCompletionChunk(id=gen.request_id, model=model, choices=[], usage=gen.usage))

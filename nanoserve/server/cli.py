@@ -39,6 +39,7 @@ from nanoserve.server.app import (
 )
 from nanoserve.server.connections import header_timeout_protocol
 from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
+from nanoserve.server.tool_parsers import TOOL_PARSERS, get_tool_parser
 
 logger = logging.getLogger("nanoserve.server")
 
@@ -57,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before being aborted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='read tool calls out of the output for tool_choice "auto" '
+                        "(needs --tool-call-parser)")
+    parser.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                        help="the model's tool-call format: hermes (<tool_call>...</tool_call>) "
+                        "or llama3_json")
     parser.add_argument("--allowed-origins", type=_str_list, default=None,
                         help='CORS: origins browsers may call from, a JSON list (\'["*"]\') or '
                         "comma-separated (default: no CORS headers)")
@@ -141,6 +148,10 @@ def raise_open_files_limit() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise SystemExit("nanoserve serve: --enable-auto-tool-choice needs --tool-call-parser "
+                         f"({' | '.join(sorted(TOOL_PARSERS))})")
+    auto_tool_parser = get_tool_parser(args.tool_call_parser) if args.enable_auto_tool_choice else None
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs.from_cli_args(args)
@@ -161,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
                     max_request_body_bytes=args.max_request_body_bytes, limits=limits,
                     trust_request_chat_template=args.trust_request_chat_template,
                     chat_template_timeout_s=args.chat_template_timeout_s, body_timeout_s=args.body_timeout_s,
-                    disable_docs=args.disable_fastapi_docs, cors=cors_config(args))
+                    disable_docs=args.disable_fastapi_docs, cors=cors_config(args),
+                    auto_tool_parser=auto_tool_parser)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on",
                             http=header_timeout_protocol(args.header_timeout_s),

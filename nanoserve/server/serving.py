@@ -29,6 +29,7 @@ from nanoserve.server.errors import APIError, to_api_error
 from nanoserve.server.limits import DEFAULT_LIMITS, RequestLimits
 from nanoserve.server.metrics import ServerMetrics
 from nanoserve.server.protocol import UsageInfo
+from nanoserve.server.tool_parsers import ToolParser
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -55,6 +56,8 @@ class ServerState:
         default_factory=lambda: ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="nanoserve-prep"))
     # Held while a request's own chat template renders (see chat.py): one at a time.
     template_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The --tool-call-parser that reads tool_choice "auto" outputs; None without --enable-auto-tool-choice.
+    auto_tool_parser: ToolParser | None = None
 
     @property
     def model_name(self) -> str:

@@ -55,10 +55,41 @@ SAMPLING = {
     "user": field(any_text),
     "logit_bias": field(st.dictionaries(any_text, st.floats(), max_size=2)),
     "max_tokens": field(st.integers(-1, 4)),
+    "prompt_logprobs": field(st.integers(-1, 25)),
+}
+# Constraints (server/structured_outputs.py): schemas, regexes and grammars as a client might write
+# them, broken ones included: a spec the grammar compiler rejects must be a 400, never a crash.
+json_schema = st.recursive(
+    st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null", "x"])},
+                          optional={"minLength": st.integers(-1, 3), "maximum": numbers,
+                                    "enum": st.lists(junk, max_size=2), "pattern": any_text}),
+    lambda inner: st.fixed_dictionaries({"type": st.just("object")},
+                                        optional={"properties": st.dictionaries(any_text, inner, max_size=2),
+                                                  "required": st.lists(any_text, max_size=2)})
+    | st.fixed_dictionaries({"type": st.just("array"), "items": inner},
+                            optional={"minItems": st.integers(-1, 2), "maxItems": st.integers(-1, 2)}),
+    max_leaves=4,
+)
+regex = st.sampled_from(["[a-z]+", "(a|b)*c", "[", "a{2,1}", "\\", "(?P<x>a)", ".*", "\\d{1,3}"]) | any_text
+grammar = st.sampled_from(['root ::= "yes" | "no"', "root ::=", "x ::= y", 'root ::= [a-z]+ "."']) | any_text
+CONSTRAINTS = {
+    "structured_outputs": field(
+        st.fixed_dictionaries({}, optional={"json": json_schema | any_text, "regex": regex,
+                                            "choice": st.lists(any_text, max_size=3), "grammar": grammar,
+                                            "json_object": st.booleans()})),
+    "guided_json": field(json_schema),
+    "guided_regex": field(regex),
+    "guided_choice": field(st.lists(any_text, max_size=3)),
+    "guided_grammar": field(grammar),
+    "response_format": field(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "x"])},
+                              optional={"json_schema": st.fixed_dictionaries(
+                                  {"name": any_text}, optional={"schema": json_schema, "strict": junk})})),
 }
 UNKNOWN = {"priority": junk, "unknown_field": junk}
 COMPLETION = {
     **SAMPLING,
+    **CONSTRAINTS,
     "logprobs": field(st.integers(-1, 25)),
     "echo": field(st.booleans()),
     "suffix": field(any_text),
@@ -66,8 +97,17 @@ COMPLETION = {
 }
 content = field(any_text | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
                                                            "text": field(any_text)}), max_size=2))
+tool_call = st.fixed_dictionaries(
+    {"id": field(any_text), "type": field(st.just("function")),
+     "function": field(st.fixed_dictionaries({"name": field(any_text), "arguments": field(any_text)}))})
 message = st.fixed_dictionaries({"role": field(st.sampled_from(["user", "assistant", "system", "tool"]))},
-                                optional={"content": content, "name": field(any_text), "extra": junk})
+                                optional={"content": content, "name": field(any_text), "extra": junk,
+                                          "tool_calls": field(st.lists(tool_call, max_size=2)),
+                                          "tool_call_id": field(any_text)})
+tool = st.fixed_dictionaries({"type": field(st.just("function")),
+                              "function": field(st.fixed_dictionaries(
+                                  {"name": field(any_text)},
+                                  optional={"description": any_text, "parameters": json_schema}))})
 CHAT = {
     **SAMPLING,
     "max_completion_tokens": field(st.integers(-1, 4)),
@@ -78,8 +118,12 @@ CHAT = {
     "chat_template_kwargs": field(st.dictionaries(st.sampled_from(["enable_thinking", "chat_template",
                                                                    "tokenize", "x"]), junk, max_size=2)),
     "chat_template": field(any_text),
-    "response_format": field(st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])})),
-    "tools": junk,
+    **CONSTRAINTS,
+    "tools": field(st.lists(tool, max_size=2)),
+    "tool_choice": field(st.sampled_from(["none", "auto", "required"])
+                         | st.fixed_dictionaries({"type": st.just("function"),
+                                                  "function": st.fixed_dictionaries({"name": any_text})})),
+    "parallel_tool_calls": field(st.booleans()),
 }
 
 prompt = field(any_text | st.lists(any_text, max_size=3) | st.lists(st.integers(-2, 2**33), max_size=4)
@@ -121,3 +165,19 @@ def test_completions_never_500(http, body):
                                   optional={**CHAT, **UNKNOWN}))
 def test_chat_never_500(http, body):
     post_and_check(http, "/v1/chat/completions", body)
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({}, optional={"prompt": field(any_text), "messages": field(st.lists(message,
+                                                                                                       max_size=2)),
+                                                "add_special_tokens": field(st.booleans()),
+                                                "return_token_strs": field(st.booleans()), **UNKNOWN}))
+def test_tokenize_never_500(http, body):
+    post_and_check(http, "/tokenize", body)
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({"tokens": field(st.lists(st.integers(-5, 2**40), max_size=4))},
+                                  optional=UNKNOWN))
+def test_detokenize_never_500(http, body):
+    post_and_check(http, "/detokenize", body)

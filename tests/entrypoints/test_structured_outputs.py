@@ -9,11 +9,11 @@ import json
 import re
 
 import pytest
+from json_schemas import schemas_within
 
 from nanoserve import LLM, SamplingParams
 from nanoserve.demo import DEMO_MODEL_NAME, MODELS_DIR
 from nanoserve.sampling_params import StructuredOutputsParams as SO
-from tests.json_schemas import schemas_within
 
 jsonschema = pytest.importorskip("jsonschema")
 DEMO = MODELS_DIR / DEMO_MODEL_NAME

@@ -12,13 +12,13 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from json_schemas import schemas_within
 from tiny_models import TOOL_CHAT_TEMPLATE
 
 from nanoserve.config import EngineArgs
 from nanoserve.demo import DEMO_MODEL_NAME, MODELS_DIR
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.server.app import build_app
-from tests.json_schemas import schemas_within
 
 # model -> (max_model_len, longest arguments in characters, number of tools). The tiny model's template
 # writes the tools into the prompt (one token per character); the demo model's context is 128

@@ -3,11 +3,11 @@ a model vocabulary wider than the tokenizer's is masked off."""
 
 import pytest
 import torch
+from tiny_models import EOS_ID, VOCAB_SIZE, char_tokenizer
 
 from nanoserve.engine.structured_output.compiler import GrammarCache
 from nanoserve.errors import InvalidRequestError
 from nanoserve.sampling_params import StructuredOutputsParams as SO
-from tests.tiny_models import EOS_ID, VOCAB_SIZE, char_tokenizer
 
 xgr = pytest.importorskip("xgrammar")
 

@@ -154,9 +154,12 @@ class FakeEngine:
             outputs.append(self._output(req))
         return outputs
 
-    def _append_token(self, req: _Req, index: int, seq: _Seq) -> None:
+    def _next_token(self, req: _Req, index: int, seq: _Seq) -> int:
         last = seq.token_ids[-1] if seq.token_ids else req.prompt_token_ids[-1]
-        tok = 4 + (last - 4 + 1 + index) % 96  # stays within printable chars
+        return 4 + (last - 4 + 1 + index) % 96  # stays within printable chars
+
+    def _append_token(self, req: _Req, index: int, seq: _Seq) -> None:
+        tok = self._next_token(req, index, seq)
         seq.token_ids.append(tok)
         self._generation_tokens += 1
         req.metrics.num_generation_tokens += 1

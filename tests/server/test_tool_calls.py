@@ -18,7 +18,6 @@ from tiny_models import EOS_ID, TOOL_CHAT_TEMPLATE
 
 from nanoserve.cli import main
 from nanoserve.engine.async_engine import AsyncLLMEngine
-from nanoserve.engine.stop_checker import check_stop
 from nanoserve.server.app import build_app
 from nanoserve.server.tool_parsers import get_tool_parser
 
@@ -47,19 +46,9 @@ class ScriptedEngine(FakeEngine):
         super().add_request(request_id, prompt, params, arrival_time)
         self.prompts.append(self.tokenizer.decode(self.requests[request_id].prompt_token_ids))
 
-    def _append_token(self, req, index, seq) -> None:
-        """FakeEngine's step for one sequence, with the script's next token instead of its arithmetic one."""
-        tok = self.script_ids[min(len(seq.token_ids), len(self.script_ids) - 1)]
-        seq.token_ids.append(tok)
-        self._generation_tokens += 1
-        req.metrics.num_generation_tokens += 1
-        new_text = seq.detok.add_token(tok)
-        result = check_stop(req.params, self.model_config.eos_token_ids, seq.detok.output_text, len(new_text),
-                            tok, len(seq.token_ids), len(req.prompt_token_ids) + len(seq.token_ids),
-                            self.model_config.max_model_len)
-        seq.text = result.text
-        if result.finished:
-            seq.finish_reason, seq.stop_reason = result.finish_reason, result.stop_reason
+    def _next_token(self, req, index, seq) -> int:
+        """The script's next token instead of FakeEngine's arithmetic one."""
+        return self.script_ids[min(len(seq.token_ids), len(self.script_ids) - 1)]
 
 
 def run_with_client(script: str, parser: str | None, go):

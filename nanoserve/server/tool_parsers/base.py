@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from nanoserve.server.tool_parsers.json_scan import CallSpan
+from nanoserve.server.tool_parsers.json_scan import CallSpan, scan_call, skip_ws
 
 
 def make_tool_call_id() -> str:
@@ -27,6 +27,24 @@ class ParsedOutput:
     content: str
     calls: list[CallSpan] = field(default_factory=list)
     malformed: bool = False  # something that began as a tool call cannot be one
+
+
+def take_call(text: str, i: int, out: ParsedOutput) -> int | None:
+    """Scan the call object that must start at text[i] into out.calls.
+
+    Returns the position after it and its trailing white space, or None when the parse stops here:
+    the text ends inside the object (the call is kept, unfinished) or no call starts at i
+    (out.malformed)."""
+    if text[i] != "{":
+        out.malformed = True
+        return None
+    try:
+        call = scan_call(text, i)
+    except ValueError:
+        out.malformed = True
+        return None
+    out.calls.append(call)
+    return None if call.end is None else skip_ws(text, call.end)
 
 
 @dataclass

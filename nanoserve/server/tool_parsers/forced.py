@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanoserve.server.tool_parsers.base import ExtractedToolCalls, ParsedOutput, ToolCall, ToolParser
-from nanoserve.server.tool_parsers.json_scan import CallSpan, scan_call, skip_ws
+from nanoserve.server.tool_parsers.base import (
+    ExtractedToolCalls,
+    ParsedOutput,
+    ToolCall,
+    ToolParser,
+    take_call,
+)
+from nanoserve.server.tool_parsers.json_scan import CallSpan, skip_ws
 
 # A function without `parameters` takes none (OpenAI's rule): an empty object.
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -85,18 +91,9 @@ class RequiredToolsParser(ToolParser):
             return out
         i = skip_ws(text, i + 1)
         while i < len(text) and text[i] != "]":
-            if text[i] != "{":
-                out.malformed = True
+            i = take_call(text, i, out)
+            if i is None:
                 break
-            try:
-                call = scan_call(text, i)
-            except ValueError:
-                out.malformed = True
-                break
-            out.calls.append(call)
-            if call.end is None:
-                break
-            i = skip_ws(text, call.end)
             if i < len(text) and text[i] == ",":
                 i = skip_ws(text, i + 1)
         return out

@@ -15,8 +15,8 @@ A missing `</tool_call>` at the very end (the model stopped there) is tolerated.
 
 from __future__ import annotations
 
-from nanoserve.server.tool_parsers.base import ParsedOutput, ToolParser
-from nanoserve.server.tool_parsers.json_scan import scan_call, skip_ws
+from nanoserve.server.tool_parsers.base import ParsedOutput, ToolParser, take_call
+from nanoserve.server.tool_parsers.json_scan import skip_ws
 
 START, END = "<tool_call>", "</tool_call>"
 
@@ -44,18 +44,9 @@ class HermesToolParser(ToolParser):
             i = skip_ws(text, start + len(START))
             if i >= len(text):
                 break
-            if text[i] != "{":
-                out.malformed = True
+            i = take_call(text, i, out)
+            if i is None:
                 break
-            try:
-                call = scan_call(text, i)
-            except ValueError:
-                out.malformed = True
-                break
-            out.calls.append(call)
-            if call.end is None:
-                break
-            i = skip_ws(text, call.end)
             if not (text.startswith(END, i) or END.startswith(text[i:])):
                 out.malformed = True  # something other than the closing tag follows the object
                 break

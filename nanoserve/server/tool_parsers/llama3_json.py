@@ -9,8 +9,8 @@ A reply that does not start with `{` (or the tag) is plain content.
 
 from __future__ import annotations
 
-from nanoserve.server.tool_parsers.base import ParsedOutput, ToolParser
-from nanoserve.server.tool_parsers.json_scan import scan_call, skip_ws
+from nanoserve.server.tool_parsers.base import ParsedOutput, ToolParser, take_call
+from nanoserve.server.tool_parsers.json_scan import skip_ws
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -31,18 +31,9 @@ class Llama3JsonToolParser(ToolParser):
             return ParsedOutput(text)
         out = ParsedOutput("")
         while i < len(text):
-            if text[i] != "{":
-                out.malformed = True
+            i = take_call(text, i, out)
+            if i is None:
                 break
-            try:
-                call = scan_call(text, i)
-            except ValueError:
-                out.malformed = True
-                break
-            out.calls.append(call)
-            if call.end is None:
-                break
-            i = skip_ws(text, call.end)
             if i < len(text):
                 if text[i] != ";":
                     out.malformed = True

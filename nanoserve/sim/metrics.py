@@ -55,7 +55,8 @@ def serve_metrics(
         out["request_goodput"] = s.goodput
     for m in METRICS:
         for stat, v in s.metrics_ms[m].items():
-            out[f"{'median' if stat == 'p50' else stat}_{m}_ms"] = v
+            if stat != "p50":  # vLLM reports it as median_*
+                out[f"{stat}_{m}_ms"] = v
     return out
 
 

@@ -111,7 +111,8 @@ class Simulator:
         total = r.prompt_len + r.output_len
         if total > self.config.max_model_len:
             raise InvalidRequestError(
-                f"{r.request_id}: prompt + output = {total} tokens > max_model_len {self.config.max_model_len}",
+                f"{r.request_id}: prompt + output = {total} tokens > max_model_len "
+                f"{self.config.max_model_len}",
                 "max_model_len")
         if self.block_manager.blocks_needed(total) > self.config.num_blocks:
             raise InvalidRequestError(

@@ -5,8 +5,10 @@ pairs attended). Two models turn it into seconds:
 
 - AnalyticStepModel, from the planner's presets (any GPU, any TP degree), every term the planner's own
   function:  step = max(memory, compute) + TP all-reduces + overhead, where
-    memory  = (weights / TP + KV bytes of every context token read / TP) / (HBM bandwidth · memory_efficiency)
-    compute = (2 · N_matmul · tokens + 4 · layers · q_dim · query-key pairs) / TP / (peak · compute_efficiency)
+    memory  = (weights / TP + KV bytes of every context token read / TP)
+              / (HBM bandwidth · memory_efficiency)
+    compute = (2 · N_matmul · tokens + 4 · layers · q_dim · query-key pairs) / TP
+              / (peak · compute_efficiency)
     all-reduce = 2 per layer of [tokens, hidden] activations: α (latency per message) + ring bytes / link
   (the attention term is flops_per_token's 4·layers·ctx·q_dim summed over the step's exact query-key
   pairs, so prefill counts its attention too). Efficiencies are overridable; the defaults are typical of
@@ -147,7 +149,8 @@ class CalibratedStepModel:
         import numpy as np
 
         if len(samples) < len(PROFILE_FEATURES) + 1:
-            raise InvalidRequestError(f"a profile needs at least {len(PROFILE_FEATURES) + 1} samples", "profile")
+            need = len(PROFILE_FEATURES) + 1
+            raise InvalidRequestError(f"a profile needs at least {need} samples", "profile")
         try:
             x = np.array([[1.0] + [float(s.get(f, 0)) for f in PROFILE_FEATURES] for s in samples])
             y = np.array([float(s["step_s"]) for s in samples])

@@ -15,7 +15,8 @@ from nanoserve.sim.workload import SimRequest
 def _workload(n: int, seed: int, gap_s: float) -> list[SimRequest]:
     rng = random.Random(seed)
     return [
-        SimRequest(f"r{i}", i * gap_s, [rng.randrange(50) for _ in range(rng.randint(3, 40))], rng.randint(1, 12))
+        SimRequest(f"r{i}", i * gap_s, [rng.randrange(50) for _ in range(rng.randint(3, 40))],
+                   rng.randint(1, 12))
         for i in range(n)
     ]
 

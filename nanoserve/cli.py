@@ -1,4 +1,4 @@
-"""`nanoserve serve | generate | bench | plan | workbook`.
+"""`nanoserve serve | generate | bench | plan | workbook | simulate`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the
 module is imported only when its command runs, so `nanoserve plan` never imports torch.
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("nanoserve.bench.cli", "benchmarks against baselines"),
     "plan": ("nanoserve.planner.cli", "capacity planner with derivations"),
     "workbook": ("nanoserve.workbook.cli", "interactive exercises of the workbooks"),
+    "simulate": ("nanoserve.sim.cli", "serving simulation on the engine's own scheduler"),
 }
 
 

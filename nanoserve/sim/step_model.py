@@ -1,0 +1,195 @@
+"""Step-time models: how long one engine step takes, given what the scheduler put in it.
+
+A step is summarised as a StepShape (decode sequences, prefill tokens, context tokens read, query-key
+pairs attended). Two models turn it into seconds:
+
+- AnalyticStepModel, from the planner's presets (any GPU, any TP degree), every term the planner's own
+  function:  step = max(memory, compute) + TP all-reduces + overhead, where
+    memory  = (weights / TP + KV bytes of every context token read / TP)
+              / (HBM bandwidth · memory_efficiency)
+    compute = (2 · N_matmul · tokens + 4 · layers · q_dim · query-key pairs) / TP
+              / (peak · compute_efficiency)
+    all-reduce = 2 per layer of [tokens, hidden] activations: α (latency per message) + ring bytes / link
+  (the attention term is flops_per_token's 4·layers·ctx·q_dim summed over the step's exact query-key
+  pairs, so prefill counts its attention too). Efficiencies are overridable; the defaults are typical of
+  a well-tuned engine on a datacenter GPU (about 80% of HBM bandwidth in decode GEMVs, about 60% of dense
+  peak in prefill GEMMs), a 10 µs all-reduce latency (NCCL on NVLink, small messages) and 2 ms of
+  per-step host overhead (scheduling, input preparation, sampling). They are not calibrated.
+- CalibratedStepModel, from a JSON profile of measured steps: a least-squares fit of
+  step_s = c0 + c_decode · decode_batch + c_prefill · prefill_tokens + c_context · context_tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.hardware import Hardware, get_hardware
+from nanoserve.planner.memory import kv_cache_per_token, weight_memory
+from nanoserve.planner.models import ModelSpec, get_model
+from nanoserve.planner.parallel import collective_time
+from nanoserve.planner.params import matmul_params
+from nanoserve.planner.roofline import compute_time, memory_time
+
+
+@dataclass(frozen=True)
+class StepShape:
+    num_decode_seqs: int = 0  # sequences computing one token after their prompt
+    num_prefill_tokens: int = 0  # prompt (or recompute) tokens computed this step
+    context_tokens: int = 0  # KV entries read: every scheduled sequence's context up to its last new token
+    attention_pairs: int = 0  # (query, key) pairs attended, causal: n·start + n(n+1)/2 per sequence
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_decode_seqs + self.num_prefill_tokens
+
+    @classmethod
+    def of(cls, chunks: list[tuple[int, int, bool]]) -> StepShape:
+        """From (start, num_new_tokens, is_decode) per scheduled sequence."""
+        decode = prefill = ctx = pairs = 0
+        for start, n, is_decode in chunks:
+            if is_decode:
+                decode += n
+            else:
+                prefill += n
+            ctx += start + n
+            pairs += n * start + n * (n + 1) // 2
+        return cls(decode, prefill, ctx, pairs)
+
+
+class StepModel(Protocol):
+    def step_time_s(self, shape: StepShape) -> float: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass
+class AnalyticStepModel:
+    model: ModelSpec
+    hardware: Hardware
+    tp: int = 1
+    dtype: str = "bf16"  # weights and compute
+    kv_dtype: str = "bf16"
+    memory_efficiency: float = 0.8
+    compute_efficiency: float = 0.6
+    allreduce_latency_s: float = 10e-6
+    overhead_s: float = 2e-3
+
+    def __post_init__(self) -> None:
+        self.model = get_model(self.model)
+        self.hardware = get_hardware(self.hardware)
+        if not isinstance(self.tp, int) or self.tp < 1:
+            raise InvalidRequestError(f"tp must be a positive integer (got {self.tp!r})", "tp")
+        for name in ("memory_efficiency", "compute_efficiency"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise InvalidRequestError(f"{name} must be in (0, 1] (got {v})", name)
+        if self.allreduce_latency_s < 0 or self.overhead_s < 0:
+            raise InvalidRequestError("latencies and overheads must be >= 0", "overhead_s")
+
+    @property
+    def weight_bytes_per_gpu(self) -> float:
+        return weight_memory(self.model, self.dtype).value / self.tp
+
+    @property
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        """KV heads are split over TP ranks (replicated when there are fewer heads than ranks)."""
+        per = kv_cache_per_token(self.model, kv_dtype=self.kv_dtype).value
+        return per / min(self.tp, self.model.kv_heads)
+
+    def terms_s(self, shape: StepShape) -> dict[str, float]:
+        """Each term of the step time, in seconds."""
+        m, hw = self.model, self.hardware
+        moved = self.weight_bytes_per_gpu + shape.context_tokens * self.kv_bytes_per_token_per_gpu
+        flops = (2 * matmul_params(m) * shape.num_tokens + 4 * m.layers * m.q_dim * shape.attention_pairs)
+        t_mem = memory_time(moved, hw.hbm_bytes_per_s, self.memory_efficiency).value
+        t_cmp = compute_time(flops / self.tp, hw.flops_per_s(self.dtype), self.compute_efficiency).value \
+            if flops else 0.0
+        t_comm = 0.0
+        if self.tp > 1 and shape.num_tokens:
+            msg_bytes = shape.num_tokens * m.hidden * 2  # bf16 activations [tokens, hidden]
+            one = collective_time(msg_bytes, hw.intra_node_unidir_bytes_per_s, self.tp).value
+            t_comm = 2 * m.layers * (self.allreduce_latency_s + one)
+        return {"memory_s": t_mem, "compute_s": t_cmp, "allreduce_s": t_comm, "overhead_s": self.overhead_s}
+
+    def step_time_s(self, shape: StepShape) -> float:
+        t = self.terms_s(shape)
+        return max(t["memory_s"], t["compute_s"]) + t["allreduce_s"] + t["overhead_s"]
+
+    def describe(self) -> dict:
+        return {
+            "kind": "analytic", "model": self.model.name, "gpu": self.hardware.name, "tp": self.tp,
+            "dtype": self.dtype, "kv_dtype": self.kv_dtype, "memory_efficiency": self.memory_efficiency,
+            "compute_efficiency": self.compute_efficiency, "allreduce_latency_s": self.allreduce_latency_s,
+            "overhead_s": self.overhead_s,
+        }
+
+
+PROFILE_FEATURES = ("decode_batch", "prefill_tokens", "context_tokens")
+
+
+@dataclass
+class CalibratedStepModel:
+    """step_s = intercept + Σ coefficient · feature, fitted to measured steps.
+
+    Profile JSON: {"samples": [{"decode_batch": 8, "prefill_tokens": 0, "context_tokens": 1024,
+    "step_s": 0.0123}, ...]} (at least 4 samples spanning the features), or the fit itself:
+    {"coefficients": {"intercept_s": ..., "decode_batch": ..., "prefill_tokens": ..., "context_tokens": ...}}.
+    """
+
+    intercept_s: float
+    coefficients: dict[str, float] = field(default_factory=dict)  # seconds per unit of each feature
+    source: str = ""
+
+    @classmethod
+    def fit(cls, samples: list[dict], source: str = "") -> CalibratedStepModel:
+        import numpy as np
+
+        if len(samples) < len(PROFILE_FEATURES) + 1:
+            need = len(PROFILE_FEATURES) + 1
+            raise InvalidRequestError(f"a profile needs at least {need} samples", "profile")
+        try:
+            x = np.array([[1.0] + [float(s.get(f, 0)) for f in PROFILE_FEATURES] for s in samples])
+            y = np.array([float(s["step_s"]) for s in samples])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidRequestError(f"profile sample without a numeric step_s ({e})", "profile") from None
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        return cls(float(coef[0]), {f: float(c) for f, c in zip(PROFILE_FEATURES, coef[1:], strict=True)},
+                   source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CalibratedStepModel:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidRequestError(f"cannot read profile {path}: {e}", "profile") from None
+        if "coefficients" in data:
+            c = dict(data["coefficients"])
+            return cls(float(c.pop("intercept_s", 0.0)), {f: float(c.get(f, 0.0)) for f in PROFILE_FEATURES},
+                       str(path))
+        return cls.fit(list(data.get("samples", [])), str(path))
+
+    def step_time_s(self, shape: StepShape) -> float:
+        x = {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
+             "context_tokens": shape.context_tokens}
+        return max(0.0, self.intercept_s + sum(c * x[f] for f, c in self.coefficients.items()))
+
+    def describe(self) -> dict:
+        return {"kind": "calibrated", "profile": self.source, "intercept_s": self.intercept_s,
+                "coefficients": self.coefficients}
+
+
+@dataclass
+class ConstantStepModel:
+    """Every step takes the same time: for tests and for counting steps."""
+
+    step_s: float = 1.0
+
+    def step_time_s(self, shape: StepShape) -> float:
+        return self.step_s
+
+    def describe(self) -> dict:
+        return {"kind": "constant", "step_s": self.step_s}

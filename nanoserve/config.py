@@ -3,7 +3,7 @@
 `EngineArgs` carries vLLM's argument names and is the one source of the engine's command-line flags
 (`add_cli_args` / `from_cli_args`, used by serve, generate and bench). `LLMEngine.from_engine_args`
 reads the checkpoint's config.json into a `ModelConfig`, sizes the KV pool into a `CacheConfig` and
-fills a `SchedulerConfig`. This module imports no torch: the scheduler uses it too.
+fills a `SchedulerConfig`. This module imports no torch: the scheduler and the simulator use it too.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ recompute: its blocks are freed and it goes back to the front of the queue, to b
 (over its prompt and the tokens it already generated). Every sequence fits the pool alone (the
 engine clamps max_tokens and rejects prompts that do not), so this never deadlocks.
 
-Pure Python, no torch: tests (tests/engine/sim_harness.py) drive this very class without a model.
+Pure Python, no torch: the simulator (nanoserve/sim/) and the tests drive this very class without a model.
 """
 
 from __future__ import annotations

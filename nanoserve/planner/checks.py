@@ -17,3 +17,11 @@ def fraction(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise InvalidRequestError(f"{name} must be in (0, 1] (got {value!r})", name)
     return float(value)
+
+
+def positive_int(name: str, value: float) -> int:
+    """A count (GPUs, batch, layers): a whole number ≥ 1; 2.7 GPUs is an error, not 2."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or value < 1:
+        raise InvalidRequestError(f"{name} must be a whole number >= 1 (got {value!r})", name)
+    return int(value)

@@ -19,6 +19,7 @@ from fractions import Fraction
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import positive
 from nanoserve.planner.derivation import Result, derive
+from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
 from nanoserve.planner.params import param_breakdown
 
@@ -51,15 +52,65 @@ def ring_factor(p: int | None, kind: str = "allreduce") -> float:
     return base[kind] * (p - 1) / p
 
 
+# Per-message latency α of one NCCL collective among the GPUs of one node (the α of the α–β model,
+# time = α + bytes / β). NVLink-class: ≈ 8 µs, from AIConfigurator's 70B TP=8 batch-1 decode on H100
+# (160 all-reduces ≈ 1.3 ms, shared/REFERENCES.md) and in line with nccl-tests' small-message
+# all_reduce_perf on 8×H100/A100 NVLink. PCIe without NVLink (L4, L40S): ≈ 25 µs, a typical
+# nccl-tests small-message figure through a PCIe switch (an estimate: measure yours with
+# `all_reduce_perf -b 8 -e 64K`). Every calculator takes an override.
+NVLINK_ALLREDUCE_LATENCY_S = 8e-6
+PCIE_ALLREDUCE_LATENCY_S = 25e-6
+
+
+def collective_latency_s(hardware: Hardware | str) -> float:
+    """α of one collective inside a node of `hardware` (a Hardware or a preset name): by link kind."""
+    hw = get_hardware(hardware)
+    no_nvlink = "no nvlink" in hw.intra_node_link.lower() or hw.intra_node_link.lower().startswith("pcie")
+    return PCIE_ALLREDUCE_LATENCY_S if no_nvlink else NVLINK_ALLREDUCE_LATENCY_S
+
+
 def collective_time(message_bytes: float, link_bytes_per_s: float, p: int | None = None,
-                    kind: str = "allreduce") -> Result:
-    """Bandwidth-only time of a ring collective: ring_factor · message / link (latency ignored)."""
+                    kind: str = "allreduce", latency_s: float = 0.0) -> Result:
+    """Time of a ring collective: α + ring_factor · message / link (α–β model).
+
+    `latency_s` (α) defaults to 0, the bandwidth-only figure the workbooks use; pass
+    `collective_latency_s(hw)` for the per-message cost that dominates small messages (decode).
+    """
     _positive(link_bytes_per_s=link_bytes_per_s)
+    if not latency_s >= 0:
+        raise InvalidRequestError(f"latency_s must be >= 0 (got {latency_s!r})", "latency_s")
     f = ring_factor(p, kind)
-    return derive(f"{kind} time", f * message_bytes / link_bytes_per_s, "s",
-                  "ring_factor · message_bytes / link_bytes_per_s",
-                  f"{f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
-                  {"p": p, "kind": kind, "ring_factor": f})
+    beta_s = f * message_bytes / link_bytes_per_s
+    if not latency_s:
+        return derive(f"{kind} time", beta_s, "s",
+                      "ring_factor · message_bytes / link_bytes_per_s",
+                      f"{f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
+                      {"p": p, "kind": kind, "ring_factor": f})
+    return derive(f"{kind} time", latency_s + beta_s, "s",
+                  "α + ring_factor · message_bytes / link_bytes_per_s",
+                  f"{latency_s:g} + {f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
+                  {"p": p, "kind": kind, "ring_factor": f, "latency_s": latency_s, "bandwidth_s": beta_s},
+                  note=f"latency {latency_s / (latency_s + beta_s):.0%} of the time")
+
+
+def tp_decode_allreduce_time(
+    layers: int, batch: int, hidden: int, tp: int, link_bytes_per_s: float, latency_s: float,
+    bytes_per_element: float = 2, allreduces_per_layer: int = 2,
+) -> Result:
+    """All-reduce time of one TP decode step: layers · allreduces · (α + 2(TP−1)/TP · batch·hidden·bytes / β).
+
+    Each layer all-reduces its [batch, hidden] output twice (after W_O and after W_2); at decode the
+    message is a few KB, so α, not bandwidth, sets the time (70B at TP=8: 160 × ≈ 8 µs ≈ 1.3 ms).
+    """
+    _positive(layers=layers, tp=tp)
+    msg = tp_allreduce_message_bytes(batch, 1, hidden, bytes_per_element)
+    one = collective_time(msg.value, link_bytes_per_s, tp, "allreduce", latency_s)
+    n = layers * allreduces_per_layer
+    return derive("TP all-reduce time per decode step", n * one.value if tp > 1 else 0.0, "s",
+                  "layers · allreduces_per_layer · (α + ring_factor · message / link)",
+                  f"{layers} × {allreduces_per_layer} × {one.value:.4g}" if tp > 1 else "0 (TP = 1)",
+                  {"layers": layers, "allreduces_per_layer": allreduces_per_layer, "tp": tp,
+                   "latency_s": latency_s}, [msg, one])
 
 
 # ---------------------------------------------------------------- tensor parallelism

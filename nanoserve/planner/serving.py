@@ -14,6 +14,7 @@ import math
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
 
 
@@ -94,39 +95,55 @@ def decode_step_time(
     flops_per_token: float = 0.0,
     peak_flops_per_s: float | None = None,
     efficiency: float = 1.0,
+    comm_s: float = 0.0,
+    comm: Result | None = None,
 ) -> Result:
-    """One decode step for `batch` sequences: max(memory, compute) / efficiency.
+    """One decode step for `batch` sequences: max(memory, compute) / efficiency + communication.
 
     memory = (weights + batch · KV bytes each sequence reads) / bandwidth; compute = batch · FLOPs per
-    token / peak (left out when no peak is given).
+    token / peak (left out when no peak is given). Under tensor parallelism pass the per-GPU bytes and
+    FLOPs and the step's all-reduce time as `comm_s` (or a `comm` Result): decode's all-reduces sit
+    between dependent matmuls, so they add to the step rather than hide behind it.
     """
     w = _positive("weight_bytes", weight_bytes)
     bw = _positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
-    b = int(_positive("batch", batch))
+    b = _positive_int("batch", batch)
     e = _fraction("efficiency", efficiency)
     if kv_bytes_per_seq < 0:
         raise InvalidRequestError("kv_bytes_per_seq must be >= 0", "kv_bytes_per_seq")
+    c = comm.value if comm is not None else comm_s
+    if not c >= 0:
+        raise InvalidRequestError(f"comm_s must be >= 0 (got {c!r})", "comm_s")
     moved = w + b * kv_bytes_per_seq
     t_mem = moved / bw
     t_cmp = b * flops_per_token / peak_flops_per_s if peak_flops_per_s and flops_per_token else 0.0
     bound = "compute" if t_cmp > t_mem else "memory"
+    formula = "max((weights + batch·KV) / bandwidth, batch·FLOPs/token / peak) / efficiency"
+    sub = (
+        f"max(({_fmt(w)} + {b} × {_fmt(kv_bytes_per_seq)}) / {_fmt(bw)}, "
+        f"{b} × {_fmt(flops_per_token)} / {_fmt(peak_flops_per_s or 0)}) / {_fmt(e)}"
+    )
+    if c:
+        formula += " + all-reduce time"
+        sub += f" + {_fmt(c)}"
     return derive(
         "decode step time",
-        max(t_mem, t_cmp) / e,
+        max(t_mem, t_cmp) / e + c,
         "s",
-        "max((weights + batch·KV) / bandwidth, batch·FLOPs/token / peak) / efficiency",
-        f"max(({_fmt(w)} + {b} × {_fmt(kv_bytes_per_seq)}) / {_fmt(bw)}, "
-        f"{b} × {_fmt(flops_per_token)} / {_fmt(peak_flops_per_s or 0)}) / {_fmt(e)}",
+        formula,
+        sub,
         {
             "weight_bytes": w,
             "batch": b,
             "kv_bytes_per_seq": kv_bytes_per_seq,
             "memory_s": t_mem,
             "compute_s": t_cmp,
+            "comm_s": c,
             "bound": bound,
             "efficiency": e,
         },
-        note=f"{bound}-bound",
+        [comm] if comm is not None else [],
+        note=f"{bound}-bound" + (f", all-reduces {_fmt(c * 1e3)} ms" if c else ""),
     )
 
 
@@ -138,6 +155,8 @@ def decode_throughput(
     flops_per_token: float = 0.0,
     peak_flops_per_s: float | None = None,
     efficiency: float = 1.0,
+    comm_s: float = 0.0,
+    comm: Result | None = None,
 ) -> Result:
     """Aggregate decode tokens/s: batch / step time. At batch 1 with no KV, bandwidth / weight bytes."""
     step = decode_step_time(
@@ -148,6 +167,8 @@ def decode_throughput(
         flops_per_token,
         peak_flops_per_s,
         efficiency,
+        comm_s,
+        comm,
     )
     b = step.inputs["batch"]
     return derive(

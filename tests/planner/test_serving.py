@@ -58,3 +58,13 @@ def test_response_time_and_replicas():
     rep = s.replicas_needed(1000, 300, headroom=0.5)
     assert rep.inputs["base"] == 4 and rep.value == 6
     assert s.replicas_needed(900, 300).value == 3  # exact division does not round up
+
+
+def test_decode_step_adds_communication_and_rejects_fractional_batches():
+    base = s.decode_step_time(W, BW, batch=1).value
+    assert s.decode_step_time(W, BW, batch=1, comm_s=1e-3).value == pytest.approx(base + 1e-3)
+    for bad in (1.7, 0, -1):
+        with pytest.raises(InvalidRequestError):
+            s.decode_throughput(W, BW, batch=bad)
+    with pytest.raises(InvalidRequestError):
+        s.decode_step_time(W, BW, comm_s=-1)

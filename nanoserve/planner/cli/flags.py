@@ -93,6 +93,10 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "parallelism and training": {
         "tp": dict(type=positive_int, help="tensor-parallel degree"),
+        "allreduce-latency-us": dict(
+            type=number,
+            help="per-message all-reduce latency α in µs (default: by interconnect, NVLink 8, PCIe 25)",
+        ),
         "pp": dict(type=positive_int, help="pipeline-parallel degree"),
         "dp": dict(type=positive_int, help="data-parallel degree"),
         "gpus": dict(type=number, help="GPU count"),

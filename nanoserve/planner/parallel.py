@@ -93,23 +93,25 @@ def collective_time(message_bytes: float, link_bytes_per_s: float, p: int | None
                   note=f"latency {latency_s / (latency_s + beta_s):.0%} of the time")
 
 
-def tp_decode_allreduce_time(
-    layers: int, batch: int, hidden: int, tp: int, link_bytes_per_s: float, latency_s: float,
+def tp_forward_allreduce_time(
+    layers: int, tokens: int, hidden: int, tp: int, link_bytes_per_s: float, latency_s: float,
     bytes_per_element: float = 2, allreduces_per_layer: int = 2,
 ) -> Result:
-    """All-reduce time of one TP decode step: layers · allreduces · (α + 2(TP−1)/TP · batch·hidden·bytes / β).
+    """All-reduce time of one TP forward over `tokens` tokens (a decode step: the batch; a prefill:
+    the prompt): layers · allreduces · (α + 2(TP−1)/TP · tokens·hidden·bytes / β).
 
-    Each layer all-reduces its [batch, hidden] output twice (after W_O and after W_2); at decode the
-    message is a few KB, so α, not bandwidth, sets the time (70B at TP=8: 160 × ≈ 8 µs ≈ 1.3 ms).
+    Each layer all-reduces its [tokens, hidden] output twice (after W_O and after W_2). At decode the
+    message is a few KB, so α, not bandwidth, sets the time (70B at TP=8: 160 × ≈ 8 µs ≈ 1.3 ms); at
+    prefill the bandwidth term dominates. Counted as exposed (not overlapped with the matmuls).
     """
     _positive(layers=layers, tp=tp)
-    msg = tp_allreduce_message_bytes(batch, 1, hidden, bytes_per_element)
+    msg = tp_allreduce_message_bytes(tokens, 1, hidden, bytes_per_element)
     one = collective_time(msg.value, link_bytes_per_s, tp, "allreduce", latency_s)
     n = layers * allreduces_per_layer
-    return derive("TP all-reduce time per decode step", n * one.value if tp > 1 else 0.0, "s",
+    return derive("TP all-reduce time per forward", n * one.value if tp > 1 else 0.0, "s",
                   "layers · allreduces_per_layer · (α + ring_factor · message / link)",
                   f"{layers} × {allreduces_per_layer} × {one.value:.4g}" if tp > 1 else "0 (TP = 1)",
-                  {"layers": layers, "allreduces_per_layer": allreduces_per_layer, "tp": tp,
+                  {"layers": layers, "tokens": tokens, "allreduces_per_layer": allreduces_per_layer, "tp": tp,
                    "latency_s": latency_s}, [msg, one])
 
 

@@ -201,3 +201,15 @@ def test_decode_tp_splits_weights_and_pays_allreduce_latency(capsys):
     argv = ["plan", "decode", "--model", "llama-3.1-70b", "--tp", "8", "--allreduce-latency-us", "0"]
     assert 1 / _value(_json(capsys, argv), "decode throughput") == pytest.approx(weights_s + 160 * beta_s)
     assert main(["plan", "decode", "--model", "llama-3.1-70b", "--tp", "16"]) == 2
+
+
+def test_prefill_counts_attention_and_tp_allreduces(capsys):
+    doc = _json(capsys, ["plan", "prefill", "--model", "llama-3.1-70b", "--prompt", "4096"])
+    n, attn, peak = 70_553_706_496, 4 * 80 * 8192 * 4097 / 2, 989e12
+    assert _value(doc, "prefill time") == pytest.approx(4096 * (2 * n + attn) / peak)
+    assert _value(doc, "prefill time (2N only)") == pytest.approx(4096 * 2 * n / peak)
+    doc = _json(capsys, ["plan", "prefill", "--model", "llama-3.1-70b", "--prompt", "4096", "--tp", "8"])
+    comm = 160 * (8e-6 + 2 * 7 / 8 * 4096 * 8192 * 2 / 450e9)
+    total = 4096 * (2 * n + attn) / (8 * peak) + comm
+    assert _value(doc, "prefill time with all-reduces") == pytest.approx(total)
+    assert _value(doc, "TTFT") == pytest.approx(total)

@@ -122,7 +122,7 @@ def test_allreduce_alpha_beta_latency():
         PCIE_ALLREDUCE_LATENCY_S,
         collective_latency_s,
         collective_time,
-        tp_decode_allreduce_time,
+        tp_forward_allreduce_time,
     )
 
     # the default stays bandwidth-only (the workbooks' convention); α adds once per message
@@ -132,8 +132,8 @@ def test_allreduce_alpha_beta_latency():
     assert collective_latency_s("h100") == NVLINK_ALLREDUCE_LATENCY_S
     assert collective_latency_s("l4") == PCIE_ALLREDUCE_LATENCY_S
     # 70B at TP=8, batch-1 decode: 160 all-reduces ≈ 1.3 ms (AIConfigurator's figure, REFERENCES.md)
-    t = tp_decode_allreduce_time(80, 1, 8192, 8, 450e9, collective_latency_s("h100"))
+    t = tp_forward_allreduce_time(80, 1, 8192, 8, 450e9, collective_latency_s("h100"))
     assert t.value == pytest.approx(1.28e-3, rel=0.01)
-    assert tp_decode_allreduce_time(80, 1, 8192, 1, 450e9, 8e-6).value == 0
+    assert tp_forward_allreduce_time(80, 1, 8192, 1, 450e9, 8e-6).value == 0
     with pytest.raises(InvalidRequestError):
         collective_time(1, 1e9, 2, latency_s=-1)

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.cli.flags import GPU, MODEL, Topic
 from nanoserve.planner.cli.inputs import (
     decode_weights_read,
     hardware_of,
+    labelled,
     model_of,
     n_params,
     need,
     peak_flops,
 )
 from nanoserve.planner.cli.output import Output
-from nanoserve.planner.derivation import Result
+from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware
 from nanoserve.planner.memory import dtype_bytes, kv_cache_per_token
-from nanoserve.planner.parallel import collective_latency_s, tp_decode_allreduce_time
+from nanoserve.planner.parallel import collective_latency_s, tp_forward_allreduce_time
 from nanoserve.planner.plots import RooflineSpec
 from nanoserve.planner.roofline import analyze, analyze_matmul
 from nanoserve.planner.serving import (
     decode_crossover_batch,
     decode_throughput,
+    prefill_attention_flops_per_token,
     prefill_throughput,
     prefill_time,
     ttft,
@@ -111,7 +114,7 @@ def t_decode(args: argparse.Namespace) -> Output:
     comm = None
     if tp > 1:
         alpha = args.allreduce_latency_us * 1e-6 if args.allreduce_latency_us is not None else None
-        comm = tp_decode_allreduce_time(
+        comm = tp_forward_allreduce_time(
             m.layers,
             batch,
             m.hidden,
@@ -142,13 +145,30 @@ def t_decode(args: argparse.Namespace) -> Output:
 def t_prefill(args: argparse.Namespace) -> Output:
     m, hw = model_of(args), hardware_of(args)
     n = n_params(args)
-    peak = peak_flops(hw, args.dtype) * (args.tp or 1)
+    tp = args.tp or 1
+    peak = peak_flops(hw, args.dtype) * tp
     prompt = args.prompt or args.context or 4096
-    thr = prefill_throughput(n, peak, args.efficiency)
-    return Output(
-        f"prefill of {m.name} on {hw.name} (TP={args.tp or 1})",
-        [thr, prefill_time(prompt, n, peak, args.efficiency), ttft(prompt, thr.value, args.queue)],
-    )
+    attn = prefill_attention_flops_per_token(m, prompt)
+    thr = prefill_throughput(n, peak, args.efficiency, attn.value)
+    t = prefill_time(prompt, n, peak, args.efficiency, attn.value)
+    t = replace(t, steps=(*t.steps, attn))
+    res = [thr, t]
+    notes = []
+    if tp > 1:
+        alpha = args.allreduce_latency_us * 1e-6 if args.allreduce_latency_us is not None else None
+        comm = tp_forward_allreduce_time(
+            m.layers, prompt, m.hidden, tp, hw.intra_node_unidir_bytes_per_s,
+            collective_latency_s(hw) if alpha is None else alpha, dtype_bytes(args.act_dtype),
+        )
+        t = derive("prefill time with all-reduces", t.value + comm.value, "s",
+                   "prefill time + TP all-reduce time", f"{t.value:.4g} + {comm.value:.4g}",
+                   {"tp": tp}, [t, comm])
+        res.append(t)
+        notes.append("all-reduces counted as exposed (not overlapped with the matmuls)")
+    res.append(ttft(prompt, prompt / t.value, args.queue))
+    # the seeds' rule, 2N FLOPs per token, beside the realistic figure
+    res.append(labelled(prefill_time(prompt, n, peak, args.efficiency), "2N only"))
+    return Output(f"prefill of {m.name} on {hw.name} (TP={tp})", res, notes)
 
 
 TOPICS = {
@@ -170,7 +190,8 @@ TOPICS = {
     "prefill": Topic(
         t_prefill,
         "prefill throughput, time and TTFT",
-        MODEL + GPU + ("dtype", "efficiency", "tp", "prompt", "context", "queue"),
+        MODEL + GPU + ("dtype", "act-dtype", "efficiency", "tp", "prompt", "context", "queue")
+        + ("allreduce-latency-us",),
         needs="model",
     ),
 }

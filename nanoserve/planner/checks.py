@@ -9,6 +9,10 @@ from nanoserve.errors import InvalidRequestError
 
 def positive(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        if hasattr(value, "hbm_bytes_per_s"):  # a Hardware where one of its numbers belongs
+            raise InvalidRequestError(
+                f"{name} takes a number, not a Hardware: pass one of its fields "
+                f"(hbm_bytes_per_s, bf16_flops_per_s, hbm_bytes, …)", name)
         raise InvalidRequestError(f"{name} must be a positive number (got {value!r})", name)
     return float(value)
 

@@ -17,7 +17,7 @@ import math
 from fractions import Fraction
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.planner.checks import positive
+from nanoserve.planner.checks import positive, positive_int
 from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
@@ -33,9 +33,14 @@ def _params(model: ModelSpec | str | float) -> tuple[str, float]:
     return m.name, float(param_breakdown(m).total)
 
 
+_COUNTS = {"tp", "pp", "dp", "layers", "microbatches", "total_gpus", "model_parallel", "micro_batch_seqs",
+           "seq_len", "grad_accum", "batch", "hidden"}
+
+
 def _positive(**kw: float) -> None:
+    """Positive numbers; GPU counts, degrees and shapes must also be whole (2.5-way TP is an error)."""
     for name, value in kw.items():
-        positive(name, value)
+        (positive_int if name in _COUNTS else positive)(name, value)
 
 
 # ---------------------------------------------------------------- collectives
@@ -262,9 +267,9 @@ def dp_comm_per_step(model: ModelSpec | str | float, dp: int | None = None, stra
     key = strategy.lower().replace("-", "").replace("_", "")
     if key not in factors:
         raise InvalidRequestError(f"strategy must be one of {', '.join(factors)}", "strategy")
-    ring = 1.0 if dp is None else (dp - 1) / dp
     if dp is not None:
         _positive(dp=dp)
+    ring = 1.0 if dp is None else (dp - 1) / dp
     k = factors[key]
     ring_txt = "" if dp is None else f" · ({dp}−1)/{dp}"
     return derive(f"{strategy} communication per GPU per step", k * ring * n * grad_bytes, "bytes",

@@ -318,7 +318,7 @@ def littles_law(
 
 def response_time(ttft_s: float, output_tokens: int, tpot_s: float) -> Result:
     """End-to-end latency of one streamed response: TTFT + (output tokens − 1) · TPOT."""
-    n = int(_positive("output_tokens", output_tokens))
+    n = _positive_int("output_tokens", output_tokens)
     if ttft_s < 0 or tpot_s < 0:
         raise InvalidRequestError("ttft_s and tpot_s must be >= 0", "tpot_s")
     return derive(

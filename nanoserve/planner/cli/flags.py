@@ -99,7 +99,7 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
         ),
         "pp": dict(type=positive_int, help="pipeline-parallel degree"),
         "dp": dict(type=positive_int, help="data-parallel degree"),
-        "gpus": dict(type=number, help="GPU count"),
+        "gpus": dict(type=positive_int, help="GPU count (a whole number >= 1)"),
         "zero-stage": dict(type=int, default=1, choices=(0, 1, 2, 3), help="ZeRO stage"),
         "microbatches": dict(type=positive_int, help="pipeline microbatches"),
         "bubble": dict(type=number, default=0.05, help="target bubble fraction"),

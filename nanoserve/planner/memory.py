@@ -15,7 +15,7 @@ from nanoserve.planner.checks import positive_int
 from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
-from nanoserve.planner.parallel import zero_memory_per_gpu
+from nanoserve.planner.parallel import ZERO_STAGE_DEFAULT, zero_memory_per_gpu
 from nanoserve.planner.params import param_breakdown
 
 DTYPE_BITS: dict[str, float] = {
@@ -403,7 +403,7 @@ def memory_estimate(
     seq_len: int = 0,
     batch: int = 1,
     n_gpu: int = 1,
-    zero_stage: int = 3,
+    zero_stage: int = ZERO_STAGE_DEFAULT,
     recompute: str = "full",
     flash_attention: bool = True,
     overhead_bytes: float = 4e9,

@@ -33,6 +33,11 @@ def _params(model: ModelSpec | str | float) -> tuple[str, float]:
     return m.name, float(param_breakdown(m).total)
 
 
+# One default ZeRO stage for the API and the CLI (it was 0, 3 and 1 in three places): ZeRO-1, the
+# sharded optimizer that DeepSpeed users and Megatron's distributed optimizer start from. Stage 0 is
+# plain DDP; ask for 2 or 3 explicitly.
+ZERO_STAGE_DEFAULT = 1
+
 _COUNTS = {"tp", "pp", "dp", "layers", "microbatches", "total_gpus", "model_parallel", "micro_batch_seqs",
            "seq_len", "grad_accum", "batch", "hidden"}
 
@@ -213,8 +218,8 @@ def layers_per_stage(layers: int, pp: int) -> Result:
 # ---------------------------------------------------------------- data parallelism, ZeRO, FSDP
 
 def zero_memory_per_gpu(
-    model: ModelSpec | str | float, dp: int, stage: int = 0, weight_bytes: float = 2, grad_bytes: float = 2,
-    optimizer_bytes: float = 12, model_parallel: int = 1,
+    model: ModelSpec | str | float, dp: int, stage: int = ZERO_STAGE_DEFAULT, weight_bytes: float = 2,
+    grad_bytes: float = 2, optimizer_bytes: float = 12, model_parallel: int = 1,
 ) -> Result:
     """Model state per GPU: stage 0 (DDP) replicates all; ZeRO-1 shards the optimizer, ZeRO-2 also the
     gradients, ZeRO-3 / FSDP also the weights — each over the data-parallel degree `dp`.
@@ -298,10 +303,11 @@ def weight_memory_3d(model: ModelSpec | str | float, tp: int, pp: int, bytes_per
 
 
 def memory_per_gpu_3d(
-    model: ModelSpec | str | float, tp: int, pp: int, dp: int, zero_stage: int = 1,
+    model: ModelSpec | str | float, tp: int, pp: int, dp: int, zero_stage: int = ZERO_STAGE_DEFAULT,
     weight_bytes: float = 2, grad_bytes: float = 2, optimizer_bytes: float = 12,
 ) -> Result:
-    """Training model state per GPU under TP × PP × DP with ZeRO over DP (activations not included)."""
+    """Training model state per GPU under TP × PP × DP with ZeRO over DP (activations not included:
+    `training_memory.training_memory_per_gpu` adds them)."""
     _positive(tp=tp, pp=pp, dp=dp)
     r = zero_memory_per_gpu(model, dp, zero_stage, weight_bytes, grad_bytes, optimizer_bytes, tp * pp)
     return derive(f"3D-parallel model state per GPU (tp={tp}, pp={pp}, dp={dp}, ZeRO-{zero_stage})", r.value,

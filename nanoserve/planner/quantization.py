@@ -27,7 +27,7 @@ def quantized_weight_bytes(
     return derive(
         "weight memory",
         n * bpp.value,
-        "B",
+        "bytes",
         "N · bytes_per_param",
         f"{_fmt(n)} × {_fmt(bpp.value)}",
         {"n_params": n, "dtype": dtype},

@@ -52,7 +52,7 @@ def matmul_bytes(
     return derive(
         "matmul bytes",
         total,
-        "B",
+        "bytes",
         "(m·k + m·n)·bytes_act + k·n·bytes_weight",
         f"({m:,}×{k:,} + {m:,}×{n:,}) × {_fmt(b)} + {k:,}×{n:,} × {_fmt(w)}",
         {"m": m, "k": k, "n": n, "bytes_act": b, "bytes_weight": w},

@@ -24,7 +24,7 @@ def prefill_attention_flops_per_token(model: ModelSpec | str, prompt_tokens: int
 
     Token i attends to i keys: Q·Kᵀ and P·V cost 2·q_dim·i FLOPs each per layer; the mean over a
     prompt of S tokens is (S+1)/2 keys. The 2N rule leaves this out; it grows with the prompt (70B at
-    S = 4,096: 2.7 GFLOP per token beside 2N = 141 GFLOP, 2%; at 32k, 15%). Pass the value as
+    S = 4,096: 5.4 GFLOP per token beside 2N = 141 GFLOP, +4%; at 32k, 43 GFLOP, +30%). Pass the value as
     `attn_flops_per_token` to `prefill_time` / `prefill_throughput`.
     """
     m = get_model(model)

@@ -180,7 +180,7 @@ def _plan_at_tp(
     kv_req = derive(
         "KV cache per request",
         kv_tok.value * context_tokens,
-        "B",
+        "bytes",
         "KV per token · context",
         f"{_fmt(kv_tok.value)} × {context_tokens:,}",
         {"context_tokens": context_tokens},
@@ -200,7 +200,7 @@ def _plan_at_tp(
     steps["KV budget per GPU"] = derive(
         "KV budget per GPU",
         kv_gpu,
-        "B",
+        "bytes",
         "GPU memory − weights / tp − overhead",
         f"{_fmt(mem)} − {_fmt(weights.value)} / {tp} − {_fmt(overhead_bytes)}",
         {"gpu_memory_bytes": mem, "tp": tp, "overhead_bytes": overhead_bytes},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
 
 HOURS_PER_MONTH = 24 * 30
@@ -24,7 +25,7 @@ def cost_per_million_tokens(
     """$ per 1M tokens: n_gpus · $/h / (tok/s · 3600 · utilisation / 1e6). `usd_per_hour` is per GPU."""
     p = _positive("usd_per_hour", usd_per_hour)
     r = _positive("tok_per_s", tok_per_s)
-    n = int(_positive("n_gpus", n_gpus))
+    n = _positive_int("n_gpus", n_gpus)
     u = _fraction("utilization", utilization)
     hourly = derive("cost per hour", n * p, "$/h", "n_gpus · $/h", f"{n} × {_fmt(p)}")
     tokens = derive(
@@ -127,7 +128,7 @@ def throughput_for_price(
     c = _positive("target_usd_per_million", target_usd_per_million)
     p = _positive("usd_per_hour", usd_per_hour)
     u = _fraction("utilization", utilization)
-    n = int(_positive("n_gpus", n_gpus))
+    n = _positive_int("n_gpus", n_gpus)
     return derive(
         "required throughput",
         n * p * 1e6 / (c * 3600 * u),
@@ -230,7 +231,7 @@ def fleet_size(
 
 def monthly_bill(n_gpus: int, usd_per_hour: float, hours: float = HOURS_PER_MONTH) -> Result:
     """GPUs · $/h · hours (a 30-day month of 720 h by default)."""
-    n = int(_positive("n_gpus", n_gpus))
+    n = _positive_int("n_gpus", n_gpus)
     p = _positive("usd_per_hour", usd_per_hour)
     h = _positive("hours", hours)
     return derive(

@@ -3,6 +3,12 @@
 Every planner calculator returns one, the way the workbook's "Show derivation" explains a number:
 the inputs, the formula, the formula with the numbers substituted, and the result with its unit.
 Calculators that chain others keep those as `steps`, so a capacity plan explains itself top-down.
+
+Conventions every calculator follows (issue #15): values in SI base units with the unit spelled in
+`unit` ("bytes", never "B"; "s" for every duration, training included; `.to("days", 86400)` and the
+CLI tables convert for display); counts (GPUs, batch, layers, degrees) are whole numbers ≥ 1 checked
+by `checks.positive_int`; bad input is an InvalidRequestError naming the argument, never a silent
+coercion; hardware is a `Hardware` or a preset name wherever a function takes one.
 """
 
 from __future__ import annotations

@@ -158,6 +158,9 @@ def get_hardware(name: str | Hardware) -> Hardware:
     """Preset by forgiving name: "h100", "H100-SXM", "nvidia h100 sxm", "A100_40GB", "v5e"."""
     if isinstance(name, Hardware):
         return name
+    if not isinstance(name, str):
+        raise InvalidRequestError(
+            f"hardware must be a preset name or a Hardware (got {type(name).__name__})", "hardware")
     key = _norm(name)
     if key in PRESETS:
         return PRESETS[key]

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.planner.checks import positive_int
 from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
-from nanoserve.planner.parallel import zero_memory_per_gpu
+from nanoserve.planner.parallel import ZERO_STAGE_DEFAULT, zero_memory_per_gpu
 from nanoserve.planner.params import param_breakdown
 
 DTYPE_BITS: dict[str, float] = {
@@ -175,14 +176,16 @@ def _kv_shape(model: ModelSpec | str | None, layers: int | None, kv_heads: int |
     if model is not None:
         m = get_model(model)
         name = m.name
-        layers, kv_heads, head_dim = layers or m.layers, kv_heads or m.kv_heads, head_dim or m.head_dim
+        # an explicit 0 is an error below, not "use the preset's" (only None means that)
+        layers = m.layers if layers is None else layers
+        kv_heads = m.kv_heads if kv_heads is None else kv_heads
+        head_dim = m.head_dim if head_dim is None else head_dim
     else:
         name = "model"
-    if not layers or not kv_heads or not head_dim:
+    if layers is None or kv_heads is None or head_dim is None:
         raise InvalidRequestError("give a model, or layers, kv_heads and head_dim", "model")
-    for k, v in (("layers", layers), ("kv_heads", kv_heads), ("head_dim", head_dim)):
-        if v <= 0:
-            raise InvalidRequestError(f"{k} must be > 0", k)
+    layers, kv_heads, head_dim = (positive_int(k, v) for k, v in
+                                  (("layers", layers), ("kv_heads", kv_heads), ("head_dim", head_dim)))
     return name, layers, kv_heads, head_dim
 
 
@@ -367,9 +370,15 @@ class MemoryEstimate:
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes, "breakdown": dict(self.breakdown)}
 
 
-def quick_fit(params: float, bytes_per_param: float, n_gpu: int = 1, gpu_bytes: float = 80e9,
+def quick_fit(params: float, bytes_per_param: float, n_gpu: int = 1, gpu_bytes: float | Hardware | str = 80e9,
               overhead_bytes: float = 4e9) -> MemoryEstimate:
-    """The one-minute check: params · bytes_per_param / n_gpu + overhead ≤ GPU memory?"""
+    """The one-minute check: params · bytes_per_param / n_gpu + overhead ≤ GPU memory?
+
+    `gpu_bytes` is a size, or a Hardware / preset name (its memory), like every planner function
+    that takes hardware."""
+    if isinstance(gpu_bytes, (Hardware, str)):
+        gpu_bytes = get_hardware(gpu_bytes).hbm_bytes
+    n_gpu = positive_int("n_gpu", n_gpu)
     if params <= 0 or bytes_per_param <= 0 or n_gpu < 1:
         raise InvalidRequestError("params, bytes_per_param and n_gpu must be positive", "params")
     state = params * bytes_per_param / n_gpu
@@ -394,7 +403,7 @@ def memory_estimate(
     seq_len: int = 0,
     batch: int = 1,
     n_gpu: int = 1,
-    zero_stage: int = 3,
+    zero_stage: int = ZERO_STAGE_DEFAULT,
     recompute: str = "full",
     flash_attention: bool = True,
     overhead_bytes: float = 4e9,

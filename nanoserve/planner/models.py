@@ -135,6 +135,10 @@ def get_model(name: str | ModelSpec) -> ModelSpec:
     """Preset by forgiving name ("llama-3.1-70b", "meta-llama/Llama-3.1-8B", "gpt2") or a config.json."""
     if isinstance(name, ModelSpec):
         return name
+    if not isinstance(name, (str, Path)):
+        raise InvalidRequestError(
+            f"model must be a preset name, a config.json path or a ModelSpec (got {type(name).__name__})",
+            "model")
     p = Path(name)
     if p.suffix == ".json" or (p.is_dir() and (p / "config.json").is_file()):
         return from_hf_config(p)
@@ -172,6 +176,16 @@ def from_hf_config(config: dict[str, Any] | str | Path, name: str | None = None)
             raise InvalidRequestError(f"{p}: not valid JSON ({e})", "model") from e
         name = name or p.parent.name
     cfg: dict[str, Any] = dict(config)
+    try:
+        return _spec_from_config(cfg, name)
+    except KeyError as e:
+        raise InvalidRequestError(f"config.json lacks {e.args[0]!r}, which a {cfg.get('model_type')!r} "
+                                  "model needs", "model") from e
+    except (TypeError, ValueError) as e:
+        raise InvalidRequestError(f"config.json has a malformed value: {e}", "model") from e
+
+
+def _spec_from_config(cfg: dict[str, Any], name: str | None) -> ModelSpec:
     mtype = str(cfg.get("model_type", "")).lower()
     if mtype not in SUPPORTED_MODEL_TYPES:
         raise InvalidRequestError(

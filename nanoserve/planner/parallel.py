@@ -17,8 +17,9 @@ import math
 from fractions import Fraction
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.planner.checks import positive
+from nanoserve.planner.checks import positive, positive_int
 from nanoserve.planner.derivation import Result, derive
+from nanoserve.planner.hardware import Hardware, get_hardware
 from nanoserve.planner.models import ModelSpec, get_model
 from nanoserve.planner.params import param_breakdown
 
@@ -32,9 +33,19 @@ def _params(model: ModelSpec | str | float) -> tuple[str, float]:
     return m.name, float(param_breakdown(m).total)
 
 
+# One default ZeRO stage for the API and the CLI (it was 0, 3 and 1 in three places): ZeRO-1, the
+# sharded optimizer that DeepSpeed users and Megatron's distributed optimizer start from. Stage 0 is
+# plain DDP; ask for 2 or 3 explicitly.
+ZERO_STAGE_DEFAULT = 1
+
+_COUNTS = {"tp", "pp", "dp", "layers", "microbatches", "total_gpus", "model_parallel", "micro_batch_seqs",
+           "seq_len", "grad_accum", "batch", "hidden"}
+
+
 def _positive(**kw: float) -> None:
+    """Positive numbers; GPU counts, degrees and shapes must also be whole (2.5-way TP is an error)."""
     for name, value in kw.items():
-        positive(name, value)
+        (positive_int if name in _COUNTS else positive)(name, value)
 
 
 # ---------------------------------------------------------------- collectives
@@ -51,15 +62,67 @@ def ring_factor(p: int | None, kind: str = "allreduce") -> float:
     return base[kind] * (p - 1) / p
 
 
+# Per-message latency α of one NCCL collective among the GPUs of one node (the α of the α–β model,
+# time = α + bytes / β). NVLink-class: ≈ 8 µs, from AIConfigurator's 70B TP=8 batch-1 decode on H100
+# (160 all-reduces ≈ 1.3 ms, shared/REFERENCES.md) and in line with nccl-tests' small-message
+# all_reduce_perf on 8×H100/A100 NVLink. PCIe without NVLink (L4, L40S): ≈ 25 µs, a typical
+# nccl-tests small-message figure through a PCIe switch (an estimate: measure yours with
+# `all_reduce_perf -b 8 -e 64K`). Every calculator takes an override.
+NVLINK_ALLREDUCE_LATENCY_S = 8e-6
+PCIE_ALLREDUCE_LATENCY_S = 25e-6
+
+
+def collective_latency_s(hardware: Hardware | str) -> float:
+    """α of one collective inside a node of `hardware` (a Hardware or a preset name): by link kind."""
+    hw = get_hardware(hardware)
+    no_nvlink = "no nvlink" in hw.intra_node_link.lower() or hw.intra_node_link.lower().startswith("pcie")
+    return PCIE_ALLREDUCE_LATENCY_S if no_nvlink else NVLINK_ALLREDUCE_LATENCY_S
+
+
 def collective_time(message_bytes: float, link_bytes_per_s: float, p: int | None = None,
-                    kind: str = "allreduce") -> Result:
-    """Bandwidth-only time of a ring collective: ring_factor · message / link (latency ignored)."""
+                    kind: str = "allreduce", latency_s: float = 0.0) -> Result:
+    """Time of a ring collective: α + ring_factor · message / link (α–β model).
+
+    `latency_s` (α) defaults to 0, the bandwidth-only figure the workbooks use; pass
+    `collective_latency_s(hw)` for the per-message cost that dominates small messages (decode).
+    """
     _positive(link_bytes_per_s=link_bytes_per_s)
+    if not latency_s >= 0:
+        raise InvalidRequestError(f"latency_s must be >= 0 (got {latency_s!r})", "latency_s")
     f = ring_factor(p, kind)
-    return derive(f"{kind} time", f * message_bytes / link_bytes_per_s, "s",
-                  "ring_factor · message_bytes / link_bytes_per_s",
-                  f"{f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
-                  {"p": p, "kind": kind, "ring_factor": f})
+    beta_s = f * message_bytes / link_bytes_per_s
+    if not latency_s:
+        return derive(f"{kind} time", beta_s, "s",
+                      "ring_factor · message_bytes / link_bytes_per_s",
+                      f"{f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
+                      {"p": p, "kind": kind, "ring_factor": f})
+    return derive(f"{kind} time", latency_s + beta_s, "s",
+                  "α + ring_factor · message_bytes / link_bytes_per_s",
+                  f"{latency_s:g} + {f:g} · {message_bytes:,.0f} / {link_bytes_per_s:,.0f}",
+                  {"p": p, "kind": kind, "ring_factor": f, "latency_s": latency_s, "bandwidth_s": beta_s},
+                  note=f"latency {latency_s / (latency_s + beta_s):.0%} of the time")
+
+
+def tp_forward_allreduce_time(
+    layers: int, tokens: int, hidden: int, tp: int, link_bytes_per_s: float, latency_s: float,
+    bytes_per_element: float = 2, allreduces_per_layer: int = 2,
+) -> Result:
+    """All-reduce time of one TP forward over `tokens` tokens (a decode step: the batch; a prefill:
+    the prompt): layers · allreduces · (α + 2(TP−1)/TP · tokens·hidden·bytes / β).
+
+    Each layer all-reduces its [tokens, hidden] output twice (after W_O and after W_2). At decode the
+    message is a few KB, so α, not bandwidth, sets the time (70B at TP=8: 160 × ≈ 8 µs ≈ 1.3 ms); at
+    prefill the bandwidth term dominates. Counted as exposed (not overlapped with the matmuls).
+    """
+    _positive(layers=layers, tp=tp)
+    msg = tp_allreduce_message_bytes(tokens, 1, hidden, bytes_per_element)
+    one = collective_time(msg.value, link_bytes_per_s, tp, "allreduce", latency_s)
+    n = layers * allreduces_per_layer
+    return derive("TP all-reduce time per forward", n * one.value if tp > 1 else 0.0, "s",
+                  "layers · allreduces_per_layer · (α + ring_factor · message / link)",
+                  f"{layers} × {allreduces_per_layer} × {one.value:.4g}" if tp > 1 else "0 (TP = 1)",
+                  {"layers": layers, "tokens": tokens, "allreduces_per_layer": allreduces_per_layer, "tp": tp,
+                   "latency_s": latency_s}, [msg, one])
 
 
 # ---------------------------------------------------------------- tensor parallelism
@@ -155,8 +218,8 @@ def layers_per_stage(layers: int, pp: int) -> Result:
 # ---------------------------------------------------------------- data parallelism, ZeRO, FSDP
 
 def zero_memory_per_gpu(
-    model: ModelSpec | str | float, dp: int, stage: int = 0, weight_bytes: float = 2, grad_bytes: float = 2,
-    optimizer_bytes: float = 12, model_parallel: int = 1,
+    model: ModelSpec | str | float, dp: int, stage: int = ZERO_STAGE_DEFAULT, weight_bytes: float = 2,
+    grad_bytes: float = 2, optimizer_bytes: float = 12, model_parallel: int = 1,
 ) -> Result:
     """Model state per GPU: stage 0 (DDP) replicates all; ZeRO-1 shards the optimizer, ZeRO-2 also the
     gradients, ZeRO-3 / FSDP also the weights — each over the data-parallel degree `dp`.
@@ -209,9 +272,9 @@ def dp_comm_per_step(model: ModelSpec | str | float, dp: int | None = None, stra
     key = strategy.lower().replace("-", "").replace("_", "")
     if key not in factors:
         raise InvalidRequestError(f"strategy must be one of {', '.join(factors)}", "strategy")
-    ring = 1.0 if dp is None else (dp - 1) / dp
     if dp is not None:
         _positive(dp=dp)
+    ring = 1.0 if dp is None else (dp - 1) / dp
     k = factors[key]
     ring_txt = "" if dp is None else f" · ({dp}−1)/{dp}"
     return derive(f"{strategy} communication per GPU per step", k * ring * n * grad_bytes, "bytes",
@@ -240,10 +303,11 @@ def weight_memory_3d(model: ModelSpec | str | float, tp: int, pp: int, bytes_per
 
 
 def memory_per_gpu_3d(
-    model: ModelSpec | str | float, tp: int, pp: int, dp: int, zero_stage: int = 1,
+    model: ModelSpec | str | float, tp: int, pp: int, dp: int, zero_stage: int = ZERO_STAGE_DEFAULT,
     weight_bytes: float = 2, grad_bytes: float = 2, optimizer_bytes: float = 12,
 ) -> Result:
-    """Training model state per GPU under TP × PP × DP with ZeRO over DP (activations not included)."""
+    """Training model state per GPU under TP × PP × DP with ZeRO over DP (activations not included:
+    `training_memory.training_memory_per_gpu` adds them)."""
     _positive(tp=tp, pp=pp, dp=dp)
     r = zero_memory_per_gpu(model, dp, zero_stage, weight_bytes, grad_bytes, optimizer_bytes, tp * pp)
     return derive(f"3D-parallel model state per GPU (tp={tp}, pp={pp}, dp={dp}, ZeRO-{zero_stage})", r.value,

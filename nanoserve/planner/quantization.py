@@ -13,6 +13,7 @@ import math
 
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
 from nanoserve.planner.memory import bytes_per_param
 
@@ -26,7 +27,7 @@ def quantized_weight_bytes(
     return derive(
         "weight memory",
         n * bpp.value,
-        "B",
+        "bytes",
         "N · bytes_per_param",
         f"{_fmt(n)} × {_fmt(bpp.value)}",
         {"n_params": n, "dtype": dtype},
@@ -45,7 +46,7 @@ def quantized_decode_speed(
     """Bandwidth-bound decode tokens/s: batch · bandwidth · efficiency / weight bytes."""
     w = quantized_weight_bytes(n_params, dtype, group_size)
     bw = _positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
-    b = int(_positive("batch", batch))
+    b = _positive_int("batch", batch)
     efficiency = _fraction("efficiency", efficiency)
     t = derive(
         "time per step",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
 
 
@@ -51,7 +52,7 @@ def matmul_bytes(
     return derive(
         "matmul bytes",
         total,
-        "B",
+        "bytes",
         "(m·k + m·n)·bytes_act + k·n·bytes_weight",
         f"({m:,}×{k:,} + {m:,}×{n:,}) × {_fmt(b)} + {k:,}×{n:,} × {_fmt(w)}",
         {"m": m, "k": k, "n": n, "bytes_act": b, "bytes_weight": w},
@@ -102,7 +103,7 @@ def attention_intensity(
     softmax, P written, read by P·V → 4·s² elements besides Q, K, V, O (4·s·d). FlashAttention keeps S
     and P on chip, so only the 4·s·d remain.
     """
-    s, d = int(_positive("seq_len", seq_len)), int(_positive("head_dim", head_dim))
+    s, d = _positive_int("seq_len", seq_len), _positive_int("head_dim", head_dim)
     b = _positive("bytes_per_element", bytes_per_element)
     flops = 4 * s * s * d
     elems = 4 * s * d + (4 * s * s if materialize_scores else 0)
@@ -305,7 +306,7 @@ def sm_occupancy(
 
     Defaults are H100's: 2048 threads, 228 KB shared memory, 32 blocks, 64 K registers per SM.
     """
-    tpb = int(_positive("threads_per_block", threads_per_block))
+    tpb = _positive_int("threads_per_block", threads_per_block)
     limits = {"threads": max_threads_per_sm // tpb, "blocks": max_blocks_per_sm}
     if smem_per_block_bytes:
         limits["shared memory"] = int(

@@ -14,7 +14,31 @@ import math
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
+from nanoserve.planner.models import ModelSpec, get_model
+
+
+def prefill_attention_flops_per_token(model: ModelSpec | str, prompt_tokens: int) -> Result:
+    """Attention FLOPs per prompt token of a causal prefill: 4·layers·q_dim·(S+1)/2.
+
+    Token i attends to i keys: Q·Kᵀ and P·V cost 2·q_dim·i FLOPs each per layer; the mean over a
+    prompt of S tokens is (S+1)/2 keys. The 2N rule leaves this out; it grows with the prompt (70B at
+    S = 4,096: 5.4 GFLOP per token beside 2N = 141 GFLOP, +4%; at 32k, 43 GFLOP, +30%). Pass the value as
+    `attn_flops_per_token` to `prefill_time` / `prefill_throughput`.
+    """
+    m = get_model(model)
+    s = _positive_int("prompt_tokens", prompt_tokens)
+    value = 4 * m.layers * m.q_dim * (s + 1) / 2
+    return derive(
+        f"attention FLOPs per prompt token of {m.name}",
+        value,
+        "FLOP",
+        "4 · layers · q_dim · (S + 1)/2",
+        f"4 × {m.layers} × {m.q_dim} × ({s:,} + 1)/2",
+        {"layers": m.layers, "q_dim": m.q_dim, "prompt_tokens": s},
+        note="causal mask: the mean token attends to (S+1)/2 keys",
+    )
 
 
 def prefill_throughput(
@@ -94,39 +118,55 @@ def decode_step_time(
     flops_per_token: float = 0.0,
     peak_flops_per_s: float | None = None,
     efficiency: float = 1.0,
+    comm_s: float = 0.0,
+    comm: Result | None = None,
 ) -> Result:
-    """One decode step for `batch` sequences: max(memory, compute) / efficiency.
+    """One decode step for `batch` sequences: max(memory, compute) / efficiency + communication.
 
     memory = (weights + batch · KV bytes each sequence reads) / bandwidth; compute = batch · FLOPs per
-    token / peak (left out when no peak is given).
+    token / peak (left out when no peak is given). Under tensor parallelism pass the per-GPU bytes and
+    FLOPs and the step's all-reduce time as `comm_s` (or a `comm` Result): decode's all-reduces sit
+    between dependent matmuls, so they add to the step rather than hide behind it.
     """
     w = _positive("weight_bytes", weight_bytes)
     bw = _positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
-    b = int(_positive("batch", batch))
+    b = _positive_int("batch", batch)
     e = _fraction("efficiency", efficiency)
     if kv_bytes_per_seq < 0:
         raise InvalidRequestError("kv_bytes_per_seq must be >= 0", "kv_bytes_per_seq")
+    c = comm.value if comm is not None else comm_s
+    if not c >= 0:
+        raise InvalidRequestError(f"comm_s must be >= 0 (got {c!r})", "comm_s")
     moved = w + b * kv_bytes_per_seq
     t_mem = moved / bw
     t_cmp = b * flops_per_token / peak_flops_per_s if peak_flops_per_s and flops_per_token else 0.0
     bound = "compute" if t_cmp > t_mem else "memory"
+    formula = "max((weights + batch·KV) / bandwidth, batch·FLOPs/token / peak) / efficiency"
+    sub = (
+        f"max(({_fmt(w)} + {b} × {_fmt(kv_bytes_per_seq)}) / {_fmt(bw)}, "
+        f"{b} × {_fmt(flops_per_token)} / {_fmt(peak_flops_per_s or 0)}) / {_fmt(e)}"
+    )
+    if c:
+        formula += " + all-reduce time"
+        sub += f" + {_fmt(c)}"
     return derive(
         "decode step time",
-        max(t_mem, t_cmp) / e,
+        max(t_mem, t_cmp) / e + c,
         "s",
-        "max((weights + batch·KV) / bandwidth, batch·FLOPs/token / peak) / efficiency",
-        f"max(({_fmt(w)} + {b} × {_fmt(kv_bytes_per_seq)}) / {_fmt(bw)}, "
-        f"{b} × {_fmt(flops_per_token)} / {_fmt(peak_flops_per_s or 0)}) / {_fmt(e)}",
+        formula,
+        sub,
         {
             "weight_bytes": w,
             "batch": b,
             "kv_bytes_per_seq": kv_bytes_per_seq,
             "memory_s": t_mem,
             "compute_s": t_cmp,
+            "comm_s": c,
             "bound": bound,
             "efficiency": e,
         },
-        note=f"{bound}-bound",
+        [comm] if comm is not None else [],
+        note=f"{bound}-bound" + (f", all-reduces {_fmt(c * 1e3)} ms" if c else ""),
     )
 
 
@@ -138,6 +178,8 @@ def decode_throughput(
     flops_per_token: float = 0.0,
     peak_flops_per_s: float | None = None,
     efficiency: float = 1.0,
+    comm_s: float = 0.0,
+    comm: Result | None = None,
 ) -> Result:
     """Aggregate decode tokens/s: batch / step time. At batch 1 with no KV, bandwidth / weight bytes."""
     step = decode_step_time(
@@ -148,6 +190,8 @@ def decode_throughput(
         flops_per_token,
         peak_flops_per_s,
         efficiency,
+        comm_s,
+        comm,
     )
     b = step.inputs["batch"]
     return derive(
@@ -274,7 +318,7 @@ def littles_law(
 
 def response_time(ttft_s: float, output_tokens: int, tpot_s: float) -> Result:
     """End-to-end latency of one streamed response: TTFT + (output tokens − 1) · TPOT."""
-    n = int(_positive("output_tokens", output_tokens))
+    n = _positive_int("output_tokens", output_tokens)
     if ttft_s < 0 or tpot_s < 0:
         raise InvalidRequestError("ttft_s and tpot_s must be >= 0", "tpot_s")
     return derive(

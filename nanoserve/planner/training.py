@@ -12,6 +12,7 @@ import math
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.checks import fraction as _fraction
 from nanoserve.planner.checks import positive as _positive
+from nanoserve.planner.checks import positive_int as _positive_int
 from nanoserve.planner.derivation import Result, _fmt, derive
 
 SECONDS_PER_DAY = 86400.0
@@ -36,7 +37,7 @@ def training_time(
 ) -> Result:
     """Wall-clock seconds: 6ND / (GPUs · peak · MFU). The note gives days."""
     c = training_flops(n_params, n_tokens)
-    g = int(_positive("n_gpus", n_gpus))
+    g = _positive_int("n_gpus", n_gpus)
     p = _positive("peak_flops_per_s", peak_flops_per_s)
     u = _fraction("mfu", mfu)
     rate = derive("cluster FLOP/s", g * p * u, "FLOP/s", "GPUs · peak · MFU", f"{g} × {_fmt(p)} × {_fmt(u)}")
@@ -56,7 +57,7 @@ def training_time(
 def training_cost(time_s: float, n_gpus: int, usd_per_gpu_hour: float) -> Result:
     """$ = GPU-hours · $/GPU-hour."""
     t = _positive("time_s", time_s)
-    g = int(_positive("n_gpus", n_gpus))
+    g = _positive_int("n_gpus", n_gpus)
     p = _positive("usd_per_gpu_hour", usd_per_gpu_hour)
     hours = derive("GPU-hours", g * t / 3600, "GPU·h", "GPUs · seconds / 3600", f"{g} × {_fmt(t)} / 3600")
     return derive(
@@ -157,7 +158,7 @@ def sqrt_lr_scaling(base_lr: float, base_batch: float, new_batch: float) -> Resu
 def width_for_params(target_params: float, n_layers: int, multiple: int = 64) -> Result:
     """Model width d with L·12·d² ≈ target (rounded to a `multiple` of heads' size): the 12d² rule."""
     t = _positive("target_params", target_params)
-    L = int(_positive("n_layers", n_layers))
+    L = _positive_int("n_layers", n_layers)
     if L != n_layers:
         raise InvalidRequestError("n_layers must be an integer", "n_layers")
     exact = math.sqrt(t / (12 * L))

@@ -171,3 +171,45 @@ def test_plan_cli_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["plan"]["gpus"] >= 1
+
+
+def _value(doc: dict, name: str) -> float:
+    return next(r["value"] for r in doc["results"] if r["name"] == name)
+
+
+def test_decode_moe_batch_reads_the_experts_it_touches(capsys):
+    # Mixtral batch 64 touches all 8 experts: 46.7B params read per step, not the 12.9B active
+    # (before #15: 8,323 tok/s, 3.6x too fast)
+    doc = _json(capsys, ["plan", "decode", "--model", "mixtral-8x7b", "--batch", "64"])
+    total = 46_702_792_704
+    assert _value(doc, "decode throughput") == pytest.approx(64 * 3.35e12 / (2 * total), rel=1e-4)
+
+
+def test_decode_and_quant_agree_on_mixtral_batch_1(capsys):
+    dec = _value(_json(capsys, ["plan", "decode", "--model", "mixtral-8x7b"]), "decode throughput")
+    q = _json(capsys, ["plan", "quant", "--model", "mixtral-8x7b", "--dtypes", "bf16"])
+    assert _value(q, "decode speed (bf16)") == pytest.approx(dec)
+    assert _value(q, "GPUs for weights (bf16)") == 2  # the GPUs still hold every expert
+
+
+def test_decode_tp_splits_weights_and_pays_allreduce_latency(capsys):
+    doc = _json(capsys, ["plan", "decode", "--model", "llama-3.1-70b", "--tp", "8"])
+    step = 1 / _value(doc, "decode throughput")
+    weights_s = 70_553_706_496 * 2 / 8 / 3.35e12  # 5.27 ms: the seed's bandwidth-only figure
+    beta_s = 2 * 7 / 8 * 8192 * 2 / 450e9  # 64 ns: a 16 KB message is all latency
+    assert step == pytest.approx(weights_s + 160 * (8e-6 + beta_s), rel=1e-6)  # 6.56 ms
+    argv = ["plan", "decode", "--model", "llama-3.1-70b", "--tp", "8", "--allreduce-latency-us", "0"]
+    assert 1 / _value(_json(capsys, argv), "decode throughput") == pytest.approx(weights_s + 160 * beta_s)
+    assert main(["plan", "decode", "--model", "llama-3.1-70b", "--tp", "16"]) == 2
+
+
+def test_prefill_counts_attention_and_tp_allreduces(capsys):
+    doc = _json(capsys, ["plan", "prefill", "--model", "llama-3.1-70b", "--prompt", "4096"])
+    n, attn, peak = 70_553_706_496, 4 * 80 * 8192 * 4097 / 2, 989e12
+    assert _value(doc, "prefill time") == pytest.approx(4096 * (2 * n + attn) / peak)
+    assert _value(doc, "prefill time (2N only)") == pytest.approx(4096 * 2 * n / peak)
+    doc = _json(capsys, ["plan", "prefill", "--model", "llama-3.1-70b", "--prompt", "4096", "--tp", "8"])
+    comm = 160 * (8e-6 + 2 * 7 / 8 * 4096 * 8192 * 2 / 450e9)
+    total = 4096 * (2 * n + attn) / (8 * peak) + comm
+    assert _value(doc, "prefill time with all-reduces") == pytest.approx(total)
+    assert _value(doc, "TTFT") == pytest.approx(total)

@@ -114,3 +114,26 @@ def test_3d_degrees_and_weights() -> None:
         dp_degree(100, 8, 4)
     assert weight_memory_3d(70e9, 8, 2).value == 70e9 * 2 / 16
     assert global_batch_tokens(4, 2, 1024, grad_accum=3).value == 4 * 2 * 1024 * 3
+
+
+def test_allreduce_alpha_beta_latency():
+    from nanoserve.planner.parallel import (
+        NVLINK_ALLREDUCE_LATENCY_S,
+        PCIE_ALLREDUCE_LATENCY_S,
+        collective_latency_s,
+        collective_time,
+        tp_forward_allreduce_time,
+    )
+
+    # the default stays bandwidth-only (the workbooks' convention); α adds once per message
+    beta = collective_time(16384, 450e9, 8).value
+    assert beta == pytest.approx(2 * 7 / 8 * 16384 / 450e9)
+    assert collective_time(16384, 450e9, 8, latency_s=8e-6).value == pytest.approx(8e-6 + beta)
+    assert collective_latency_s("h100") == NVLINK_ALLREDUCE_LATENCY_S
+    assert collective_latency_s("l4") == PCIE_ALLREDUCE_LATENCY_S
+    # 70B at TP=8, batch-1 decode: 160 all-reduces ≈ 1.3 ms (AIConfigurator's figure, REFERENCES.md)
+    t = tp_forward_allreduce_time(80, 1, 8192, 8, 450e9, collective_latency_s("h100"))
+    assert t.value == pytest.approx(1.28e-3, rel=0.01)
+    assert tp_forward_allreduce_time(80, 1, 8192, 1, 450e9, 8e-6).value == 0
+    with pytest.raises(InvalidRequestError):
+        collective_time(1, 1e9, 2, latency_s=-1)

@@ -58,3 +58,24 @@ def test_response_time_and_replicas():
     rep = s.replicas_needed(1000, 300, headroom=0.5)
     assert rep.inputs["base"] == 4 and rep.value == 6
     assert s.replicas_needed(900, 300).value == 3  # exact division does not round up
+
+
+def test_decode_step_adds_communication_and_rejects_fractional_batches():
+    base = s.decode_step_time(W, BW, batch=1).value
+    assert s.decode_step_time(W, BW, batch=1, comm_s=1e-3).value == pytest.approx(base + 1e-3)
+    for bad in (1.7, 0, -1):
+        with pytest.raises(InvalidRequestError):
+            s.decode_throughput(W, BW, batch=bad)
+    with pytest.raises(InvalidRequestError):
+        s.decode_step_time(W, BW, comm_s=-1)
+
+
+def test_prefill_attention_flops_per_token():
+    # 70B, 4,096-token prompt: 4 · 80 · 8192 · 4097/2 ≈ 5.4 GFLOP per token beside 2N ≈ 141 GFLOP
+    a = s.prefill_attention_flops_per_token("llama-3.1-70b", 4096)
+    assert a.value == pytest.approx(4 * 80 * 8192 * 4097 / 2)
+    with_attn = s.prefill_time(4096, 70e9, PEAK, attn_flops_per_token=a.value).value
+    assert with_attn == pytest.approx(4096 * (140e9 + a.value) / PEAK)
+    assert with_attn > s.prefill_time(4096, 70e9, PEAK).value  # the 2N default (the seeds') stays
+    with pytest.raises(InvalidRequestError):
+        s.prefill_attention_flops_per_token("llama-3.1-70b", 0)

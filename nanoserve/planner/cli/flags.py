@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanoserve.planner.cli.output import Output
+from nanoserve.planner.parallel import ZERO_STAGE_DEFAULT
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15}
 _SIZES = {
@@ -93,10 +94,17 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "parallelism and training": {
         "tp": dict(type=positive_int, help="tensor-parallel degree"),
+        "allreduce-latency-us": dict(
+            type=number,
+            help="per-message all-reduce latency α in µs (default: by interconnect, NVLink 8, PCIe 25)",
+        ),
         "pp": dict(type=positive_int, help="pipeline-parallel degree"),
         "dp": dict(type=positive_int, help="data-parallel degree"),
-        "gpus": dict(type=number, help="GPU count"),
-        "zero-stage": dict(type=int, default=1, choices=(0, 1, 2, 3), help="ZeRO stage"),
+        "gpus": dict(type=positive_int, help="GPU count (a whole number >= 1)"),
+        "zero-stage": dict(
+            type=int, default=ZERO_STAGE_DEFAULT, choices=(0, 1, 2, 3),
+            help="ZeRO stage (default: %(default)s)",
+        ),
         "microbatches": dict(type=positive_int, help="pipeline microbatches"),
         "bubble": dict(type=number, default=0.05, help="target bubble fraction"),
         "tokens": dict(type=number, help="training tokens"),

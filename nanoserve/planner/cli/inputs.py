@@ -7,9 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.planner.derivation import Result
+from nanoserve.planner.derivation import Result, derive
 from nanoserve.planner.hardware import Hardware, get_hardware, hardware_from_file
 from nanoserve.planner.models import ModelSpec, get_model
+from nanoserve.planner.moe import decode_weight_params
 from nanoserve.planner.params import param_breakdown
 
 
@@ -33,6 +34,14 @@ def n_params(args: argparse.Namespace, active: bool = True) -> float:
         return args.params
     b = param_breakdown(model_of(args))
     return float(b.active if active else b.total)
+
+
+def decode_weights_read(args: argparse.Namespace, batch: int) -> Result:
+    """Parameters one decode step reads: --params as given, else the model's at this batch (an MoE
+    batch touches more experts than one token's top-k: `moe.decode_weight_params`)."""
+    if args.params:
+        return derive("weights read per decode step", args.params, "params", "--params", f"{args.params:g}")
+    return decode_weight_params(model_of(args), batch)
 
 
 def peak_flops(hw: Hardware, dtype: str) -> float:

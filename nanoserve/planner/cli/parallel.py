@@ -23,6 +23,7 @@ from nanoserve.planner.parallel import (
     weight_memory_3d,
     zero_memory_per_gpu,
 )
+from nanoserve.planner.training_memory import training_memory_per_gpu
 
 
 def t_tp(args: argparse.Namespace) -> Output:
@@ -56,9 +57,17 @@ def t_3d(args: argparse.Namespace) -> Output:
     tp, pp = args.tp or 8, args.pp or 1
     dp = dp_degree(int(args.gpus), tp, pp)
     res = [dp, weight_memory_3d(src, tp, pp), memory_per_gpu_3d(src, tp, pp, int(dp.value), args.zero_stage)]
+    notes = []
+    if args.params:
+        notes.append("activations need the model's shape: give --model for the total per GPU")
+    else:  # model state alone understates what a GPU holds: add the activations in flight
+        res.append(training_memory_per_gpu(
+            src, tp, pp, int(dp.value), args.zero_stage, args.context or 4096, args.batch or 1,
+            args.microbatches or 8,
+        ))
     if pp > 1:
         res.append(pipeline_bubble_fraction(pp, args.microbatches or 8))
-    return Output(f"3D parallelism on {int(args.gpus)} GPUs (TP={tp}, PP={pp})", res)
+    return Output(f"3D parallelism on {int(args.gpus)} GPUs (TP={tp}, PP={pp})", res, notes)
 
 
 _ZERO = Topic(
@@ -84,7 +93,7 @@ TOPICS = {
     "3d": Topic(
         t_3d,
         "3D parallelism: DP degree and per-GPU memory",
-        MODEL + ("gpus", "tp", "pp", "zero-stage", "microbatches"),
+        MODEL + ("gpus", "tp", "pp", "zero-stage", "microbatches", "context", "batch"),
         needs="model or params",
     ),
 }

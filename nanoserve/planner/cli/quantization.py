@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from nanoserve.planner.cli.flags import GPU, MODEL, Topic
-from nanoserve.planner.cli.inputs import hardware_of, labelled, n_params
+from nanoserve.planner.cli.inputs import decode_weights_read, hardware_of, labelled, n_params
 from nanoserve.planner.cli.output import Output
 from nanoserve.planner.memory import dtype_bytes
 from nanoserve.planner.plots import RooflineSpec
-from nanoserve.planner.quantization import gpus_for_weights, quantized_decode_speed
+from nanoserve.planner.quantization import gpus_for_weights, quantized_decode_speed, quantized_weight_bytes
 from nanoserve.planner.serving import decode_crossover_batch
 
 
@@ -18,9 +18,12 @@ def t_quant(args: argparse.Namespace) -> Output:
     n = n_params(args, active=False)
     res, points = [], []
     batch = args.batch or 1
+    # the same weights-read rule as `plan decode` (an MoE reads the experts its batch touches), so
+    # both topics give one batch-1 speed; the GPUs must still hold every expert
+    n_read = decode_weights_read(args, batch).value
     for d in args.dtypes.split(","):
-        sp = quantized_decode_speed(n, d, hw.hbm_bytes_per_s, batch, args.group_size, args.efficiency)
-        w = sp.steps[0].steps[0]
+        sp = quantized_decode_speed(n_read, d, hw.hbm_bytes_per_s, batch, args.group_size, args.efficiency)
+        w = quantized_weight_bytes(n, d, args.group_size)
         res += [
             labelled(sp, d),
             labelled(gpus_for_weights(w.value, args.gpu_mem or hw.hbm_bytes), d),

@@ -7,7 +7,7 @@ import argparse
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner import training
 from nanoserve.planner.cli.flags import GPU, MODEL, Topic
-from nanoserve.planner.cli.inputs import hardware_of, n_params, need
+from nanoserve.planner.cli.inputs import hardware_of, labelled, n_params, need
 from nanoserve.planner.cli.output import Output
 from nanoserve.planner.derivation import Result
 
@@ -18,7 +18,9 @@ def t_training(args: argparse.Namespace) -> Output:
     need(args, "tokens")
     gpus = int(args.gpus or 1)
     t = training.training_time(n, args.tokens, gpus, hw.bf16_flops_per_s, args.mfu)
-    res = [t.steps[0], t, training.training_cost(t.value, gpus, hw.usd_per_hour)]
+    # the API's duration unit is seconds everywhere; the same time in days sits beside it, not only in a note
+    res = [t.steps[0], t, labelled(t.to("days", training.SECONDS_PER_DAY), "days"),
+           training.training_cost(t.value, gpus, hw.usd_per_hour)]
     if args.tok_s_per_gpu:
         res.append(training.mfu_from_throughput(args.tok_s_per_gpu, n, hw.bf16_flops_per_s))
     return Output(

@@ -70,3 +70,58 @@ def test_gguf_weights_equal_transformers_conversion(smollm2):
             seen.add(name)
     assert seen == names and "model.layers.29.self_attn.k_proj.weight" in seen
     assert "lm_head.weight" not in seen  # tied: the head is the Q8_0 embedding
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"])
+def test_each_type_reads_as_the_gguf_package_dequantizes_it(tmp_path, kind):
+    """A synthetic [rows, cols] tensor written as `kind`: read back in HF's [out, in] order with the
+    gguf package's own dequantized values (and q rows un-permuted for Llama)."""
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType[kind]
+    rows, cols = 8, 256  # one K-quant super-block per row
+    values = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    if kind in ("F32", "F16"):
+        stored = values.astype(np.float16 if kind == "F16" else np.float32)
+    elif kind.endswith("_K"):  # the gguf package cannot quantize K-quants: random blocks (scales too)
+        block_items, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        size = (rows, cols // block_items * block_bytes)
+        stored = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
+    else:
+        stored = gguf.quants.quantize(values, qtype)
+    path = tmp_path / f"{kind}.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for name in ("blk.0.attn_v.weight", "blk.0.attn_q.weight"):
+        if kind in ("F32", "F16"):
+            writer.add_tensor(name, stored)
+        else:
+            writer.add_tensor(name, stored, raw_dtype=qtype)  # the shape comes from the bytes
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    expected = torch.from_numpy(np.asarray(gguf.quants.dequantize(stored, qtype), dtype=np.float32))
+    cfg = {"model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2}
+    got = dict(gguf_tensors(path, cfg))
+    same = {"rtol": 0, "atol": 0, "equal_nan": True}  # random K-quant scales may make inf/nan
+    assert got["model.layers.0.self_attn.v_proj.weight"].shape == (rows, cols)
+    torch.testing.assert_close(got["model.layers.0.self_attn.v_proj.weight"], expected, **same)
+    torch.testing.assert_close(llama_cpp_permute(got["model.layers.0.self_attn.q_proj.weight"], 2), expected,
+                               **same)
+
+
+def test_unsupported_quant_type_is_a_load_error(tmp_path):
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType.IQ4_NL
+    path = tmp_path / "iq.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_v.weight", np.zeros((2, 18), dtype=np.uint8), raw_dtype=qtype)  # [2, 32]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="blk.0.attn_v.weight.*IQ4_NL"):
+        list(gguf_tensors(path, {"model_type": "llama", "num_attention_heads": 1}))

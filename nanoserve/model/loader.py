@@ -1,14 +1,16 @@
-"""A local Hugging Face directory -> ModelConfig, model with weights, tokenizer.
+"""A local Hugging Face directory (or a .gguf file) -> ModelConfig, model with weights, tokenizer.
 
 Reads config.json, the safetensors weights (single file or sharded via model.safetensors.index.json)
-and the tokenizer (transformers' AutoTokenizer). Anything we cannot load or honour is a
-ModelLoadError that names the problem: never a silently wrong model.
+and the tokenizer (transformers' AutoTokenizer); a .gguf file goes through model/gguf_loader.py, a
+named real model (`nanoserve fetch`) is first resolved to its cached folder (models_cache.py).
+Anything we cannot load or honour is a ModelLoadError that names the problem: never a silently wrong model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 
 from nanoserve.config import EngineArgs, ModelConfig
 from nanoserve.errors import InvalidRequestError, ModelLoadError
+from nanoserve.model import gguf_loader
 from nanoserve.model.cpu_linear import prepare_linears
 from nanoserve.model.layers import SUPPORTED_ROPE_TYPES
 from nanoserve.model.llama import DecoderSpec, LlamaForCausalLM
@@ -105,7 +108,15 @@ def _eos_token_ids(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
 
 
 def load_model_config(args: EngineArgs) -> ModelConfig:
-    cfg = read_hf_config(args.model)
+    from nanoserve.models_cache import resolve_model
+
+    model = resolve_model(args.model)
+    if gguf_loader.is_gguf(model):
+        cfg = gguf_loader.read_gguf_config(model)
+        # Dequantized weights have no dtype of their own: serve them as a converted folder is stored.
+        cfg["dtype"] = cfg.get("dtype") or "bfloat16"
+    else:
+        cfg = read_hf_config(model)
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -138,9 +149,9 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
             max_model_len = window
     num_heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
-    tokenizer = args.tokenizer or args.model
+    tokenizer = resolve_model(args.tokenizer) if args.tokenizer else model
     return ModelConfig(
-        model=str(args.model),
+        model=str(model),
         tokenizer=str(tokenizer),
         architecture=arch,
         hf_config=cfg,
@@ -152,7 +163,7 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
         num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
         head_dim=int(cfg.get("head_dim") or hidden // num_heads),
         vocab_size=int(cfg["vocab_size"]),
-        eos_token_ids=_eos_token_ids(Path(args.model), cfg),
+        eos_token_ids=_eos_token_ids(Path(model), cfg),
     )
 
 
@@ -234,9 +245,6 @@ def checkpoint_tensors(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
 def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
     """Build the model on `device` in mc.dtype, load its weights (checked by name and shape; q/k/v and
     gate/up straight into their stacked projections), then prepare every linear's `cpu_linear` path."""
-    from safetensors import safe_open
-
-    files = weight_files(mc.model)
     spec = decoder_spec(mc)
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
@@ -246,25 +254,22 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     model.model.rotary_emb.build(device)
     expected = checkpoint_tensors(model)
     loaded: set[str] = set()
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name.endswith(IGNORED_TENSOR_SUFFIXES):
-                    continue
-                if name == "lm_head.weight" and spec.tie_word_embeddings:
-                    continue  # tied: the embedding is the head
-                if name not in expected:
-                    raise ModelLoadError(f"unexpected tensor {name!r} in {file.name} for {mc.architecture}")
-                target = expected[name]
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(target.shape):
-                    raise ModelLoadError(
-                        f"shape mismatch for {name!r}: checkpoint has {list(shape)}, "
-                        f"the config implies {list(target.shape)}"
-                    )
-                with torch.no_grad():
-                    target.copy_(f.get_tensor(name))
-                loaded.add(name)
+    for file_name, name, shape, read in _checkpoint_items(mc):
+        if name.endswith(IGNORED_TENSOR_SUFFIXES):
+            continue
+        if name == "lm_head.weight" and spec.tie_word_embeddings:
+            continue  # tied: the embedding is the head
+        if name not in expected:
+            raise ModelLoadError(f"unexpected tensor {name!r} in {file_name} for {mc.architecture}")
+        target = expected[name]
+        if shape != tuple(target.shape):
+            raise ModelLoadError(
+                f"shape mismatch for {name!r}: checkpoint has {list(shape)}, "
+                f"the config implies {list(target.shape)}"
+            )
+        with torch.no_grad():
+            target.copy_(read())  # casts into the model dtype
+        loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
         raise ModelLoadError(
@@ -276,6 +281,26 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     return model
 
 
+CheckpointItem = tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]
+
+
+def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
+    """(file name, tensor name, shape, read the tensor) for every tensor of the checkpoint; a safetensors
+    tensor is read only after its name and shape are checked."""
+    if gguf_loader.is_gguf(mc.model):
+        file_name = Path(mc.model).name
+        for name, tensor in gguf_loader.gguf_tensors(mc.model, mc.hf_config):
+            yield file_name, name, tuple(tensor.shape), lambda t=tensor: t
+        return
+    from safetensors import safe_open
+
+    for file in weight_files(mc.model):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                shape = tuple(f.get_slice(name).get_shape())
+                yield file.name, name, shape, lambda f=f, name=name: f.get_tensor(name)
+
+
 # tokenizer_config classes that are transformers' generic fast tokenizer: AutoTokenizer would resolve
 # them to the same class, after importing the model's config machinery (~4-7 s here) to get there.
 _GENERIC_FAST_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
@@ -283,6 +308,8 @@ _GENERIC_FAST_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 def load_tokenizer(path: str) -> Any:
     """The checkpoint's tokenizer; the generic fast class is built directly (milliseconds, not seconds)."""
+    if gguf_loader.is_gguf(path):
+        return gguf_loader.load_gguf_tokenizer(path)
     try:
         config_file = Path(path) / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}

@@ -10,11 +10,14 @@ GPUs, with P prompt tokens and O output tokens per request:
                            ctx = P + O/2, the mean context a decoding sequence reads
   prefill of one prompt    T_pre = P · (2N + attention FLOPs/token) / (tp · peak · e_mfu)
                                    + 2 · layers · (α + ring(tp) · P · hidden · 2 / link)
-  shared pool (chunked prefill interleaved with decode, the GPU never idle while requests are in it):
-      each request takes O · t_dec(b) / b replica-seconds of decode and T_pre of prefill, so
-      req/s per replica  λ(b) = b / (O · t_dec(b) + b · T_pre)
-      TPOT(b)            = t_dec(b) + b · T_pre / O    (b/O prompts join per step and stretch it)
-      TTFT               = S + ρ·S / (2(1 − ρ)),  S = T_pre + ceil(P / (chunk − b)) · t_dec(b),  ρ = λ·S
+  shared pool (chunked prefill, vLLM's default): a step carries the b decodes and up to chunk − b prompt
+  tokens; the weights are read once for both, so the decodes' reads hide under the chunk's compute:
+      t_mix(b)           = max(decode memory, ((chunk − b)·(2N + attention/token) + b·2N) / (tp·peak·e_mfu))
+                           + all-reduces + overhead
+      per request        m = P / (chunk − b) mixed steps and max(O/b, m) steps in all (a sequence gets a
+                         token per step), so R = m·t_mix + (max(O/b, m) − m)·t_dec replica-seconds
+      req/s per replica  λ(b) = 1 / R;   TPOT(b) = R / max(O/b, m) (the mean step)
+      TTFT               = S + ρ·S / (2(1 − ρ)),  S = the prompt's chunks' steps,  ρ = λ·S
                            (an M/D/1 queue in front of the one-prompt-at-a-time prefill lane)
   disaggregated pools (prefill replicas hand the KV cache to decode replicas over the network):
       decode             λ_d(b) = b / (O · t_dec(b)),  TPOT = t_dec(b)
@@ -136,6 +139,7 @@ class Candidate:
     decode_step_s: float = 0.0
     prefill_s: float = 0.0
     req_per_s_per_replica: float = 0.0
+    mixed_step_s: float = 0.0  # shared pool: a decode step carrying a chunk of prompts
     monthly_usd: float = 0.0
     steps: dict[str, Result] = field(default_factory=dict)
 
@@ -161,6 +165,7 @@ class Candidate:
             "decode_step_s": self.decode_step_s,
             "prefill_s": self.prefill_s,
             "req_per_s_per_replica": self.req_per_s_per_replica,
+            "mixed_step_s": self.mixed_step_s,
             "monthly_usd": self.monthly_usd,
         }
 
@@ -224,6 +229,16 @@ class _Replica:
         t = self.decode_terms(b)
         return max(t["memory_s"], t["compute_s"]) + t["allreduce_s"] + t["overhead_s"]
 
+    def mixed_step_s(self, b: int, prompt_tokens: int) -> float:
+        """A decode step of b sequences that also computes `prompt_tokens` prompt tokens (chunked
+        prefill): the weights are read once for both, so the decodes' memory time hides under the
+        chunk's compute."""
+        t = self.decode_terms(b)
+        cmp = (prompt_tokens * (2 * self.n + self.attn) + b * 2 * self.n) / (
+            self.tp * self.peak * self.a.compute_efficiency
+        )
+        return max(t["memory_s"], cmp) + self.allreduce_s(b + prompt_tokens) + t["overhead_s"]
+
     def prefill_s(self) -> float:
         if not self.a.count_prefill:
             return 0.0
@@ -274,26 +289,32 @@ def evaluate(
     o = w.output_tokens
     shared = c.mode == "shared"
     t_pre = r.prefill_s() if shared else 0.0
-    best: tuple[float, int, float, float] | None = None  # (req/s per replica, b, tpot, ttft)
+    p_tok = w.prompt_tokens if shared and a.count_prefill else 0
+    best: tuple[float, int, float, float, float] | None = None  # (req/s per replica, b, tpot, ttft, t_mix)
     for b in range(1, cap + 1):
         t_dec = r.decode_step_s(b)
-        lam = b / (o * t_dec + b * t_pre)
-        tpot = t_dec + b * t_pre / o
-        ttft = 0.0
-        if shared and t_pre:
-            chunk = a.chunk_tokens - b
+        t_mix, ttft, mixed = 0.0, 0.0, 0.0
+        if p_tok:
+            chunk = a.chunk_tokens - b  # prompt tokens a mixed step carries beside its b decodes
             if chunk < 1:
                 break
-            service = t_pre + math.ceil(w.prompt_tokens / chunk) * t_dec
+            t_mix = r.mixed_step_s(b, chunk)
+            mixed = p_tok / chunk  # mixed steps per request
+        steps = max(o / b, mixed)  # steps per request: decodes ride on the mixed ones
+        per_request = mixed * t_mix + (steps - mixed) * t_dec  # replica-seconds
+        lam, tpot = 1 / per_request, per_request / steps
+        if p_tok:
+            full, rest = divmod(p_tok, chunk)
+            service = full * t_mix + (r.mixed_step_s(b, rest) if rest else 0.0)
             ttft = service + _mdl_wait(lam * service, service)
         ok = tpot <= w.tpot_slo_s and ttft <= w.ttft_slo_s if a.enforce_slos else tpot <= w.tpot_slo_s
         if ok and (best is None or lam > best[0]):
-            best = (lam, b, tpot, ttft)
+            best = (lam, b, tpot, ttft, t_mix)
     if best is None:
         return Candidate(
             c, False, f"TPOT {_fmt(r.decode_step_s(1) * 1e3)} ms at batch 1 or TTFT misses the SLO"
         )
-    lam, b, tpot, ttft = best
+    lam, b, tpot, ttft, t_mix = best
     reps = _replicas(w.request_rate_per_s, lam, a.headroom)
     pre_reps, pre_gpus, pre_tp = 0, 0, c.prefill_tp or c.tp
     if not shared:
@@ -328,6 +349,7 @@ def evaluate(
         r.decode_step_s(b),
         t_pre,
         lam,
+        t_mix,
         gpus * hw.usd_per_hour * hours_per_month,
     )
     return replace(cand, steps=_derivation(cand, r, w, a, hw, hours_per_month))
@@ -360,6 +382,8 @@ def _derivation(
         {"batch": b, **t, "allreduce_latency_s": r.alpha},
     )
     pre_tp = cfg.tp if cfg.mode == "shared" else (cfg.prefill_tp or cfg.tp)
+    mixed = w.prompt_tokens / (a.chunk_tokens - b) if c.mixed_step_s else 0.0
+    steps_per_req = max(w.output_tokens / b, mixed)
     steps["prefill per request"] = derive(
         "prefill time per request",
         c.prefill_s,
@@ -376,16 +400,33 @@ def _derivation(
             "requests/s per replica",
             c.req_per_s_per_replica,
             "req/s",
-            "b / (O · t_dec + b · T_pre)",
-            f"{b} / ({w.output_tokens} × {_fmt(c.decode_step_s)} + {b} × {_fmt(c.prefill_s)})",
-            {"batch": b, "kv_concurrency": r.kv_concurrency, "max_batch": cfg.max_batch},
+            "1 / (m · t_mix + (max(O/b, m) − m) · t_dec), m = P / (chunk − b) mixed steps per request",
+            f"1 / ({_fmt(mixed)} × {_fmt(c.mixed_step_s)} + ({_fmt(steps_per_req)} − {_fmt(mixed)}) × "
+            f"{_fmt(c.decode_step_s)})",
+            {
+                "batch": b,
+                "kv_concurrency": r.kv_concurrency,
+                "max_batch": cfg.max_batch,
+                "chunk_tokens": a.chunk_tokens,
+            },
         )
+        if c.mixed_step_s:
+            steps["mixed step"] = derive(
+                "decode step with a prefill chunk",
+                c.mixed_step_s,
+                "s",
+                "max(decode memory, (chunk·(2N + attention/token) + b·2N) / (tp·peak·e_mfu))"
+                " + all-reduces + overhead",
+                f"max({_fmt(t['memory_s'])}, ({a.chunk_tokens - b} × (2 × {_fmt(r.n)} + {_fmt(r.attn)}) + "
+                f"{b} × 2 × {_fmt(r.n)}) / ({cfg.tp} × {_fmt(r.peak)} × {a.compute_efficiency:g})) + …",
+                {"batch": b, "prompt_tokens_in_step": a.chunk_tokens - b},
+            )
         steps["TPOT"] = derive(
             "TPOT",
             c.tpot_s,
             "s",
-            "t_dec + b · T_pre / O",
-            f"{_fmt(c.decode_step_s)} + {b} × {_fmt(c.prefill_s)} / {w.output_tokens}",
+            "replica-seconds per request / steps per request (the mean step)",
+            f"{_fmt(1 / c.req_per_s_per_replica)} / {_fmt(steps_per_req)}",
             {"slo_s": w.tpot_slo_s},
         )
     else:

@@ -77,7 +77,7 @@ def test_removing_prompts_removes_the_prefill_pool():
 
 def test_hand_computed_shared_case():
     # 8B-parameter dense model in bf16 on one H100, weights-only decode at datasheet speed, prompts of
-    # 1,000 tokens without attention, 100 output tokens, batch 8, 100 req/s
+    # 1,000 tokens without attention, 100 output tokens, batch 8, 100 req/s, chunks of 2,048 tokens
     a = Assumptions(
         count_attention=False,
         kv_reads=False,
@@ -90,17 +90,25 @@ def test_hand_computed_shared_case():
     w = Workload(100.0, prompt_tokens=1000, output_tokens=100, tpot_slo_s=1.0)
     c = evaluate("llama-3.1-8b", "h100", w, Config("shared", "bf16", 1, 0, 8), a, n_params=8e9)
     t_dec = max(16e9 / H100_BW, 8 * 16e9 / H100_PEAK)  # 4.776 ms, memory-bound
-    t_pre = 1000 * 16e9 / H100_PEAK  # 16.18 ms
-    lam = 8 / (100 * t_dec + 8 * t_pre)  # 13.18 req/s per replica
+    # a mixed step: 8 decodes + 2,040 prompt tokens, compute-bound (33.1 ms)
+    t_mix = max(16e9 / H100_BW, (2040 * 16e9 + 8 * 16e9) / H100_PEAK)
+    m = 1000 / 2040  # mixed steps per request
+    per_request = m * t_mix + (100 / 8 - m) * t_dec  # 73.6 ms of replica time
     assert c.batch == 8
     assert c.decode_step_s == pytest.approx(t_dec)
-    assert c.prefill_s == pytest.approx(t_pre)
-    assert c.req_per_s_per_replica == pytest.approx(lam)
-    assert c.tpot_s == pytest.approx(t_dec + 8 * t_pre / 100)
-    assert c.gpus == math.ceil(100 / lam) == 8
-    assert c.steps["replica rate"].value == pytest.approx(lam)
+    assert c.mixed_step_s == pytest.approx(t_mix)
+    assert c.prefill_s == pytest.approx(1000 * 16e9 / H100_PEAK)  # 16.18 ms alone
+    assert c.req_per_s_per_replica == pytest.approx(1 / per_request)  # 13.6 req/s
+    assert c.tpot_s == pytest.approx(per_request / 12.5)
+    # the prompt is one chunk of 1,000 tokens beside the 8 decodes; M/D/1 wait in front of it
+    service = max(16e9 / H100_BW, (1000 * 16e9 + 8 * 16e9) / H100_PEAK)
+    rho = service / per_request
+    assert c.ttft_s == pytest.approx(service + rho * service / (2 * (1 - rho)))
+    assert c.gpus == math.ceil(100 * per_request) == 8
+    assert c.steps["replica rate"].value == pytest.approx(1 / per_request)
     assert c.steps["GPUs"].value == 8
-    # without the prompts the same replica carries 8 / (100 · t_dec) = 16.75 req/s: 6 GPUs
+    # without the prompts the same replica carries 8 / (100 · t_dec) = 16.75 req/s: 6 GPUs, and the
+    # 2 GPUs between are the prompts' share, m · (t_mix − t_dec) · 100 req/s = 1.39 GPUs rounded up
     no_p = evaluate(
         "llama-3.1-8b",
         "h100",
@@ -110,6 +118,7 @@ def test_hand_computed_shared_case():
         n_params=8e9,
     )
     assert no_p.gpus == math.ceil(100 / (8 / (100 * t_dec))) == 6
+    assert 100 * m * (t_mix - t_dec) == pytest.approx(1.39, abs=0.01)
 
 
 @pytest.mark.parametrize("slo", ["tpot", "ttft"])
@@ -158,6 +167,17 @@ def test_cli_capstone_two_columns(capsys, cap):
     cols = {r["quantity"]: (r["seed"], r["realistic"]) for r in c["columns"]}
     assert cols["GPUs"] == ("36", str(cap.realistic.gpus))
     assert doc["results"][0]["value"] == 36 and len(c["terms"]) == len(cap.rows)
+
+
+def test_simulator_agrees_with_the_closed_form():
+    from nanoserve.sim.plan_check import simulate_replica
+
+    w = Workload.from_users(10_000, 0.3, 30)
+    plan = best("llama-3.1-70b", "h100", w, modes=("shared",))
+    chk = simulate_replica("llama-3.1-70b", "h100", w, plan, num_requests=400)
+    cf, sim = chk["closed_form"], chk["simulated"]
+    assert sim["mean_tpot_ms"] == pytest.approx(cf["mean_tpot_ms"], rel=0.2)
+    assert sim["mean_ttft_ms"] == pytest.approx(cf["mean_ttft_ms"], rel=0.3)
 
 
 def test_cli_search_matches_the_api(capsys):

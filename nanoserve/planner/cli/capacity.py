@@ -71,6 +71,20 @@ def t_search(args: argparse.Namespace) -> Output:
         f"TPOT {c.tpot_s * 1e3:5.1f} ms  TTFT {c.ttft_s:5.2f} s  {c.config.label()}"
         for c in ok[:_TOP]
     ]
+    extra: dict = {}
+    shared = [c for c in ok if c.config.mode == "shared"]
+    if args.simulate and shared:
+        from nanoserve.sim.plan_check import simulate_replica  # the simulator only when asked
+
+        chk = simulate_replica(args.model, hardware_of(args), w, shared[0], _assumptions(args))
+        extra["simulated"] = chk
+        cf, sim = chk["closed_form"], chk["simulated"]
+        notes.append(
+            f"simulated one replica of {chk['config']} at {chk['rate_per_replica']:.3g} req/s "
+            f"({chk['num_requests']} Poisson requests, the engine's scheduler): mean TPOT "
+            f"{sim['mean_tpot_ms']:.1f} ms (closed form {cf['mean_tpot_ms']:.1f}), mean TTFT "
+            f"{sim['mean_ttft_ms']:.0f} ms (closed form {cf['mean_ttft_ms']:.0f})"
+        )
     return Output(
         f"capacity search: {win.config.label()}",
         list(win.steps.values()),
@@ -79,6 +93,7 @@ def t_search(args: argparse.Namespace) -> Output:
             "plan": win.summary(),
             "workload": w.__dict__,
             "candidates": [c.summary() for c in ranked[: _TOP * 4]],
+            **extra,
         },
     )
 
@@ -132,7 +147,7 @@ TOPICS = {
         t_search,
         "cheapest TP / dtype / max batch / shared or disaggregated pools meeting TTFT and TPOT SLOs "
         "(prompts counted)",
-        MODEL + GPU + ("gpu-mem", "tp", "dtypes", "modes") + _WORKLOAD + _SPEED,
+        MODEL + GPU + ("gpu-mem", "tp", "dtypes", "modes", "simulate") + _WORKLOAD + _SPEED,
         needs="model",
         defaults={**_DEFAULTS, "dtypes": "bf16,fp8,int8,int4"},
     ),

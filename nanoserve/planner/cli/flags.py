@@ -130,6 +130,10 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "ttft-ms": dict(type=number, default=2000.0, help="TTFT SLO in ms (default: %(default)s)"),
         "tpot-ms": dict(type=number, help="TPOT SLO in ms (default: 1000 / --tok-per-user)"),
         "modes": dict(default="shared,disaggregated", help="pool layouts to try: shared, disaggregated"),
+        "simulate": dict(
+            action="store_true",
+            help="check the cheapest shared-pool plan on one simulated replica (nanoserve.sim)",
+        ),
         "step-overhead-ms": dict(type=number, default=2.0, help="host time per engine step in ms"),
         "rate": dict(type=number, help="arrival rate λ in requests/s"),
         "latency": dict(type=number, help="time in system W in seconds"),

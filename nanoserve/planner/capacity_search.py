@@ -493,8 +493,8 @@ def search(
     hw = get_hardware(hardware)
     out: list[Candidate] = []
     for d in dtypes:
-        if d in ("fp8",) and hw.fp8_flops_per_s is None:
-            continue
+        if (d == "fp8" and hw.fp8_flops_per_s is None) or (d == "int8" and hw.int8_ops_per_s is None):
+            continue  # the chip has no such units (a TPU without int8, an A100 without fp8)
         for t in tps:
             for mb in max_batches:
                 for m in modes:

@@ -49,6 +49,8 @@ TOPIC_ARGS = {
     "training": ["--model", "llama-3.1-70b", "--tokens", "15T", "--gpus", "2048"],
     "chinchilla": ["--compute", "1e22"],
     "plan": ["--model", "llama-3.1-8b", "--users", "1000"],
+    "search": ["--model", "llama-3.1-8b", "--request-rate", "20", "--tpot-ms", "50"],
+    "capstone": [],
 }
 
 

@@ -5,7 +5,7 @@ the derivations; `--json` prints them for machines, `--plot FILE.png` draws the 
 workload's points and/or the per-GPU memory bar. Models are presets or a config.json path; GPUs are
 presets or a JSON/YAML hardware file. Bad input exits with code 2 and a one-line error.
 
-One module per group of topics (memory, parallel, roofline, serving, speculative, quantization,
+One module per group of topics (memory, parallel, roofline, serving, capacity, speculative, quantization,
 cost, training) holds the topics' functions and `TOPICS`, each naming the flags it reads; the
 flags themselves are defined once in `flags.py`. `nanoserve plan TOPIC --help` lists a topic's own.
 """
@@ -17,6 +17,7 @@ import sys
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.cli import (
+    capacity,
     cost,
     memory,
     parallel,
@@ -35,6 +36,7 @@ TOPICS: dict[str, Topic] = {
     **parallel.TOPICS,
     **roofline.TOPICS,
     **serving.TOPICS,
+    **capacity.TOPICS,
     **speculative.TOPICS,
     **quantization.TOPICS,
     **cost.TOPICS,

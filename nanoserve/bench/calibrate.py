@@ -9,8 +9,9 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
 - prefill: n requests with P-token prompts (n from --prefill-batches, when n·P fits the token budget;
   P from --prefill-tokens; a prompt longer than max_num_batched_tokens is chunked, which adds chunks
   that start past 0);
-- decode: B requests decoding at context C (B from --decode-batches, C from --contexts). The B prompts
-  share a (C-1)-token prefix so, with prefix caching on, building the batch prefills C tokens once;
+- decode: B requests decoding at context C (B from --decode-batches, C from --contexts; 3 × --repeats
+  steps). The B prompts share a (C-1)-token prefix so, with prefix caching on, building the batch
+  prefills C tokens once;
 - mixed: the same B decodes plus a fresh P-token prompt in one step.
 
 Each step's shape is read from the scheduler's own output with the simulator's StepShape.of, so the
@@ -152,9 +153,10 @@ class Calibrator:
         return True
 
     def decode(self, batch: int, context: int) -> dict[str, Any]:
-        ids = self._decoding_batch(batch, context, self.repeats)
+        steps = 3 * self.repeats  # decode steps are short and cheap to build: more of them, less noise
+        ids = self._decoding_batch(batch, context, steps)
         start = len(self.timer.samples)
-        for _ in range(self.repeats):
+        for _ in range(steps):
             self.timer.step("decode")
         self._drain(ids)
         return self._point(f"decode B={batch} C={context}", start)
@@ -192,7 +194,7 @@ def calibrate(
     cal = Calibrator(engine, vocab_size, repeats, seed)
     cal.decode(1, 8)  # warm-up: first calls pay one-off costs
     del cal.timer.samples[:]
-    limit = min(sc.max_model_len, pool_tokens) - 2 * repeats - 4
+    limit = min(sc.max_model_len, pool_tokens) - 3 * repeats - 4
     points = []
 
     def add(point: dict[str, Any]) -> None:
@@ -209,7 +211,7 @@ def calibrate(
         for b in decode_batches:
             b = min(b, sc.max_num_seqs - 1)
             # the shared prefix is cached once; each sequence adds its own last block and decode room
-            own_blocks = b * (2 + (2 * repeats + 4) // engine.cache_config.block_size)
+            own_blocks = b * (2 + (3 * repeats + 4) // engine.cache_config.block_size)
             if c // engine.cache_config.block_size + own_blocks > engine.cache_config.num_blocks:
                 continue
             add(cal.decode(b, c))

@@ -27,8 +27,11 @@ COMPARED = ("request_throughput", "output_throughput", "median_ttft_ms", "median
             "mean_ttft_ms", "mean_tpot_ms")
 
 
-def replay(engine: Any, workload: list[SimRequest]) -> tuple[list[RequestResult], float, int]:
-    """Run `workload` on the engine at its arrival times; (results, duration_s, preemptions)."""
+def replay(
+    engine: Any, workload: list[SimRequest], timer: Any = None
+) -> tuple[list[RequestResult], float, int]:
+    """Run `workload` on the engine at its arrival times; (results, duration_s, preemptions). With a
+    bench/calibrate.py StepTimer, each step's shape and time are recorded too."""
     from nanoserve import SamplingParams
 
     arrivals = sorted(workload, key=lambda r: r.arrival_s)
@@ -46,7 +49,7 @@ def replay(engine: Any, workload: list[SimRequest]) -> tuple[list[RequestResult]
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, arrivals[i].arrival_s - (time.perf_counter() - t0)))
             continue
-        outs = engine.step()
+        outs = timer.step("replay") if timer is not None else engine.step()
         stamp = time.perf_counter() - t0
         for out in outs:
             got = times[out.request_id]
@@ -83,6 +86,20 @@ def simulate_like(engine: Any, step_model: Any, workload: list[SimRequest]) -> t
     return summary(request_results(res), res.duration_s, math.inf), res.num_preemptions
 
 
+def step_check(samples: list[dict[str, Any]], step_model: Any) -> dict[str, dict[str, float]]:
+    """The measured run's own steps: measured vs predicted seconds, decode-only steps and steps with a
+    prompt chunk apart, so a miss points at the term of the step model that is wrong."""
+    out = {}
+    for name, keep in (("decode_only", lambda s: not s["prefill_tokens"]), ("with_prefill",
+                                                                            lambda s: s["prefill_tokens"])):
+        got = [s for s in samples if keep(s)]
+        measured = sum(s["step_s"] for s in got)
+        predicted = sum(step_model.predict_s(s) for s in got)
+        out[name] = {"num_steps": len(got), "measured_s": measured, "predicted_s": predicted,
+                     "error": predicted / measured - 1 if measured else 0.0}
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nanoserve.bench.engine_flags import add_engine_arguments
 
@@ -114,7 +131,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1, vocab_size(model_dir))
     replay(engine, [SimRequest("warm-" + r.request_id, 0.0, r.prompt_token_ids, r.output_len) for r in warm])
     simulated, sim_preempt = simulate_like(engine, step_model, workload)
-    results, duration, preempt = replay(engine, workload)
+    from nanoserve.bench.calibrate import StepTimer
+
+    timer = StepTimer(engine)
+    results, duration, preempt = replay(engine, workload, timer)
+    timer.detach()
     measured = summary(results, duration, args.request_rate)
     out = {
         "label": args.label, "model": model_dir, "profile": args.profile,
@@ -125,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "simulated": {**simulated, "num_preemptions": sim_preempt},
         "measured": {**measured, "num_preemptions": preempt},
         "error": {k: simulated[k] / measured[k] - 1 for k in COMPARED if measured[k]},
+        "steps": step_check(timer.samples, step_model),
     }
     return out
 
@@ -140,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['num_preemptions']} measured {m['num_preemptions']}")
     for k in COMPARED:
         print(f"  {k:<20} simulated {s[k]:10.3f}   measured {m[k]:10.3f}   error {e.get(k, 0):+7.1%}")
+    for name, c in out["steps"].items():
+        print(f"  steps {name:<13} {c['num_steps']:5d}: measured {c['measured_s']:8.3f} s, "
+              f"the profile predicts {c['predicted_s']:8.3f} s ({c['error']:+.1%})")
     if args.save_result:
         with open(args.save_result, "w") as f:
             json.dump(out, f, indent=2)

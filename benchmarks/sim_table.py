@@ -24,6 +24,8 @@ def rows(folder: Path) -> list[tuple[str, str, dict, dict]]:
     served, sim = folder / "serve-toy-light.json", folder / "serve-toy-light-sim.json"
     if served.is_file() and sim.is_file():
         m, s = json.loads(served.read_text()), json.loads(sim.read_text())
+        for metric, stats in m.get("metrics_ms", {}).items():  # bench serve nests its latencies
+            m[f"median_{metric}_ms"] = stats["median"]
         out.append(("toy-light (HTTP: serve + bench serve)", f"{s['num_preemptions']}/-", s, m))
     return out
 

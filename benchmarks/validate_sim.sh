@@ -25,10 +25,10 @@ row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed
 for step in $steps; do
 case $step in
 calibrate)
-  $NS bench calibrate $TOY $T --decode-batches 1,8,32,128 --contexts 32,104 --prefill-tokens 8,16,32,64,96 \
+  $NS bench calibrate $TOY $T --decode-batches 1,8,32,128,256 --contexts 32,104 --prefill-tokens 8,16,32,64,96 \
     --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json
   $NS bench calibrate $QWEN $T --decode-batches 1,4,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
-    --prefill-batches 1,8 --repeats 5 -o $OUT/profile-qwen.json ;;
+    --prefill-batches 1,8,32 --repeats 5 -o $OUT/profile-qwen.json ;;
 toy)
   row toy-light $TOY --profile $OUT/profile-toy.json --num-prompts 200 --input-len 32 --output-len 32 \
     --range-ratio 0.5 --request-rate 20

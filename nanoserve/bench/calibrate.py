@@ -12,7 +12,7 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
 - decode: B requests decoding at context C (B from --decode-batches, C from --contexts; 3 × --repeats
   steps). The B prompts share a (C-1)-token prefix so, with prefix caching on, building the batch
   prefills C tokens once;
-- mixed: the same B decodes plus a fresh P-token prompt in one step.
+- mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step.
 
 Each step's shape is read from the scheduler's own output with the simulator's StepShape.of, so the
 profile's features mean exactly what the simulator computes. Each point keeps the median step time of
@@ -215,11 +215,13 @@ def calibrate(
             if c // engine.cache_config.block_size + own_blocks > engine.cache_config.num_blocks:
                 continue
             add(cal.decode(b, c))
-    b, c = max(decode_batches), min(max(contexts), limit)
-    b = min(b, sc.max_num_seqs - 1)
-    for p in prefill_tokens[1:]:
-        if p + b <= sc.max_num_batched_tokens and c + p <= limit * 2:
-            add(cal.mixed(min(b, 8), min(c, limit), min(p, limit)))
+    # A prompt beside a few decodes (light load) and beside 8 (busier): the fixed cost of a prompt step
+    # is not the same at both, and a light-load TTFT is made of the first kind.
+    c = min(max(contexts), limit)
+    for b in sorted({min(decode_batches), min(8, max(decode_batches), sc.max_num_seqs - 1)}):
+        for p in prefill_tokens[1:]:
+            if p + b <= sc.max_num_batched_tokens:
+                add(cal.mixed(b, c, min(p, limit)))
     cal.timer.detach()
     return points
 

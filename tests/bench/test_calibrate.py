@@ -11,14 +11,15 @@ from nanoserve.sim.step_model import ALL_FEATURES, CalibratedStepModel, StepShap
 def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, capsys):
     out = tmp_path / "profile.json"
     rc = main(["bench", "calibrate", "--model", str(tiny_model("llama")), "--decode-batches", "1,3",
-               "--contexts", "20", "--prefill-tokens", "8,16,24", "--prefill-batches", "1,2", "--repeats", "2",
-               "--output", str(out)])
+               "--contexts", "20", "--prefill-tokens", "8,16,24", "--prefill-batches", "1,2",
+               "--repeats", "2", "--output", str(out)])
     assert rc == 0
     profile = json.loads(out.read_text())
     kinds = [s["kind"] for s in profile["samples"]]
     assert kinds == ["prefill 1x P=8", "prefill 1x P=16", "prefill 1x P=24", "prefill 2x P=8",
                      "prefill 2x P=16", "prefill 2x P=24", "decode B=1 C=20", "decode B=3 C=20",
-                     "mixed B=3 C=20 P=16", "mixed B=3 C=20 P=24"]
+                     "mixed B=1 C=20 P=16", "mixed B=1 C=20 P=24", "mixed B=3 C=20 P=16",
+                     "mixed B=3 C=20 P=24"]
     for s in profile["samples"]:
         assert s["step_s"] > 0 and s["num_steps"] >= 2
         assert set(ALL_FEATURES) <= set(s)

@@ -3,18 +3,20 @@
 # simulate it with that model's profile and replay it on the real engine (python -m nanoserve.sim.validate),
 # plus one online row through `nanoserve serve` + `nanoserve bench serve` against `nanoserve simulate`.
 # 2 threads; ~10 min on the 2-core dev box. Results: benchmarks/results/sim/*.json, a table on stdout.
-# Usage: bash benchmarks/validate_sim.sh [STEP...]   steps: calibrate toy qwen serve table
+# Usage: [OUT=DIR] bash benchmarks/validate_sim.sh [STEP...]
+#   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 NS="$PY -m nanoserve.cli"
-OUT=benchmarks/results/sim
+OUT=${OUT:-benchmarks/results/sim}
 mkdir -p "$OUT"
 export THP_MEM_ALLOC_ENABLE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 T="--num-cpu-threads 2"
 TOY="--model models/toy-assistant"
 QWEN="--random-model qwen2.5-0.5b"
 steps="${*:-calibrate toy qwen serve table}"
+steps=" $steps "; steps="${steps// calibrate / calibrate-toy calibrate-qwen }"
 
 row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed
   local name=$1; shift
@@ -24,9 +26,10 @@ row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed
 
 for step in $steps; do
 case $step in
-calibrate)
+calibrate-toy)
   $NS bench calibrate $TOY $T --decode-batches 1,8,32,128,256 --contexts 32,104 --prefill-tokens 8,16,32,64,96 \
-    --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json
+    --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json ;;
+calibrate-qwen)
   $NS bench calibrate $QWEN $T --decode-batches 1,4,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
     --prefill-batches 1,8,32 --repeats 5 -o $OUT/profile-qwen.json ;;
 toy)

@@ -1,4 +1,4 @@
-"""`nanoserve bench throughput | serve | latency | roofline | linear`.
+"""`nanoserve bench throughput | serve | latency | roofline | linear | calibrate`.
 
 Each benchmark is its own module with `add_arguments(parser)` and `run(args) -> int`. The modules
 import torch / transformers / the engine only inside their functions, so building the parser is
@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("nanoserve.bench.latency", "batch-1 TTFT and TPOT against prompt length, with a plot"),
     "roofline": ("nanoserve.bench.roofline", "probe bandwidth and FLOP/s; MBU / MFU of the engine"),
     "linear": ("nanoserve.bench.linear", "the decode step's linear layers, CPU paths compared"),
+    "calibrate": ("nanoserve.bench.calibrate", "time engine steps by batch shape: a profile for simulate"),
 }
 
 

@@ -4,6 +4,7 @@
       --output-len 256 --request-rate 4 --goodput ttft:500 tpot:50 --json
   nanoserve simulate --profile profile.json --num-gpu-blocks-override 2048 --trace trace.jsonl
   nanoserve simulate ... --batching static          # seed 004 exercise 17
+  nanoserve simulate ... --plot run.png             # queue, KV usage, preemptions over time
 
 The engine's scheduling flags keep EngineArgs' names and defaults. The KV pool is
 --num-gpu-blocks-override blocks, else --kv-cache-memory-bytes per GPU, else (analytic model) what
@@ -74,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", action="store_true", help="print the result as JSON")
     o.add_argument("--save-result", default=None, metavar="FILE.json")
     o.add_argument("--timeline", action="store_true", help="add queue, KV usage and preemptions per step")
+    o.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="chart running/waiting requests, KV usage and preemptions over time (plots extra)")
 
 
 def _step_model(args: argparse.Namespace) -> Any:
@@ -161,7 +164,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         "max_kv_usage": max((s.kv_usage for s in result.steps), default=0.0),
         "max_num_waiting": max((s.num_waiting for s in result.steps), default=0),
     }
-    if args.timeline:
+    if args.timeline or getattr(args, "plot", None):
         out["timeline"] = timeline(result)
     return out
 
@@ -174,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequestError as e:
         print(f"nanoserve simulate: error: {e}", file=sys.stderr)
         return 2
+    if args.plot:
+        from nanoserve.sim.plots import plot_timeline
+
+        plot_timeline(out["timeline"], args.plot, f"simulated: {out['completed']} requests, "
+                      f"{out['num_preemptions']} preemptions, {out['num_gpu_blocks']} KV blocks")
+        if not args.timeline:
+            del out["timeline"]
     if args.save_result:
         save_json(args.save_result, {**out, "args": vars(args)})
     if args.json:

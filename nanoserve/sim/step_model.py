@@ -15,8 +15,10 @@ pairs attended). Two models turn it into seconds:
   a well-tuned engine on a datacenter GPU (about 80% of HBM bandwidth in decode GEMVs, about 60% of dense
   peak in prefill GEMMs), a 10 µs all-reduce latency (NCCL on NVLink, small messages) and 2 ms of
   per-step host overhead (scheduling, input preparation, sampling). They are not calibrated.
-- CalibratedStepModel, from a JSON profile of measured steps: a least-squares fit of
-  step_s = c0 + c_decode · decode_batch + c_prefill · prefill_tokens + c_context · context_tokens.
+- CalibratedStepModel, from a JSON profile of measured steps (`nanoserve bench calibrate`): a
+  least-squares fit of  step_s = c0 + c_decode · decode_batch + c_prefill · prefill_tokens
+  + c_context · context_tokens [+ c_pairs · attention_pairs + c_seq · num_seqs], the bracketed terms
+  when the profile's samples carry them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StepShape:
     num_prefill_tokens: int = 0  # prompt (or recompute) tokens computed this step
     context_tokens: int = 0  # KV entries read: every scheduled sequence's context up to its last new token
     attention_pairs: int = 0  # (query, key) pairs attended, causal: n·start + n(n+1)/2 per sequence
+    num_seqs: int = 0  # sequences scheduled (0: unknown, taken as the decodes plus one prompt chunk)
 
     @property
     def num_tokens(self) -> int:
@@ -57,7 +60,7 @@ class StepShape:
                 prefill += n
             ctx += start + n
             pairs += n * start + n * (n + 1) // 2
-        return cls(decode, prefill, ctx, pairs)
+        return cls(decode, prefill, ctx, pairs, len(chunks))
 
 
 class StepModel(Protocol):
@@ -129,15 +132,30 @@ class AnalyticStepModel:
 
 
 PROFILE_FEATURES = ("decode_batch", "prefill_tokens", "context_tokens")
+# Optional terms, fitted when every sample has them (bench calibrate's profiles do): the quadratic
+# attention of prefill chunks, a cost per prompt chunk (its own attention call, first-token output
+# processing) and a fixed cost of any step that carries a prompt chunk (the prefill path's setup).
+EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step")
+ALL_FEATURES = PROFILE_FEATURES + EXTRA_FEATURES
+
+
+def shape_features(shape: StepShape) -> dict[str, float]:
+    """A step's features by profile name."""
+    has_prefill = int(shape.num_prefill_tokens > 0)
+    prefill_seqs = shape.num_seqs - shape.num_decode_seqs if shape.num_seqs else has_prefill
+    return {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
+            "context_tokens": shape.context_tokens, "attention_pairs": shape.attention_pairs,
+            "prefill_seqs": prefill_seqs, "prefill_step": has_prefill}
 
 
 @dataclass
 class CalibratedStepModel:
-    """step_s = intercept + Σ coefficient · feature, fitted to measured steps.
+    """step_s = intercept + Σ coefficient · feature, fitted to measured steps (relative least squares).
 
     Profile JSON: {"samples": [{"decode_batch": 8, "prefill_tokens": 0, "context_tokens": 1024,
-    "step_s": 0.0123}, ...]} (at least 4 samples spanning the features), or the fit itself:
-    {"coefficients": {"intercept_s": ..., "decode_batch": ..., "prefill_tokens": ..., "context_tokens": ...}}.
+    "step_s": 0.0123}, ...]} (at least one more sample than features, spanning them; samples that also
+    carry "attention_pairs" and "num_seqs", as `nanoserve bench calibrate` writes, fit those terms too),
+    or the fit itself: {"coefficients": {"intercept_s": ..., "decode_batch": ..., ...}}.
     """
 
     intercept_s: float
@@ -148,17 +166,21 @@ class CalibratedStepModel:
     def fit(cls, samples: list[dict], source: str = "") -> CalibratedStepModel:
         import numpy as np
 
-        if len(samples) < len(PROFILE_FEATURES) + 1:
-            need = len(PROFILE_FEATURES) + 1
-            raise InvalidRequestError(f"a profile needs at least {need} samples", "profile")
+        extra = [f for f in EXTRA_FEATURES if samples and all(f in s for s in samples)]
+        features = list(PROFILE_FEATURES) + extra
+        if len(samples) < len(features) + 1:
+            raise InvalidRequestError(f"a profile needs at least {len(features) + 1} samples", "profile")
         try:
-            x = np.array([[1.0] + [float(s.get(f, 0)) for f in PROFILE_FEATURES] for s in samples])
+            x = np.array([[1.0] + [float(s.get(f, 0)) for f in features] for s in samples])
             y = np.array([float(s["step_s"]) for s in samples])
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidRequestError(f"profile sample without a numeric step_s ({e})", "profile") from None
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        return cls(float(coef[0]), {f: float(c) for f, c in zip(PROFILE_FEATURES, coef[1:], strict=True)},
-                   source)
+        if (y <= 0).any():
+            raise InvalidRequestError("profile step_s values must be > 0", "profile")
+        # Weighted by 1/step_s: a 5 ms decode step matters as much, relatively, as a 2 s prefill.
+        w = 1.0 / y
+        coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+        return cls(float(coef[0]), {f: float(c) for f, c in zip(features, coef[1:], strict=True)}, source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedStepModel:
@@ -168,14 +190,16 @@ class CalibratedStepModel:
             raise InvalidRequestError(f"cannot read profile {path}: {e}", "profile") from None
         if "coefficients" in data:
             c = dict(data["coefficients"])
-            return cls(float(c.pop("intercept_s", 0.0)), {f: float(c.get(f, 0.0)) for f in PROFILE_FEATURES},
-                       str(path))
+            return cls(float(c.pop("intercept_s", 0.0)),
+                       {f: float(c[f]) for f in ALL_FEATURES if f in c}, str(path))
         return cls.fit(list(data.get("samples", [])), str(path))
 
+    def predict_s(self, features: dict[str, float]) -> float:
+        """The step time for features by profile name (a missing one counts 0)."""
+        return max(0.0, self.intercept_s + sum(c * features.get(f, 0) for f, c in self.coefficients.items()))
+
     def step_time_s(self, shape: StepShape) -> float:
-        x = {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
-             "context_tokens": shape.context_tokens}
-        return max(0.0, self.intercept_s + sum(c * x[f] for f, c in self.coefficients.items()))
+        return self.predict_s(shape_features(shape))
 
     def describe(self) -> dict:
         return {"kind": "calibrated", "profile": self.source, "intercept_s": self.intercept_s,

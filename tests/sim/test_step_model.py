@@ -28,7 +28,7 @@ def _model(**kw) -> AnalyticStepModel:
 def test_one_decode_step_by_hand():
     shape = StepShape.of([(99, 1, True)])  # one sequence: 99 tokens cached, computes its 100th
     assert shape == StepShape(num_decode_seqs=1, num_prefill_tokens=0, context_tokens=100,
-                              attention_pairs=100)
+                              attention_pairs=100, num_seqs=1)
     t = _model().terms_s(shape)
     assert t["memory_s"] == pytest.approx((2 * 1352 + 100 * 32) / (1e4 * 0.5))  # 1.1808 s
     assert t["compute_s"] == pytest.approx((2 * 1232 + 4 * 2 * 8 * 100) / (1e6 * 0.5))

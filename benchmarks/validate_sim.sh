@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Simulated vs measured (issue #15 item 2), in one go: calibrate each model once, then for each workload
+# simulate it with that model's profile and replay it on the real engine (python -m nanoserve.sim.validate),
+# plus one online row through `nanoserve serve` + `nanoserve bench serve` against `nanoserve simulate`.
+# 2 threads; ~10 min on the 2-core dev box. Results: benchmarks/results/sim/*.json, a table on stdout.
+# Usage: [OUT=DIR] bash benchmarks/validate_sim.sh [STEP...]
+#   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table
+set -u
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+NS="$PY -m nanoserve.cli"
+OUT=${OUT:-benchmarks/results/sim}
+mkdir -p "$OUT"
+export THP_MEM_ALLOC_ENABLE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
+T="--num-cpu-threads 2"
+TOY="--model models/toy-assistant"
+QWEN="--random-model qwen2.5-0.5b"
+steps="${*:-calibrate toy qwen serve table}"
+steps=" $steps "; steps="${steps// calibrate / calibrate-toy calibrate-qwen }"
+
+row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed
+  local name=$1; shift
+  echo "=== $name $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  $PY -m nanoserve.sim.validate $T --label "$name" --save-result "$OUT/$name.json" "$@"
+}
+
+for step in $steps; do
+case $step in
+calibrate-toy)
+  $NS bench calibrate $TOY $T --decode-batches 1,8,32,128,256 --contexts 32,104 --prefill-tokens 8,16,32,64,96 \
+    --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json ;;
+calibrate-qwen)
+  $NS bench calibrate $QWEN $T --decode-batches 1,4,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
+    --prefill-batches 1,8,32 --repeats 5 -o $OUT/profile-qwen.json ;;
+toy)
+  row toy-light $TOY --profile $OUT/profile-toy.json --num-prompts 200 --input-len 32 --output-len 32 \
+    --range-ratio 0.5 --request-rate 20
+  row toy-saturation $TOY --profile $OUT/profile-toy.json --num-prompts 256 --input-len 32 --output-len 64
+  row toy-preempt $TOY --profile $OUT/profile-toy.json --num-prompts 128 --input-len 32 --output-len 64 \
+    --num-gpu-blocks-override 40 ;;
+qwen)
+  row qwen-light $QWEN --profile $OUT/profile-qwen.json --num-prompts 16 --input-len 64 --output-len 16 \
+    --request-rate 0.5
+  row qwen-saturation $QWEN --profile $OUT/profile-qwen.json --num-prompts 32 --input-len 64 --output-len 32
+  row qwen-preempt $QWEN --profile $OUT/profile-qwen.json --num-prompts 16 --input-len 64 --output-len 64 \
+    --num-gpu-blocks-override 24 ;;
+serve)  # the demo model online: HTTP, streaming and detokenization in the measured figure
+  port=8766
+  $NS serve $TOY $T --port $port --num-gpu-blocks-override 2048 --log-level warning > $OUT/server.log 2>&1 &
+  pid=$!
+  until curl -sf localhost:$port/health > /dev/null; do sleep 0.1; done
+  wl="--num-prompts 200 --input-len 32 --output-len 32 --range-ratio 0.5 --request-rate 20 --seed 0"
+  $NS bench serve --base-url http://127.0.0.1:$port --tokenizer models/toy-assistant $wl --disable-tqdm \
+    --save-result $OUT/serve-toy-light.json
+  kill $pid; wait $pid
+  $NS simulate --profile $OUT/profile-toy.json --num-gpu-blocks-override 2048 --max-model-len 128 $wl --json \
+    > $OUT/serve-toy-light-sim.json ;;
+table)
+  $PY benchmarks/sim_table.py $OUT ;;
+esac
+done

@@ -1,0 +1,273 @@
+"""`nanoserve bench calibrate`: this engine's step time on this machine, as the simulator's profile.
+
+  nanoserve bench calibrate --random-model qwen2.5-0.5b --num-cpu-threads 2 --output qwen.json
+  nanoserve simulate --profile qwen.json --num-gpu-blocks-override 512 ...
+
+The real engine (LLMEngine from EngineArgs' flags) runs controlled batches and every `engine.step()` is
+timed whole (schedule, forward, sampling, output processing: what a step costs the engine loop):
+
+- prefill: n requests with P-token prompts (n from --prefill-batches, when n·P fits the token budget;
+  P from --prefill-tokens; a prompt longer than max_num_batched_tokens is chunked, which adds chunks
+  that start past 0);
+- decode: B requests decoding at context C (B from --decode-batches, C from --contexts; 3 × --repeats
+  steps). The B prompts share a (C-1)-token prefix so, with prefix caching on, building the batch
+  prefills C tokens once;
+- mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step.
+
+Each step's shape is read from the scheduler's own output with the simulator's StepShape.of, so the
+profile's features mean exactly what the simulator computes. Each point keeps the median step time of
+--repeats steps. The profile is JSON: {"samples": [{"kind", "decode_batch", "prefill_tokens",
+"context_tokens", "attention_pairs", "prefill_seqs", "prefill_step", "step_s"}, ...], "fit": {...},
+"machine": {...}};
+sim/step_model.py's CalibratedStepModel.from_file() fits it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_DECODE_BATCHES = "1,4,16,48"
+DEFAULT_CONTEXTS = "32,512"
+DEFAULT_PREFILL_TOKENS = "16,64,256,1024"
+DEFAULT_PREFILL_BATCHES = "1,8,32"
+
+
+@dataclass
+class StepTimer:
+    """Wraps one engine's scheduler.schedule (an instance attribute, the class untouched) to read each
+    step's shape, and times engine.step() calls made through `step()`."""
+
+    engine: Any
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    _last: Any = None
+
+    def __post_init__(self) -> None:
+        sched = self.engine.scheduler
+        inner = sched.schedule
+
+        def schedule():
+            self._last = inner()
+            return self._last
+
+        sched.schedule = schedule
+        self._inner = inner
+
+    def detach(self) -> None:
+        del self.engine.scheduler.schedule
+
+    def step(self, kind: str = "", record: bool = True) -> list:
+        self._last = None
+        t0 = time.perf_counter()
+        outs = self.engine.step()
+        dt = time.perf_counter() - t0
+        if record and self._last is not None and not self._last.is_empty:
+            self.samples.append({"kind": kind, **shape_features(self._last), "step_s": dt})
+        return outs
+
+
+def shape_features(out: Any) -> dict[str, float]:
+    """The simulator's StepShape of a SchedulerOutput, plus the number of sequences scheduled."""
+    from nanoserve.sim.simulator import Simulator
+    from nanoserve.sim.step_model import shape_features as features
+
+    return features(Simulator._shape(out))
+
+
+@dataclass
+class Calibrator:
+    engine: Any
+    vocab_size: int
+    repeats: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.timer = StepTimer(self.engine)
+        self.rng = random.Random(self.seed)
+        self._ids = 0
+
+    def _prompt(self, n: int) -> list[int]:
+        return [self.rng.randrange(3, self.vocab_size) for _ in range(n)]
+
+    def _add(self, prompt: list[int], max_tokens: int) -> str:
+        from nanoserve import SamplingParams
+
+        self._ids += 1
+        rid = f"cal-{self._ids}"
+        self.engine.add_request(rid, {"prompt_token_ids": prompt},
+                                SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0))
+        return rid
+
+    def _drain(self, ids: list[str]) -> None:
+        self.engine.abort_request(ids)
+        while self.engine.has_unfinished_requests():
+            self.timer.step(record=False)
+
+    def _point(self, kind: str, start: int) -> dict[str, Any]:
+        """The median step time over the samples recorded since `start`, with their mean features."""
+        got = self.timer.samples[start:]
+        del self.timer.samples[start:]
+        if not got:
+            raise RuntimeError(f"calibration point {kind} recorded no step")
+        from nanoserve.sim.step_model import ALL_FEATURES
+
+        point = {"kind": kind}
+        for k in ALL_FEATURES:
+            point[k] = round(statistics.fmean(s[k] for s in got), 1)
+        point["step_s"] = statistics.median(s["step_s"] for s in got)
+        point["num_steps"] = len(got)
+        return point
+
+    def prefill(self, tokens: int, num_prompts: int = 1) -> dict[str, Any]:
+        start = len(self.timer.samples)
+        for _ in range(self.repeats):
+            ids = [self._add(self._prompt(tokens), 1) for _ in range(num_prompts)]
+            while self.engine.has_unfinished_requests():
+                self.timer.step("prefill")
+            self._drain(ids)
+        return self._point(f"prefill {num_prompts}x P={tokens}", start)
+
+    def _decoding_batch(self, batch: int, context: int, extra_steps: int) -> list[str]:
+        """`batch` requests that have their first token, prompts of `context` tokens sharing a prefix."""
+        prefix = self._prompt(context - 1)
+        ids = [self._add(prefix + self._prompt(1), extra_steps + 2)]
+        while not self._all_started(ids):
+            self.timer.step(record=False)  # the prefix is computed and cached once
+        ids += [self._add(prefix + self._prompt(1), extra_steps + 2) for _ in range(batch - 1)]
+        while not self._all_started(ids):
+            self.timer.step(record=False)
+        return ids
+
+    def _all_started(self, ids: list[str]) -> bool:
+        for rid in ids:
+            parent = self.engine.requests.get(rid)
+            if parent is not None and parent.metrics.first_token_time is None:
+                return False
+        return True
+
+    def decode(self, batch: int, context: int) -> dict[str, Any]:
+        steps = 3 * self.repeats  # decode steps are short and cheap to build: more of them, less noise
+        ids = self._decoding_batch(batch, context, steps)
+        start = len(self.timer.samples)
+        for _ in range(steps):
+            self.timer.step("decode")
+        self._drain(ids)
+        return self._point(f"decode B={batch} C={context}", start)
+
+    def mixed(self, batch: int, context: int, tokens: int) -> dict[str, Any]:
+        ids = self._decoding_batch(batch, context, 2 * self.repeats)
+        start = len(self.timer.samples)
+        for _ in range(self.repeats):
+            ids.append(self._add(self._prompt(tokens), 1))
+            self.timer.step("mixed")  # the B decodes and the new prompt's first chunk
+            while not self._all_started(ids):
+                self.timer.step(record=False)
+        self._drain(ids)
+        return self._point(f"mixed B={batch} C={context} P={tokens}", start)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def calibrate(
+    engine: Any,
+    vocab_size: int,
+    decode_batches: list[int],
+    contexts: list[int],
+    prefill_tokens: list[int],
+    prefill_batches: tuple[int, ...] = (1,),
+    repeats: int = 5,
+    seed: int = 0,
+    log: Any = None,
+) -> list[dict[str, Any]]:
+    """The profile's samples: every prefill, decode and mixed point that fits the engine's limits."""
+    sc = engine.scheduler_config
+    pool_tokens = engine.cache_config.num_tokens
+    cal = Calibrator(engine, vocab_size, repeats, seed)
+    cal.decode(1, 8)  # warm-up: first calls pay one-off costs
+    del cal.timer.samples[:]
+    limit = min(sc.max_model_len, pool_tokens) - 3 * repeats - 4
+    points = []
+
+    def add(point: dict[str, Any]) -> None:
+        points.append(point)
+        if log:
+            log(f"{point['kind']:<28} {point['step_s'] * 1e3:9.2f} ms  ({point['num_steps']} steps)")
+
+    for n in prefill_batches:
+        for p in prefill_tokens:
+            if p <= limit and (n == 1 or n * p <= sc.max_num_batched_tokens) and n <= sc.max_num_seqs:
+                add(cal.prefill(p, n))
+    for c in contexts:
+        c = min(c, limit)
+        for b in decode_batches:
+            b = min(b, sc.max_num_seqs - 1)
+            # the shared prefix is cached once; each sequence adds its own last block and decode room
+            own_blocks = b * (2 + (3 * repeats + 4) // engine.cache_config.block_size)
+            if c // engine.cache_config.block_size + own_blocks > engine.cache_config.num_blocks:
+                continue
+            add(cal.decode(b, c))
+    # A prompt beside a few decodes (light load) and beside 8 (busier): the fixed cost of a prompt step
+    # is not the same at both, and a light-load TTFT is made of the first kind.
+    c = min(max(contexts), limit)
+    for b in sorted({min(decode_batches), min(8, max(decode_batches), sc.max_num_seqs - 1)}):
+        for p in prefill_tokens[1:]:
+            if p + b <= sc.max_num_batched_tokens:
+                add(cal.mixed(b, c, min(p, limit)))
+    cal.timer.detach()
+    return points
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from nanoserve.bench.engine_flags import add_engine_arguments
+
+    p.add_argument("--decode-batches", default=DEFAULT_DECODE_BATCHES, help="decode batch sizes B")
+    p.add_argument("--contexts", default=DEFAULT_CONTEXTS, help="context lengths C of the decode points "
+                   "(capped at what max-model-len and the pool allow)")
+    p.add_argument("--prefill-tokens", default=DEFAULT_PREFILL_TOKENS, help="prompt lengths P")
+    p.add_argument("--prefill-batches", default=DEFAULT_PREFILL_BATCHES,
+                   help="prompts per prefill point (n prompts of P tokens in one step, when they fit)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per point (the median is kept)")
+    p.add_argument("--output", "-o", default="step_profile.json", metavar="FILE.json")
+    add_engine_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nanoserve import LLM
+    from nanoserve.bench.engine_flags import engine_kwargs
+    from nanoserve.bench.models import resolve_model, vocab_size
+    from nanoserve.sim.step_model import CalibratedStepModel
+
+    model_dir = resolve_model(args.model, args.random_model, args.random_layers)
+    kwargs = engine_kwargs(args, model_dir)
+    llm = LLM(model=model_dir, **kwargs)
+    engine = llm.llm_engine
+    t0 = time.perf_counter()
+    samples = calibrate(engine, vocab_size(model_dir), _ints(args.decode_batches), _ints(args.contexts),
+                        _ints(args.prefill_tokens), tuple(_ints(args.prefill_batches)), args.repeats,
+                        args.seed or 0, log=print)
+    fit = CalibratedStepModel.fit(samples, args.output)
+    profile = {
+        "benchmark": "calibrate",
+        "model": model_dir,
+        "engine_args": {k: v for k, v in kwargs.items() if isinstance(v, str | int | float | bool | None)},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "num_cpu_threads": args.num_cpu_threads},
+        "elapsed_s": time.perf_counter() - t0,
+        "samples": samples,
+        "fit": fit.describe(),
+    }
+    with open(args.output, "w") as f:
+        json.dump(profile, f, indent=2)
+    worst = max(abs(fit.predict_s(s) - s["step_s"]) / s["step_s"] for s in samples)
+    print(f"{len(samples)} points in {profile['elapsed_s']:.1f} s -> {args.output} "
+          f"(fit: worst point off by {worst:.1%})")
+    return 0

@@ -1,0 +1,40 @@
+"""`nanoserve bench calibrate` at tiny scale: a well-formed profile that the simulator loads."""
+
+import json
+
+import pytest
+
+from nanoserve.cli import main
+from nanoserve.sim.step_model import ALL_FEATURES, CalibratedStepModel, StepShape
+
+
+def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    rc = main(["bench", "calibrate", "--model", str(tiny_model("llama")), "--decode-batches", "1,3",
+               "--contexts", "20", "--prefill-tokens", "8,16,24", "--prefill-batches", "1,2",
+               "--repeats", "2", "--output", str(out)])
+    assert rc == 0
+    profile = json.loads(out.read_text())
+    kinds = [s["kind"] for s in profile["samples"]]
+    assert kinds == ["prefill 1x P=8", "prefill 1x P=16", "prefill 1x P=24", "prefill 2x P=8",
+                     "prefill 2x P=16", "prefill 2x P=24", "decode B=1 C=20", "decode B=3 C=20",
+                     "mixed B=1 C=20 P=16", "mixed B=1 C=20 P=24", "mixed B=3 C=20 P=16",
+                     "mixed B=3 C=20 P=24"]
+    for s in profile["samples"]:
+        assert s["step_s"] > 0 and s["num_steps"] >= 2
+        assert set(ALL_FEATURES) <= set(s)
+    by_kind = {s["kind"]: s for s in profile["samples"]}
+    # the features are the scheduler's actual steps: decodes at context ~20, whole prompts as one chunk
+    decode = by_kind["decode B=3 C=20"]
+    assert decode["decode_batch"] == 3 and decode["prefill_tokens"] == 0
+    assert 3 * 20 <= by_kind["decode B=3 C=20"]["context_tokens"] <= 3 * 24
+    prefill = by_kind["prefill 2x P=24"]
+    assert prefill["prefill_tokens"] == 48 and prefill["prefill_seqs"] == 2
+    assert by_kind["mixed B=3 C=20 P=24"]["decode_batch"] == 3
+    assert by_kind["mixed B=3 C=20 P=24"]["prefill_tokens"] == 24
+    model = CalibratedStepModel.from_file(out)
+    assert set(model.coefficients) == set(ALL_FEATURES)
+    # the fit reproduces its own decode point roughly (tiny steps are noisy; the shape is what matters)
+    shape = StepShape(3, 0, int(decode["context_tokens"]), int(decode["attention_pairs"]), 3)
+    assert model.step_time_s(shape) == pytest.approx(decode["step_s"], rel=0.5)
+    assert profile["fit"]["coefficients"] == pytest.approx(model.coefficients)

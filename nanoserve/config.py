@@ -154,19 +154,14 @@ class EngineArgs:
     def validate(self) -> None:
         if not self.model:
             raise InvalidRequestError("model must name a checkpoint directory", "model")
-        if self.dtype not in DTYPES:
-            raise InvalidRequestError(f"dtype must be one of {DTYPES}, got {self.dtype!r}", "dtype")
+        # The choices the flags offer (field metadata) bind the Python API too.
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise InvalidRequestError(f"{f.name} must be one of {choices}, got {value!r}", f.name)
         if self.block_size < 1 or self.block_size > 1024:
             raise InvalidRequestError(f"block_size must be in [1, 1024], got {self.block_size}", "block_size")
-        if self.cpu_linear not in CPU_LINEAR_BACKENDS:
-            raise InvalidRequestError(
-                f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}", "cpu_linear"
-            )
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise InvalidRequestError(
-                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}",
-                "attention_backend",
-            )
         if self.attention_backend == "cpu_native" and self.device.startswith("cuda"):
             raise InvalidRequestError("attention_backend cpu_native runs on CPU only", "attention_backend")
         _check_positive("max_model_len", self.max_model_len)

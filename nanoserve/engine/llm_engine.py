@@ -217,8 +217,7 @@ class LLMEngine:
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
         mask = self.structured_outputs.token_bitmask([it.seq for it in sched.scheduled if it.samples])
-        # Unconstrained steps call the runner exactly as before (and keep the sampler's fast path).
-        result = self.runner.execute(sched) if mask is None else self.runner.execute(sched, mask)
+        result = self.runner.execute(sched, mask)  # mask None: unconstrained, the sampler's fast path
         self.scheduler.update_after_step(sched)
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}

@@ -53,8 +53,9 @@ class StepInputs:
     meta: AttentionMetadata  # built by the attention backend
     logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
     sample_seqs: list[Sequence]  # the sequences that sample, one per logits row
-    prompt_rows: torch.Tensor  # [R] int64: hidden rows whose logits score the next prompt token
-    prompt_targets: torch.Tensor  # [R] int64: that next prompt token
+    # None when the step scores no prompt token:
+    prompt_rows: torch.Tensor | None  # [R] int64: hidden rows whose logits score the next prompt token
+    prompt_targets: torch.Tensor | None  # [R] int64: that next prompt token
     prompt_chunks: list[PromptLogprobsChunk]  # which sequence each run of prompt_rows belongs to
 
 
@@ -210,7 +211,9 @@ class ModelRunner:
             meta=self.attention_backend.build_metadata(layout),
             logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
             sample_seqs=sample_seqs,
-            prompt_rows=torch.tensor(prompt_rows, dtype=torch.int64, device=dev),
-            prompt_targets=torch.tensor(prompt_targets, dtype=torch.int64, device=dev),
+            # Only steps that score prompt tokens pay for these two tensors.
+            prompt_rows=torch.tensor(prompt_rows, dtype=torch.int64, device=dev) if prompt_chunks else None,
+            prompt_targets=(torch.tensor(prompt_targets, dtype=torch.int64, device=dev)
+                            if prompt_chunks else None),
             prompt_chunks=prompt_chunks,
         )

@@ -143,10 +143,8 @@ async def render_chat_prompt(state: ServerState, body: ChatCompletionRequest) ->
         text = await _render_request_template(state, messages, body, template, kwargs)
     if not isinstance(text, str):
         raise APIError(400, "The chat template did not render to text.", "messages")
-    state.check_prompt_chars(len(text), "messages")
     # The template writes any BOS itself; adding special tokens again would double it.
-    ids = await state.off_loop(lambda: tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
-    return Prompt(list(ids), text)
+    return Prompt(await state.encode_async(text, "messages", add_special_tokens=False), text)
 
 
 @router.post("/v1/chat/completions")

@@ -75,19 +75,21 @@ class ServerState:
     def vocab_size(self) -> int:
         return self.engine.model_config.vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a text prompt, exactly as the engine tokenizes a string prompt."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text prompt, exactly as the engine tokenizes a string prompt (without special
+        tokens: a rendered chat template, which writes its own BOS)."""
         # verbose=False: no "Token indices sequence length is longer than ..." warning; we answer that 400.
-        return list(self.tokenizer(text, verbose=False).input_ids)
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens, verbose=False).input_ids)
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) on a prompt-preparation thread (CPU-heavy work must not block the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.prep_executor, fn, *args)
 
-    async def encode_async(self, text: str, param: str = "prompt") -> list[int]:
+    async def encode_async(self, text: str, param: str = "prompt",
+                           add_special_tokens: bool = True) -> list[int]:
         """`encode` off the event loop, after refusing a text too long to possibly fit the context."""
         self.check_prompt_chars(len(text), param)
-        return await self.off_loop(self.encode, text)
+        return await self.off_loop(self.encode, text, add_special_tokens)
 
     @cached_property
     def max_prompt_chars(self) -> int:

@@ -57,7 +57,6 @@ class DetokenizeResponse(BaseModel):
 
 
 async def _tokenize(state: ServerState, body: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
-    tokenizer = state.tokenizer
     if isinstance(body, TokenizeChatRequest):
         chat = ChatCompletionRequest(messages=body.messages, add_generation_prompt=body.add_generation_prompt,
                                      continue_final_message=body.continue_final_message,
@@ -69,10 +68,7 @@ async def _tokenize(state: ServerState, body: TokenizeCompletionRequest | Tokeni
         text = prompt.text or ""
     else:
         text = body.prompt
-    state.check_prompt_chars(len(text), "prompt")
-    ids = await state.off_loop(lambda: tokenizer(text, add_special_tokens=body.add_special_tokens,
-                                                 verbose=False).input_ids)
-    return list(ids)
+    return await state.encode_async(text, add_special_tokens=body.add_special_tokens)
 
 
 @router.post("/tokenize")

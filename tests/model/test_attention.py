@@ -210,7 +210,7 @@ def test_runner_builds_attention_metadata_once_per_step(tiny_model):
     calls, steps = [], []
     build, execute = backend.build_metadata, runner.execute
     backend.build_metadata = lambda layout: calls.append(layout) or build(layout)
-    runner.execute = lambda out: steps.append(out) or execute(out)
+    runner.execute = lambda out, *rest: steps.append(out) or execute(out, *rest)
     assert all(len(t) == 4 for t in _generate(llm))
     assert len(runner.model.attention_layers()) > 1
     assert len(calls) == len(steps) > 0, "one build_metadata per step, whatever the number of layers"

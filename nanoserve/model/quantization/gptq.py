@@ -87,6 +87,8 @@ def read_gptq_linear(cfg: GPTQConfig, prefix: str, tensors: Mapping[str, torch.T
                              f"expected {-(-k // group_size)}")
     g_idx = tensors.get(f"{prefix}.g_idx")
     perm = None
+    if g_idx is None and cfg.desc_act:
+        raise ModelLoadError(f"missing tensor '{prefix}.g_idx': desc_act=true needs each column's group")
     if g_idx is not None:
         if g_idx.numel() != k:
             raise ModelLoadError(f"{prefix}: g_idx has {g_idx.numel()} entries for K={k} input columns "

@@ -182,6 +182,9 @@ def test_gptq_tensors_that_do_not_fit_are_refused(tmp_path):
                                    "l.scales": tensors["l.scales"][:, :60]})
     with pytest.raises(ModelLoadError, match="missing tensor 'l.qzeros'"):
         read_gptq_linear(qc, "l", {k: v for k, v in tensors.items() if k != "l.qzeros"})
+    act_order = GPTQConfig.from_config(gptq_config(4, 128, desc_act=True))
+    with pytest.raises(ModelLoadError, match="desc_act=true needs"):
+        read_gptq_linear(act_order, "l", {k: v for k, v in tensors.items() if k != "l.g_idx"})
     uneven = tensors["l.g_idx"].clone()
     uneven[:130] = 0  # group 0 would have 130 columns
     with pytest.raises(ModelLoadError, match="exactly 128 input columns"):

@@ -73,6 +73,7 @@ struct A16Args {
   const float* bias;  // [N] or null
   bf16* y;            // [M, N]
   int64_t M, K, N, G, group_pairs;
+  int64_t scratch_min_rows;  // convert a block once into scratch from this many rows on
 };
 
 // y[MR rows, n0:n0+64] for one block. Per group: bf16-code dot products in fp32 registers, then
@@ -154,12 +155,12 @@ static void rows_a16(const A16Args& a, const W& w, const float* scale, const flo
   }
 }
 
-// One 64-output block over all rows. With more than one row tile the block's codes are converted to
+// One 64-output block over all rows. With several row tiles the block's codes are converted to
 // bf16 once into a per-thread scratch (L2-resident, 64 x K x 2 bytes) and every tile reads that: the
 // conversion is then paid once per block instead of once per tile.
 template <class W>
 static void block_a16(const A16Args& a, const W& w, const float* scale, const float* offs, int64_t n0) {
-  if (a.M <= MR_MAX) return rows_a16(a, w, scale, offs, n0);
+  if (a.M < a.scratch_min_rows) return rows_a16(a, w, scale, offs, n0);
   const int64_t K2 = (a.K + 1) / 2;
   thread_local std::vector<bf16> scratch;
   if ((int64_t)scratch.size() < K2 * 128) scratch.resize(K2 * 128);
@@ -190,7 +191,8 @@ static void group_sums(const bf16* x, int64_t K, int64_t group_size, int64_t G, 
 // y[M, N] = x[M, K] @ W^T (+ bias), W = (codes - zero) * scale per group of group_size columns.
 // wq: int8 [nb, K2, 64, 2] (bits 8) or uint8 [nb, K2, 64] (bits 4); scales, offsets: [nb, G, 64] fp32.
 torch::Tensor linear_a16(torch::Tensor x, torch::Tensor wq, int64_t bits, int64_t N, int64_t group_size,
-                         torch::Tensor scales, torch::Tensor offsets, c10::optional<torch::Tensor> bias) {
+                         torch::Tensor scales, torch::Tensor offsets, c10::optional<torch::Tensor> bias,
+                         int64_t scratch_min_rows) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(), "x: contiguous bf16 [M, K]");
   const int64_t M = x.size(0), K = x.size(1), K2 = (K + 1) / 2, nblocks = wq.size(0);
   const int64_t G = (K + group_size - 1) / group_size;
@@ -208,7 +210,7 @@ torch::Tensor linear_a16(torch::Tensor x, torch::Tensor wq, int64_t bits, int64_
     for (int64_t m = m0; m < m1; ++m) group_sums(xp + m * K, K, group_size, G, xsp + m * G);
   });
   A16Args a{xp, xsp, bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr<bf16>(),
-            M, K, N, G, G == 1 ? K2 : group_size / 2};
+            M, K, N, G, G == 1 ? K2 : group_size / 2, scratch_min_rows};
   const float* sp = scales.data_ptr<float>();
   const float* op = offsets.data_ptr<float>();
   // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.

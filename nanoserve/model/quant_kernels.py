@@ -7,8 +7,8 @@ Three methods over the shared `QuantizedWeight` format (W[n, k] = (q[n, k] - zer
   registers (int8: sign-extend and convert; int4: ``0x4300 | nibble`` is the bf16 of 128 + nibble, no
   conversion at all) and multiplied by the activations with ``vdpbf16ps`` exactly, accumulating in fp32
   per group; at each group's end ``out += scale * acc - scale * zero' * sum(x over the group)`` (zero'
-  includes the +128 of the int4 trick). Above 6 rows a block's codes are converted once into an
-  L2-resident bf16 scratch that every row tile reads, so prefill pays the conversion once per block.
+  includes the +128 of the int4 trick). From SCRATCH_MIN_ROWS rows on, a block's codes are converted
+  once into an L2-resident bf16 scratch that every row tile reads (prefill pays it once per block).
 - ``w8a8``: int8 weights per output channel and activations quantized per token inside the call
   (``q = round_half_even(x / s)``, ``s = max|x| / 127``), multiplied with VNNI ``vpdpbusd`` (unsigned x
   signed bytes): the activations go in as q + 128, and ``128 * sum_k w[n, k]`` (precomputed) comes off.
@@ -47,6 +47,10 @@ from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 log = logging.getLogger(__name__)
 
 PACK_BLOCK_N = 64  # output rows per packed block; BLOCK_N in csrc/quant_linear.cpp
+# a16: from this many rows on, a block's codes are converted once into a bf16 scratch that every row
+# tile reads; below, each tile converts in registers, which measured faster up to ~64 rows here (the
+# register path overlaps the weight stream with the arithmetic; the scratch pass does not).
+SCRATCH_MIN_ROWS = 64
 W8A8_MAX_K = 65_000  # (q + 128) * w summed over K stays below 2**31: 255 * 128 * K
 METHODS = ("w8a16", "w4a16", "w8a8")
 
@@ -206,7 +210,8 @@ def _run(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, metho
         y = ext.linear_w8a8(xb, packed.qweight, packed.n, packed.wsum, packed.scales, packed.offsets, b)
     else:
         y = ext.linear_a16(
-            xb, packed.qweight, packed.bits, packed.n, packed.group_size, packed.scales, packed.offsets, b
+            xb, packed.qweight, packed.bits, packed.n, packed.group_size, packed.scales, packed.offsets, b,
+            SCRATCH_MIN_ROWS,
         )
     return y.to(x.dtype).reshape(*lead, packed.n)  # y: [..., N]
 

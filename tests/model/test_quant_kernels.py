@@ -56,7 +56,9 @@ def _assert_within_bf16_rounding(y, x, qw, bias):
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("n,k,group_size", SHAPES_A16)
 @pytest.mark.parametrize("zeros", [False, True])
-def test_weight_only_matches_reference(bits, n, k, group_size, zeros):
+@pytest.mark.parametrize("scratch_min_rows", [7, 10**9])  # codes converted once per block / per tile
+def test_weight_only_matches_reference(bits, n, k, group_size, zeros, scratch_min_rows, monkeypatch):
+    monkeypatch.setattr(qk, "SCRATCH_MIN_ROWS", scratch_min_rows)
     qw = _weight(n, k, bits, group_size, zeros)
     packed = (qk.pack_w8a16 if bits == 8 else qk.pack_w4a16)(qw)
     linear = qk.linear_w8a16 if bits == 8 else qk.linear_w4a16

@@ -11,11 +11,12 @@ import uuid
 import pytest
 import torch
 
-from nanoserve.model import cpu_linear, native_build, native_kernels
+from nanoserve.model import cpu_linear, native_build, native_kernels, quant_kernels
 
 LOADERS = {
     "cpu_linear": (cpu_linear.load_avx512_kernel, cpu_linear.avx512_unavailable_reason),
     "native_kernels": (native_kernels.load_native_kernels, native_kernels.unavailable_reason),
+    "quant_kernels": (quant_kernels.load_quant_kernels, quant_kernels.quant_kernels_unavailable_reason),
 }
 
 

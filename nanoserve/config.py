@@ -188,7 +188,8 @@ class EngineArgs:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         _check_positive("quantization_group_size", self.quantization_group_size)
-        if self.quantization != "int4" and (self.quantization_zero_point or self.quantization_group_size != 128):
+        int4_knobs = self.quantization_zero_point or self.quantization_group_size != 128
+        if self.quantization != "int4" and int4_knobs:
             raise InvalidRequestError(
                 "quantization_group_size and quantization_zero_point apply to quantization=int4 only "
                 f"(got quantization={self.quantization!r}; int8 and w8a8 are symmetric per output channel)",

@@ -98,8 +98,10 @@ class QuantLinear(nn.Module):
         return cls(qw, bias, output_sizes)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, quantize: Callable[[torch.Tensor], QuantizedWeight]) -> QuantLinear:
-        """A loaded, unprepared FastLinear (plain `weight`) quantized by `quantize`; the bias is kept as is."""
+    def from_linear(
+        cls, linear: nn.Module, quantize: Callable[[torch.Tensor], QuantizedWeight]
+    ) -> QuantLinear:
+        """A loaded, unprepared FastLinear (plain `weight`) quantized by `quantize`; the bias kept as is."""
         if getattr(linear, "weight", None) is None:
             raise ValueError(f"{linear!r} has no plain weight to quantize (prepared already?)")
         bias = linear.bias.detach() if linear.bias is not None else None
@@ -189,7 +191,7 @@ class QuantLinear(nn.Module):
         return y
 
     def weight_bytes(self) -> int:
-        """Bytes this layer holds for its weight and bias (packed codes, scales, zeros, or the kernel's layout)."""
+        """Bytes held for weight and bias: packed codes, scales, zeros (or the kernel's layout), bias."""
         held = [self.qweight, self.scales, self.zeros, self.bias, self._packed]
         return sum(tensor_bytes(t) for t in held if t is not None)
 

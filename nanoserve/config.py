@@ -25,6 +25,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
 # nanoserve/model/attention's backends; "auto" = cpu_native on CPU when the native kernels load, else torch.
 ATTENTION_BACKENDS = ("auto", "torch", "cpu_native")
+# Methods quantized at load from a float checkpoint (nanoserve/model/quantization/methods.py).
+QUANTIZATION_METHODS = ("int8", "int4", "w8a8")
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
@@ -105,6 +107,19 @@ class EngineArgs:
             "choices": ATTENTION_BACKENDS,
         },
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "quantize the decoder's linear layers at load: int8 (weights per channel), int4 "
+                  "(weights per group), w8a8 (int8 weights and per-token int8 activations); the "
+                  "embedding and lm_head stay in the model dtype",
+                  "choices": (None, *QUANTIZATION_METHODS)},
+    )
+    quantization_group_size: int = field(
+        default=128, metadata={"help": "int4: input columns per scale (the last group may be shorter)"}
+    )
+    quantization_zero_point: bool = field(
+        default=False, metadata={"help": "int4: asymmetric, with a zero point per group (default symmetric)"}
+    )
 
     @classmethod
     def add_cli_args(
@@ -172,6 +187,14 @@ class EngineArgs:
         _check_positive("num_cpu_threads", self.num_cpu_threads)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
+        _check_positive("quantization_group_size", self.quantization_group_size)
+        int4_knobs = self.quantization_zero_point or self.quantization_group_size != 128
+        if self.quantization != "int4" and int4_knobs:
+            raise InvalidRequestError(
+                "quantization_group_size and quantization_zero_point apply to quantization=int4 only "
+                f"(got quantization={self.quantization!r}; int8 and w8a8 are symmetric per output channel)",
+                "quantization",
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidRequestError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
@@ -227,6 +250,22 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 @dataclass
+class QuantizationConfig:
+    """How the model's decoder linears are quantized: a method of model/quantization/methods.py's
+    registry (quantized at load, or read from a quantized checkpoint) and its knobs."""
+
+    method: str
+    group_size: int = 128  # int4: input columns per scale
+    zero_point: bool = False  # int4: asymmetric, a zero code per group
+
+
+def make_quantization_config(args: EngineArgs) -> QuantizationConfig | None:
+    if args.quantization is None:
+        return None
+    return QuantizationConfig(args.quantization, args.quantization_group_size, args.quantization_zero_point)
+
+
+@dataclass
 class ModelConfig:
     """What the engine needs to know about the checkpoint (from config.json), resolved."""
 
@@ -243,6 +282,7 @@ class ModelConfig:
     head_dim: int
     vocab_size: int
     eos_token_ids: list[int] = field(default_factory=list)
+    quantization: QuantizationConfig | None = None  # None: every weight in `dtype`
 
     @property
     def dtype_bytes(self) -> int:

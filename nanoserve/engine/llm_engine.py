@@ -60,6 +60,8 @@ class LLMEngine:
         self.scheduler_config = scheduler_config
         self.runner = runner
         self.tokenizer = tokenizer
+        self.weight_bytes: int = runner.weight_bytes  # the model's weights as held (bytes)
+        self.kv_bytes_per_token: int = runner.kv_bytes_per_token
         self.block_manager = BlockManager(
             cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
@@ -97,6 +99,12 @@ class LLMEngine:
         scheduler_config = make_scheduler_config(args, model_config.max_model_len)
         cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
         runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend)
+        quant = model_config.quantization
+        logger.info(
+            "model %s: weights %.1f MiB (%s%s), KV cache %d bytes per token",
+            model_config.model, runner.weight_bytes / 2**20, model_config.dtype,
+            f", {quant.method} decoder linears" if quant else "", runner.kv_bytes_per_token,
+        )
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
 
     # ---- requests ------------------------------------------------------------------------------

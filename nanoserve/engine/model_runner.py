@@ -28,6 +28,7 @@ from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attent
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
+from nanoserve.model.weight_bytes import model_weight_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class ModelRunner:
         self.dtype = dtype
         shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
+        # Memory truth: the weights as held (quantized, packed) and the KV pool's cost of one token.
+        self.weight_bytes = model_weight_bytes(model)
+        self.kv_bytes_per_token = mc.kv_bytes_per_token()
         # The native decode attention comes with the native kernels (kernels.ext; None on the PyTorch paths).
         self.attention_backend = make_attention_backend(
             attention_backend, device, self.kernels.ext, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype

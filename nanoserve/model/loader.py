@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nanoserve.config import EngineArgs, ModelConfig
+from nanoserve.config import EngineArgs, ModelConfig, make_quantization_config
 from nanoserve.errors import InvalidRequestError, ModelLoadError
 from nanoserve.model import gguf_loader
 from nanoserve.model.cpu_linear import prepare_linears
@@ -164,6 +164,7 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
         head_dim=int(cfg.get("head_dim") or hidden // num_heads),
         vocab_size=int(cfg["vocab_size"]),
         eos_token_ids=_eos_token_ids(Path(model), cfg),
+        quantization=make_quantization_config(args),
     )
 
 
@@ -244,7 +245,8 @@ def checkpoint_tensors(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
 
 def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
     """Build the model on `device` in mc.dtype, load its weights (checked by name and shape; q/k/v and
-    gate/up straight into their stacked projections), then prepare every linear's `cpu_linear` path."""
+    gate/up straight into their stacked projections), quantize the decoder linears if mc.quantization
+    asks, then prepare every linear's `cpu_linear` path."""
     spec = decoder_spec(mc)
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
@@ -277,7 +279,16 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
     model.eval()
+    expected = target = None  # views of the float weights: quantizing frees them layer by layer
+    if mc.quantization is not None:
+        from nanoserve.model.quantization.apply import quantize_model
+
+        quantize_model(model, mc.quantization)
     prepare_linears(model, cpu_linear)
+    if mc.quantization is not None:
+        from nanoserve.model.quantization.apply import prepare_quant_linears
+
+        prepare_quant_linears(model, cpu_linear)
     return model
 
 

@@ -105,6 +105,14 @@ class EngineArgs:
             "choices": ATTENTION_BACKENDS,
         },
     )
+    # A dict from Python, a JSON object on the command line; see nanoserve/engine/spec_decode/config.py.
+    speculative_config: dict | str | None = field(
+        default=None,
+        metadata={"help": 'speculative decoding, as JSON: {"method": "ngram", "num_speculative_tokens": 3, '
+                  '"prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"method": "draft_model", "model": DIR, '
+                  '"num_speculative_tokens": 3} (default: off)',
+                  "flag_type": str},
+    )
 
     @classmethod
     def add_cli_args(
@@ -172,6 +180,9 @@ class EngineArgs:
         _check_positive("num_cpu_threads", self.num_cpu_threads)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
+        from nanoserve.engine.spec_decode.config import parse_speculative_config
+
+        parse_speculative_config(self.speculative_config)  # raises with the reason
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidRequestError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
@@ -188,10 +199,10 @@ def _flag_kwargs(name: str, hint: Any, default: Any, metadata: Any) -> dict[str,
     """argparse keywords for one field: type (X of `X | None`), default, choices or a bool's --no- form."""
     if default is MISSING:
         raise TypeError(f"EngineArgs.{name} needs a default to become a flag")
-    base = hint
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+    base = metadata.get("flag_type", hint)  # a field of several types names the one its flag parses
+    if typing.get_origin(base) in (types.UnionType, typing.Union):
         # X | None: the flag takes an X, and leaving it out keeps the field's default (None).
-        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        non_none = [a for a in typing.get_args(base) if a is not type(None)]
         if len(non_none) == 1:
             base = non_none[0]
     choices = metadata.get("choices")

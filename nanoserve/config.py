@@ -109,8 +109,8 @@ class EngineArgs:
     speculative_config: dict | str | None = field(
         default=None,
         metadata={"help": 'speculative decoding, as JSON: {"method": "ngram", "num_speculative_tokens": 3, '
-                  '"prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"method": "draft_model", "model": DIR, '
-                  '"num_speculative_tokens": 3} (default: off)',
+                  '"prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"method": "draft_model", '
+                  '"model": DIR, "num_speculative_tokens": 3} (default: off)',
                   "flag_type": str},
     )
 

@@ -29,7 +29,9 @@ class SpeculativeConfig:
     model: str | None = None  # draft_model: checkpoint directory (must share the target's tokenizer)
 
 
-def parse_speculative_config(value: dict[str, Any] | str | SpeculativeConfig | None) -> SpeculativeConfig | None:
+def parse_speculative_config(
+    value: dict[str, Any] | str | SpeculativeConfig | None,
+) -> SpeculativeConfig | None:
     """The validated config, or None (speculation off). Raises InvalidRequestError with the reason."""
     if value is None or isinstance(value, SpeculativeConfig):
         return value
@@ -54,7 +56,9 @@ def parse_speculative_config(value: dict[str, Any] | str | SpeculativeConfig | N
     if model in ("[ngram]", "ngram"):
         model = None
     if method not in METHODS:
-        raise InvalidRequestError(f"speculative_config.method must be one of {METHODS}, got {method!r}", _FIELD)
+        raise InvalidRequestError(
+            f"speculative_config.method must be one of {METHODS}, got {method!r}", _FIELD
+        )
     k = value.get("num_speculative_tokens")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InvalidRequestError(
@@ -64,7 +68,9 @@ def parse_speculative_config(value: dict[str, Any] | str | SpeculativeConfig | N
     hi = value.get("prompt_lookup_max", max(4, lo) if isinstance(lo, int) else 4)
     for name, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InvalidRequestError(f"speculative_config.{name} must be a positive integer, got {v!r}", _FIELD)
+            raise InvalidRequestError(
+                f"speculative_config.{name} must be a positive integer, got {v!r}", _FIELD
+            )
     if lo > hi:
         raise InvalidRequestError(
             f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi})", _FIELD

@@ -45,7 +45,8 @@ def test_cli_flag_takes_json():
 
 def test_a_draft_with_another_tokenizer_is_refused(tiny_model):
     from nanoserve import LLM
+    from nanoserve.demo import default_model
 
     with pytest.raises(InvalidRequestError, match="tokenizer"):
-        LLM("models/toy-assistant", speculative_config={
+        LLM(default_model(), speculative_config={
             "method": "draft_model", "model": str(tiny_model("llama")), "num_speculative_tokens": 2})

@@ -38,7 +38,8 @@ def test_bad_configs_say_why(bad, words):
 def test_cli_flag_takes_json():
     parser = argparse.ArgumentParser()
     EngineArgs.add_cli_args(parser)
-    ns = parser.parse_args(["--model", "m", "--speculative-config", '{"method":"ngram","num_speculative_tokens":4}'])
+    spec = '{"method": "ngram", "num_speculative_tokens": 4}'
+    ns = parser.parse_args(["--model", "m", "--speculative-config", spec])
     args = EngineArgs.from_cli_args(ns)
     assert parse_speculative_config(args.speculative_config).num_speculative_tokens == 4
 

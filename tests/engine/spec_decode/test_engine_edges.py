@@ -88,7 +88,8 @@ def test_per_request_counts_and_engine_counters_agree(demo_llm):
     c = llm.llm_engine.spec_counters
     assert drafted == c.num_draft_tokens > 0 and accepted == c.num_accepted_tokens > 0
     assert all(o.metrics.spec_num_accepted_tokens <= o.metrics.spec_num_draft_tokens for o in outs)
-    assert sum(c.accepted_per_pos) == accepted and c.accepted_per_pos == sorted(c.accepted_per_pos, reverse=True)
+    assert sum(c.accepted_per_pos) == accepted
+    assert c.accepted_per_pos == sorted(c.accepted_per_pos, reverse=True)  # position j needs 0..j-1
 
 
 @pytest.mark.parametrize("spec", [ngram(3), draft(3)], ids=["ngram", "draft_model"])

@@ -42,5 +42,6 @@ def test_greedy_identity(demo_llm, reference, proposer, k):
     stats = llm.llm_engine.get_stats()
     assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0  # the conditions were exercised
     assert stats.spec_decode_num_accepted_tokens > 0
-    assert 0 < stats.spec_decode_num_drafts <= stats.spec_decode_num_draft_tokens <= k * stats.spec_decode_num_drafts
+    drafts = stats.spec_decode_num_drafts
+    assert 0 < drafts <= stats.spec_decode_num_draft_tokens <= k * drafts
     assert stats.generation_tokens == sum(len(t) for t, _ in reference)  # nothing past a finish counted

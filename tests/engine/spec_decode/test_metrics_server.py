@@ -28,8 +28,9 @@ def test_spec_decode_metrics_through_the_server():
         engine.start()
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                r = await c.post("/v1/completions", json={"model": "toy", "prompt": "sort 9 8 7 6 5 4 3 2 1 =",
-                                                          "max_tokens": 30, "temperature": 0})
+                request = {"model": "toy", "prompt": "sort 9 8 7 6 5 4 3 2 1 =", "max_tokens": 30,
+                           "temperature": 0}
+                r = await c.post("/v1/completions", json=request)
                 assert r.status_code == 200, r.text
                 return r.json(), (await c.get("/metrics")).text
         finally:
@@ -41,7 +42,6 @@ def test_spec_decode_metrics_through_the_server():
     drafted = _value(text, "nanoserve:spec_decode_num_draft_tokens_total")
     accepted = _value(text, "nanoserve:spec_decode_num_accepted_tokens_total")
     assert 0 < drafts and 0 < accepted <= drafted <= 3 * drafts
-    per_pos = {int(p): float(v) for p, v in re.findall(
-        r'^nanoserve:spec_decode_num_accepted_tokens_per_pos_total\{[^}]*position="(\d+)"[^}]*\} ([0-9.e+]+)$',
-        text, re.M)}
+    pattern = r'^nanoserve:spec_decode_num_accepted_tokens_per_pos_total\{[^}]*position="(\d+)"[^}]*\} (\S+)$'
+    per_pos = {int(p): float(v) for p, v in re.findall(pattern, text, re.M)}
     assert sorted(per_pos) == [0, 1, 2] and sum(per_pos.values()) == accepted

@@ -5,16 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from nanoserve.demo import default_draft_model
-
-
-def ngram(k: int) -> dict:
-    return {"method": "ngram", "num_speculative_tokens": k}
-
-
-def draft(k: int) -> dict:
-    return {"method": "draft_model", "model": default_draft_model(), "num_speculative_tokens": k}
-
 
 @pytest.fixture
 def demo_llm():

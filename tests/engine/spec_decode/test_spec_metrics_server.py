@@ -6,7 +6,7 @@ import asyncio
 import re
 
 import httpx
-from conftest import draft
+from spec_configs import draft
 
 from nanoserve.config import EngineArgs
 from nanoserve.demo import default_model

@@ -4,7 +4,7 @@ seeds, abort mid-draft (both pools freed), per-request counts."""
 from __future__ import annotations
 
 import pytest
-from conftest import draft, ngram
+from spec_configs import draft, ngram
 
 from nanoserve.sampling_params import SamplingParams
 

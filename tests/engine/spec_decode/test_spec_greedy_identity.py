@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import draft, ngram
+from spec_configs import draft, ngram
 
 from nanoserve.demo_tasks import TASKS, make_problem
 from nanoserve.sampling_params import SamplingParams

@@ -120,6 +120,7 @@ def test_every_field_round_trips_through_the_command_line():
         enable_chunked_prefill=False, kv_cache_memory_bytes=1 << 20, num_gpu_blocks_override=9,
         device="cpu", gpu_memory_utilization=0.5, num_cpu_threads=2, cpu_linear="torch",
         attention_backend="torch",
+        speculative_config='{"method": "ngram", "num_speculative_tokens": 2}',  # JSON on the command line
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]

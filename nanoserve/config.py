@@ -120,6 +120,14 @@ class EngineArgs:
     quantization_zero_point: bool = field(
         default=False, metadata={"help": "int4: asymmetric, with a zero point per group (default symmetric)"}
     )
+    # A dict from Python, a JSON object on the command line; see nanoserve/engine/spec_decode/config.py.
+    speculative_config: dict | str | None = field(
+        default=None,
+        metadata={"help": 'speculative decoding, as JSON: {"method": "ngram", "num_speculative_tokens": 3, '
+                  '"prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"method": "draft_model", '
+                  '"model": DIR, "num_speculative_tokens": 3} (default: off)',
+                  "flag_type": str},
+    )
 
     @classmethod
     def add_cli_args(
@@ -195,6 +203,9 @@ class EngineArgs:
                 f"(got quantization={self.quantization!r}; int8 and w8a8 are symmetric per output channel)",
                 "quantization",
             )
+        from nanoserve.engine.spec_decode.config import parse_speculative_config
+
+        parse_speculative_config(self.speculative_config)  # raises with the reason
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidRequestError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
@@ -211,10 +222,10 @@ def _flag_kwargs(name: str, hint: Any, default: Any, metadata: Any) -> dict[str,
     """argparse keywords for one field: type (X of `X | None`), default, choices or a bool's --no- form."""
     if default is MISSING:
         raise TypeError(f"EngineArgs.{name} needs a default to become a flag")
-    base = hint
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+    base = metadata.get("flag_type", hint)  # a field of several types names the one its flag parses
+    if typing.get_origin(base) in (types.UnionType, typing.Union):
         # X | None: the flag takes an X, and leaving it out keeps the field's default (None).
-        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        non_none = [a for a in typing.get_args(base) if a is not type(None)]
         if len(non_none) == 1:
             base = non_none[0]
     choices = metadata.get("choices")

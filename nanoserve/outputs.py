@@ -15,6 +15,9 @@ class RequestMetrics:
     last_token_time: float | None = None
     finished_time: float | None = None
     num_generation_tokens: int = 0  # across all n completions
+    # Speculative decoding, across all n completions: draft tokens verified, and how many were accepted.
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
 
     @property
     def queue_s(self) -> float | None:

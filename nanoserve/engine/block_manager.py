@@ -179,6 +179,14 @@ class BlockManager:
             seq.block_table.append(self._pop_free())
         return True
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Release the blocks past the first `num_tokens` slots (rejected draft tokens' slots, tail first).
+
+        They hold no verified token, so none of them was offered to the prefix cache."""
+        keep = self.blocks_needed(num_tokens)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's blocks, tail first (so a chain's tail is evicted before its head)."""
         for b in reversed(seq.block_table):

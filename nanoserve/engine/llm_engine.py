@@ -6,6 +6,9 @@ conditions; finished sequences free their blocks at once, so the next step can a
 A request with n > 1 is fanned out here into n independent requests (engine/parent_request.py), and
 their progress is gathered back into one RequestOutput per step; with prefix caching the siblings
 reach the scheduler only once completion 0 has computed the prompt, so they hit its cached blocks.
+With speculative decoding (engine/spec_decode/) each step ends by asking the proposer for drafts for
+the running decodes; the next step verifies them, and a sequence then appends a run of tokens (the
+accepted drafts and one from the target), checked one by one against the stop conditions.
 Not thread-safe: one thread calls add_request / step / abort_request.
 """
 
@@ -31,6 +34,9 @@ from nanoserve.engine.detokenizer import IncrementalDetokenizer
 from nanoserve.engine.parent_request import ParentRequest
 from nanoserve.engine.scheduler import Scheduler
 from nanoserve.engine.sequence import Sequence
+from nanoserve.engine.spec_decode.config import SpeculativeConfig, parse_speculative_config
+from nanoserve.engine.spec_decode.metrics import SpecDecodeCounters
+from nanoserve.engine.spec_decode.proposer import Proposer, draft_room, make_proposer
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
 from nanoserve.engine.structured_output.manager import StructuredOutputManager
@@ -42,6 +48,7 @@ if TYPE_CHECKING:  # both import torch / transformers, which this module's impor
     from transformers import PreTrainedTokenizerBase
 
     from nanoserve.engine.model_runner import ModelRunner
+    from nanoserve.engine.spec_decode.verifier import SeqOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ class LLMEngine:
         scheduler_config: SchedulerConfig,
         runner: ModelRunner,
         tokenizer: PreTrainedTokenizerBase,
+        speculative_config: SpeculativeConfig | None = None,
+        proposer: Proposer | None = None,
     ) -> None:
         self.model_config = model_config
         self.cache_config = cache_config
@@ -73,6 +82,11 @@ class LLMEngine:
         self.structured_outputs = StructuredOutputManager(
             tokenizer, model_config.vocab_size, model_config.eos_token_ids
         )
+        self.speculative_config = speculative_config
+        if speculative_config is not None and proposer is None:
+            proposer = make_proposer(speculative_config)  # n-gram; a draft model comes loaded
+        self.proposer = proposer
+        self.spec_counters = SpecDecodeCounters()
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -84,12 +98,18 @@ class LLMEngine:
         torch.manual_seed(args.seed)
         if args.num_cpu_threads is not None:
             torch.set_num_threads(args.num_cpu_threads)
+        spec = parse_speculative_config(args.speculative_config)
         model_config = load_model_config(args)
         device = resolve_device(args.device)
         tokenizer = load_tokenizer(model_config.tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
         if isinstance(eos, int) and eos not in model_config.eos_token_ids:
             model_config.eos_token_ids.append(eos)
+        draft = None
+        if spec is not None and spec.method == "draft_model":
+            from nanoserve.engine.spec_decode.draft_runner import load_draft
+
+            draft = load_draft(spec, args, model_config, tokenizer, device)
         model = load_model(model_config, device, args.cpu_linear)
         if device.type == "cuda":
             free_bytes, _ = torch.cuda.mem_get_info(device)
@@ -97,7 +117,12 @@ class LLMEngine:
         else:
             budget = default_cpu_kv_budget_bytes()
         scheduler_config = make_scheduler_config(args, model_config.max_model_len)
-        cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
+        cache_args = args
+        if draft is not None:  # both pools from one budget: one block of each per block of tokens
+            from nanoserve.engine.spec_decode.draft_runner import split_kv_budget
+
+            cache_args, budget = split_kv_budget(args, budget, model_config, draft.model_config)
+        cache_config = make_cache_config(cache_args, model_config, budget, scheduler_config.max_num_seqs)
         runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend)
         quant = model_config.quantization
         logger.info(
@@ -105,7 +130,10 @@ class LLMEngine:
             model_config.model, runner.weight_bytes / 2**20, model_config.dtype,
             f", {quant.method} decoder linears" if quant else "", runner.kv_bytes_per_token,
         )
-        return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
+        proposer = None
+        if draft is not None:
+            proposer = make_proposer(spec, draft.make_runner(cache_config, args.attention_backend))
+        return cls(model_config, cache_config, scheduler_config, runner, tokenizer, spec, proposer)
 
     # ---- requests ------------------------------------------------------------------------------
     def _tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
@@ -203,6 +231,8 @@ class LLMEngine:
             parent.finish_staged("abort")  # siblings not yet handed out never will be
             for child in parent.children:
                 self.scheduler.abort_request(child)
+                if self.proposer is not None:
+                    self.proposer.free(child.seq)
             parent.metrics.finished_time = time.monotonic()
             self._aborted_outputs.append(parent.make_output())
 
@@ -224,6 +254,9 @@ class LLMEngine:
             m = item.seq.request.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
+        if self.proposer is not None:
+            for seq in sched.preempted:  # its draft KV goes with its target KV
+                self.proposer.free(seq)
         mask = self.structured_outputs.token_bitmask([it.seq for it in sched.scheduled if it.samples])
         result = self.runner.execute(sched, mask)  # mask None: unconstrained, the sampler's fast path
         self.scheduler.update_after_step(sched)
@@ -231,11 +264,17 @@ class LLMEngine:
         touched: dict[str, ParentRequest] = {}
         for seq, first_index, entries in result.prompt_logprobs:
             _add_prompt_logprobs(seq, first_index, entries)
-        for seq, token, logprobs in zip(result.seqs, result.token_ids, result.logprobs, strict=True):
-            self._append_token(seq, token, logprobs, now)
-            parent_id = seq.request.parent_id
-            touched[parent_id] = self.requests[parent_id]
-        self.generation_tokens += len(result.token_ids)
+        if result.spec is None:
+            for seq, token, logprobs in zip(result.seqs, result.token_ids, result.logprobs, strict=True):
+                self._append_token(seq, token, logprobs, now)
+                touched[seq.request.parent_id] = self.requests[seq.request.parent_id]
+            self.generation_tokens += len(result.token_ids)
+        else:
+            for seq, outcome in zip(result.seqs, result.spec, strict=True):
+                self._append_verified(seq, outcome, now)
+                touched[seq.request.parent_id] = self.requests[seq.request.parent_id]
+        if self.proposer is not None:
+            self._propose()
         for parent in touched.values():
             self._hand_out(parent)  # siblings, once completion 0 has its first token
             if parent.is_finished:
@@ -243,6 +282,37 @@ class LLMEngine:
                 del self.requests[parent.request_id]
             outputs.append(parent.make_output())
         return outputs
+
+    def _append_verified(self, seq: Sequence, outcome: SeqOutcome, now: float) -> None:
+        """Append a verify step's run of tokens up to the first that finishes the sequence; the slots
+        of the tokens not kept are rolled back."""
+        self.spec_counters.observe(outcome.num_draft_tokens, outcome.num_accepted_tokens)
+        m = seq.request.metrics
+        m.spec_num_draft_tokens += outcome.num_draft_tokens
+        m.spec_num_accepted_tokens += outcome.num_accepted_tokens
+        for token, logprobs in zip(outcome.token_ids, outcome.logprobs, strict=True):
+            self._append_token(seq, token, logprobs, now)
+            self.generation_tokens += 1
+            if seq.is_finished:  # its blocks (and draft blocks) are already free
+                return
+        self.scheduler.accept_spec_tokens(seq, outcome.num_accepted_tokens)
+
+    def _propose(self) -> None:
+        """Drafts for every running decode that has none, for the next step to verify."""
+        k = self.speculative_config.num_speculative_tokens
+        max_len = self.model_config.max_model_len
+        seqs, room = [], []
+        for seq in self.scheduler.running:
+            if seq.spec_token_ids or seq.num_uncomputed_tokens != 1:
+                continue  # drafts still unverified (the budget was short), or a prefill
+            n = draft_room(seq, k, max_len)
+            if n > 0:
+                seqs.append(seq)
+                room.append(n)
+        if not seqs:
+            return
+        for seq, drafts, n in zip(seqs, self.proposer.propose(seqs, room), room, strict=True):
+            seq.spec_token_ids = list(drafts[:n])
 
     def _append_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float) -> None:
         request = seq.request
@@ -263,6 +333,8 @@ class LLMEngine:
             reason = "stop"
         if reason is not None:
             self.scheduler.finish_seq(seq, reason)
+            if self.proposer is not None:
+                self.proposer.free(seq)
 
     def _check_stop(self, seq: Sequence, token: int) -> str | None:
         """Detokenize incrementally and check the stop conditions; returns the finish reason or None."""
@@ -314,11 +386,17 @@ class LLMEngine:
             ),
             kv_cache_fragmentation=bm.internal_fragmentation(sched.running),
             num_cached_blocks=pool.num_cached_blocks,
+            spec_decode_num_drafts=self.spec_counters.num_drafts,
+            spec_decode_num_draft_tokens=self.spec_counters.num_draft_tokens,
+            spec_decode_num_accepted_tokens=self.spec_counters.num_accepted_tokens,
+            spec_decode_num_accepted_tokens_per_pos=list(self.spec_counters.accepted_per_pos),
         )
 
     def check_all_blocks_free(self) -> None:
         """AssertionError unless the KV pool is entirely free (call when no request is in flight)."""
         self.block_manager.check_all_free()
+        if self.proposer is not None:
+            self.proposer.check_all_free()  # the draft model's pool
 
 
 def _add_prompt_logprobs(seq: Sequence, first_index: int, entries: list[dict[int, float]]) -> None:

@@ -6,6 +6,10 @@ yields the log-probability of the next prompt token (raw logits, as vLLM); its p
 as many steps as its chunked prefill takes. The logits of those rows are computed in blocks of at
 most `_PROMPT_LOGITS_ELEMENTS`, so a long prompt never materialises a [prompt_len, vocab] tensor.
 
+Speculative decoding: a sequence scheduled with k draft tokens feeds its last token and the drafts
+(k + 1 rows, like a prefill chunk) and yields logits at all of them; spec_decode/verifier.py turns
+those into the tokens to emit.
+
 Flat step layout (vLLM's): all scheduled tokens packed into one [T] row of input_ids/positions;
 the runner describes where they sit (a `StepLayout`) and the attention backend, one for every
 layer, turns that into whatever tensors it reads.
@@ -23,6 +27,7 @@ from nanoserve.config import CacheConfig, ModelConfig
 from nanoserve.engine.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
+from nanoserve.engine.spec_decode.verifier import SeqOutcome, verify_step
 from nanoserve.engine.structured_output.bitmask import TokenBitmask
 from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
 from nanoserve.model.kernels import Kernels, select_kernels
@@ -52,12 +57,14 @@ class StepInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
     meta: AttentionMetadata  # built by the attention backend
-    logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples
-    sample_seqs: list[Sequence]  # the sequences that sample, one per logits row
+    logits_rows: torch.Tensor  # [S] int64: row of the last token of each sequence that samples (and
+    # of each of its draft tokens: 1 + k rows for a sequence verifying k drafts)
+    sample_seqs: list[Sequence]  # the sequences that sample, in logits-row order
     # None when the step scores no prompt token:
     prompt_rows: torch.Tensor | None  # [R] int64: hidden rows whose logits score the next prompt token
     prompt_targets: torch.Tensor | None  # [R] int64: that next prompt token
     prompt_chunks: list[PromptLogprobsChunk]  # which sequence each run of prompt_rows belongs to
+    drafts: list[list[int]] = field(default_factory=list)  # per sample_seqs entry: its drafts verified
 
 
 @dataclass
@@ -67,6 +74,9 @@ class StepResult:
     logprobs: list[dict[int, float] | None]
     # (seq, index of the first prompt token scored, {token id: logprob} per token: top-N then the token)
     prompt_logprobs: list[tuple[Sequence, int, list[dict[int, float]]]] = field(default_factory=list)
+    # A verify step (some sequence had drafts): per seqs entry, every token it emits; token_ids and
+    # logprobs then hold only the last of them.
+    spec: list[SeqOutcome] | None = None
 
 
 class ModelRunner:
@@ -121,6 +131,11 @@ class ModelRunner:
             seed = s.request.params.seed
             if seed is not None and s.generator is None:  # each completion draws from its own stream
                 s.generator = make_generator(child_seed(seed, s.index), self.device)
+        if any(inputs.drafts):
+            spec = verify_step(self.sampler, logits, seqs, inputs.drafts, self.model_config.eos_token_ids,
+                               token_bitmask)
+            return StepResult(seqs, [o.token_ids[-1] for o in spec], [o.logprobs[-1] for o in spec],
+                              prompt_logprobs, spec)
         meta = SamplingMetadata(
             params=[s.request.params for s in seqs],
             prompt_token_ids=[s.token_ids[: s.num_prompt_tokens] for s in seqs],
@@ -180,6 +195,7 @@ class ModelRunner:
         prompt_rows: list[int] = []
         prompt_targets: list[int] = []
         prompt_chunks: list[PromptLogprobsChunk] = []
+        drafts: list[list[int]] = []
         for item in out.scheduled:
             seq, start, n = item.seq, item.start, item.num_new_tokens
             end = start + n
@@ -190,6 +206,7 @@ class ModelRunner:
                 slots.append(table[start // bs] * bs + start % bs)
             else:
                 input_ids.extend(seq.token_ids[start:end])
+                input_ids.extend(item.spec_token_ids)  # the drafts follow the sequence's last token
                 pos = np.arange(start, end)
                 positions.extend(pos.tolist())
                 slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
@@ -205,8 +222,10 @@ class ModelRunner:
             context_lens.append(end)
             tables.append(table)
             if item.samples:
-                logits_rows.append(query_start[-1] - 1)
+                k = len(item.spec_token_ids)
+                logits_rows.extend(range(query_start[-1] - 1 - k, query_start[-1]))
                 sample_seqs.append(seq)
+                drafts.append(item.spec_token_ids)
         layout = StepLayout(query_start, context_lens, tables, slots, bs)
         dev = self.device
         return StepInputs(
@@ -220,4 +239,5 @@ class ModelRunner:
             prompt_targets=(torch.tensor(prompt_targets, dtype=torch.int64, device=dev)
                             if prompt_chunks else None),
             prompt_chunks=prompt_chunks,
+            drafts=drafts,
         )

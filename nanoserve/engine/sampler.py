@@ -84,14 +84,7 @@ class Sampler:
         if meta.token_bitmask is None and _plain_greedy(meta):  # the common benchmark case: no copy,
             # no upcast, one argmax: the first maximal index per row (upcasting bf16 could not change it)
             return SamplerOutput(self.kernels.argmax_rows(logits).tolist(), [None] * num_rows)
-        logits = logits.to(torch.float32, copy=True)  # [B, V]; we modify it in place
-        if meta.token_bitmask is not None:
-            apply_token_bitmask(logits, meta.token_bitmask)
-        _apply_logit_bias(logits, params)
-        _mask_stop_tokens_before_min(logits, meta)
-        if any(p.has_penalties for p in params):
-            _apply_penalties(logits, meta)
-
+        logits = self.process(logits, meta)  # [B, V] float32
         greedy = [p.greedy for p in params]
         want_logprobs = any(p.logprobs is not None for p in params)
         if all(greedy):
@@ -100,13 +93,6 @@ class Sampler:
             return SamplerOutput(token_ids.tolist(), logprobs)
 
         device = logits.device
-        # Greedy rows keep temperature 1 so their (reported) distribution is the penalised softmax.
-        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
-                             device=device)  # [B]
-        logits.div_(temps.unsqueeze(1))
-        _apply_top_k_top_p(logits, params, greedy)
-        _apply_min_p(logits, params, greedy)
-
         probs = torch.softmax(logits, dim=-1)  # [B, V]
         sampled = _draw(probs, meta.generators, greedy)  # [B]
         if any(greedy):
@@ -115,6 +101,42 @@ class Sampler:
             token_ids = sampled
         logprobs = _logprobs(logits, token_ids, params) if want_logprobs else [None] * num_rows
         return SamplerOutput(token_ids.tolist(), logprobs)
+
+
+    def process(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """A float32 copy of `logits` [B, V] processed into the distribution each row draws from (every
+        step up to the draw): its argmax is a greedy row's token, its softmax a sampled row's
+        distribution. Speculative verification scores draft tokens with it."""
+        params = meta.params
+        logits = logits.to(torch.float32, copy=True)  # [B, V]; we modify it in place
+        if meta.token_bitmask is not None:
+            apply_token_bitmask(logits, meta.token_bitmask)
+        _apply_logit_bias(logits, params)
+        _mask_stop_tokens_before_min(logits, meta)
+        if any(p.has_penalties for p in params):
+            _apply_penalties(logits, meta)
+        greedy = [p.greedy for p in params]
+        if all(greedy):
+            return logits
+        # Greedy rows keep temperature 1 so their (reported) distribution is the penalised softmax.
+        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
+                             device=logits.device)  # [B]
+        logits.div_(temps.unsqueeze(1))
+        _apply_top_k_top_p(logits, params, greedy)
+        _apply_min_p(logits, params, greedy)
+        return logits
+
+
+def plain_greedy(meta: SamplingMetadata) -> bool:
+    """Every row is the argmax of its raw logits (see _plain_greedy); no bitmask."""
+    return meta.token_bitmask is None and _plain_greedy(meta)
+
+
+def draw_uniform(generator: torch.Generator | None, n: int, device: torch.device) -> torch.Tensor:
+    """n uniforms [n] from a sequence's own generator (seeded request) or the global RNG."""
+    if generator is None:
+        return torch.rand(n, device=device)
+    return torch.rand(n, generator=generator, device=generator.device).to(device)
 
 
 def _plain_greedy(meta: SamplingMetadata) -> bool:
@@ -316,4 +338,7 @@ def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor,
     return out
 
 
-__all__ = ["SAMPLING_EPS", "Sampler", "SamplerOutput", "SamplingMetadata", "child_seed", "make_generator"]
+__all__ = ["SAMPLING_EPS", "Sampler", "SamplerOutput", "SamplingMetadata", "child_seed", "draw_uniform",
+           "logprobs_of", "make_generator", "plain_greedy"]
+
+logprobs_of = _logprobs  # {token: logprob} entries of chosen tokens, from processed logits

@@ -4,6 +4,10 @@ Every step has a token budget (max_num_batched_tokens) and a sequence cap (max_n
 decodes go first (one token each, oldest request first), then running prefills continue (chunked),
 then waiting sequences are admitted in arrival order (preempted ones first) with prefix-cache hits
 skipped. With chunked prefill off a prompt is scheduled whole or not at all.
+Speculative decoding: a decode with draft tokens (seq.spec_token_ids) runs 1 + k tokens and gets slots
+for all of them (fewer drafts when the budget is short); only the verified ones count as computed
+(`accept_spec_tokens`), and the slots of rejected ones are given back, so the prefix cache never
+holds a block with an unverified token.
 One sequence per request: the engine fans n > 1 out into independent requests before they get here.
 
 When the pool runs out, the newest running sequence not yet scheduled this step is preempted by
@@ -29,11 +33,13 @@ class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
     start: int  # seq.num_computed_tokens when scheduled (after prefix-cache hits)
+    # Draft tokens verified this step, after the sequence's last token (counted in num_new_tokens).
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
         """The chunk reaches the end of the sequence, so the step samples its next token."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
+        return self.start + self.num_new_tokens - len(self.spec_token_ids) == self.seq.num_tokens
 
 
 @dataclass
@@ -112,12 +118,13 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = min(seq.num_uncomputed_tokens + len(seq.spec_token_ids), budget)
             if not self.config.enable_chunked_prefill and num_new < seq.num_uncomputed_tokens:
                 continue
             if not self._allocate_or_preempt(seq, num_new, scheduled_ids, out):
                 continue  # seq itself was preempted
-            self._add(out, seq, num_new, seq.num_computed_tokens, scheduled_ids)
+            spec = seq.spec_token_ids[: max(0, num_new - seq.num_uncomputed_tokens)]
+            self._add(out, seq, num_new, seq.num_computed_tokens, scheduled_ids, spec)
             budget -= num_new
 
         # 3. admit waiting sequences (never while anything was preempted this step: that would thrash).
@@ -146,8 +153,9 @@ class Scheduler:
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
 
-    def _add(self, out: SchedulerOutput, seq: Sequence, num_new: int, start: int, ids: set[int]) -> None:
-        item = ScheduledSeq(seq, num_new, start)
+    def _add(self, out: SchedulerOutput, seq: Sequence, num_new: int, start: int, ids: set[int],
+             spec: list[int] | None = None) -> None:
+        item = ScheduledSeq(seq, num_new, start, spec or [])
         out.scheduled.append(item)
         ids.add(seq.seq_id)
         if start < seq.num_prompt_tokens:
@@ -178,6 +186,7 @@ class Scheduler:
         self.running.remove(seq)
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
+        seq.spec_token_ids = []
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.counters.num_preemptions += 1
@@ -192,5 +201,14 @@ class Scheduler:
         """The step ran: advance progress and offer newly full blocks to the prefix cache."""
         for item in out.scheduled:
             seq = item.seq
-            seq.num_computed_tokens = item.start + item.num_new_tokens
+            # Draft tokens count once accepted (accept_spec_tokens), after the engine appends them.
+            seq.num_computed_tokens = item.start + item.num_new_tokens - len(item.spec_token_ids)
+            seq.spec_token_ids = []
             self.block_manager.cache_full_blocks(seq)
+
+    def accept_spec_tokens(self, seq: Sequence, num_accepted: int) -> None:
+        """After a verify step of a running `seq`, its first `num_accepted` drafts (now in token_ids) are
+        computed; the slots of the rejected ones (and of the unverified last token's successors) go back."""
+        seq.num_computed_tokens = min(seq.num_computed_tokens + num_accepted, seq.num_tokens - 1)
+        self.block_manager.trim(seq, seq.num_tokens)
+        self.block_manager.cache_full_blocks(seq)

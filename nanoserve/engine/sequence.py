@@ -46,6 +46,9 @@ class Sequence:
     output_text: str = ""
     detok_state: Any = None  # the detokenizer's incremental state
     generator: Any = None  # per-sequence torch.Generator when the request has a seed
+    # Speculative decoding: draft tokens proposed after the last token, verified by the next step (the
+    # scheduler gives them slots; they join token_ids only once accepted).
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def order(self) -> int:

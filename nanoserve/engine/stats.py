@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,6 +23,12 @@ class EngineStats:
     num_waiting_requests: int = 0
     kv_cache_fragmentation: float = 0.0  # unused fraction of the slots allocated to running sequences
     num_cached_blocks: int = 0  # blocks registered in the prefix cache (in use or evictable)
+    # Speculative decoding (cumulative): verify steps of a sequence with drafts, draft tokens verified,
+    # accepted, and accepted at each draft position (index 0 = the first draft token).
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
+    spec_decode_num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
 
     @property
     def prefix_cache_hit_rate(self) -> float:

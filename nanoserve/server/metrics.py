@@ -3,7 +3,8 @@
 Two sources:
 - the engine's cumulative stats (`AsyncLLMEngine.get_stats()`, a snapshot taken after every step),
   read at scrape time by a custom collector: gauges for running/waiting requests and KV usage,
-  counters for prefix-cache queries/hits (tokens), preemptions, prompt and generation tokens;
+  counters for prefix-cache queries/hits (tokens), preemptions, prompt and generation tokens, and
+  speculative decoding's drafts, draft tokens and accepted tokens (also by draft position);
 - each finished HTTP request: success counter by finish reason, and histograms of TTFT, inter-token
   latency, end-to-end latency and queue time (seconds).
 """
@@ -44,6 +45,12 @@ _COUNTERS: list[tuple[str, _StatsField, str]] = [
     ("num_preemptions", lambda s: s.num_preemptions, "Preemptions of running requests (recompute)."),
     ("prompt_tokens", lambda s: s.prompt_tokens, "Prompt tokens computed (prefill)."),
     ("generation_tokens", lambda s: s.generation_tokens, "Tokens generated."),
+    ("spec_decode_num_drafts", lambda s: s.spec_decode_num_drafts,
+     "Speculative decoding: verify steps of a sequence with draft tokens."),
+    ("spec_decode_num_draft_tokens", lambda s: s.spec_decode_num_draft_tokens,
+     "Speculative decoding: draft tokens verified."),
+    ("spec_decode_num_accepted_tokens", lambda s: s.spec_decode_num_accepted_tokens,
+     "Speculative decoding: draft tokens accepted."),
 ]
 
 _TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -69,6 +76,12 @@ class _EngineStatsCollector(Collector):
             c = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
             c.add_metric([self.model_name], float(value(stats)))
             yield c
+        per_pos = CounterMetricFamily(PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+                                      "Speculative decoding: draft tokens accepted by position (0 = first).",
+                                      labels=["model_name", "position"])
+        for pos, count in enumerate(stats.spec_decode_num_accepted_tokens_per_pos):
+            per_pos.add_metric([self.model_name, str(pos)], float(count))
+        yield per_pos
 
 
 class ServerMetrics:

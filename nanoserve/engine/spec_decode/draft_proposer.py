@@ -1,0 +1,113 @@
+"""Draft-model proposals: a small model sharing the target's tokenizer guesses the next k tokens.
+
+The lean loop: per engine step, one forward of the draft over every drafting sequence's tokens it has
+not seen (its prompt the first time; afterwards the tokens the last verify step kept, usually 1 to
+k + 1), then k - 1 single-token forwards, each batched over all sequences; no scheduler, no sampler,
+no detokenizer in between. Drafts are the draft model's argmax (a point mass for the rejection
+sampler: exact for greedy and for sampled requests alike).
+
+The draft's KV is paged in its own pool (a BlockManager without prefix caching) through a shadow of
+each sequence. What the draft has computed is checked against the sequence's tokens before every
+proposal: the KV of rejected drafts is simply overwritten. The shadow and its blocks go when the
+sequence finishes, is aborted or is preempted (the engine calls `free`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+
+from nanoserve.engine.block_manager import BlockManager
+from nanoserve.engine.scheduler import ScheduledSeq, SchedulerOutput
+from nanoserve.engine.sequence import Sequence
+
+# What ModelRunner.prepare reads of a request: no prompt logprobs for the draft.
+_DRAFT_REQUEST = SimpleNamespace(params=SimpleNamespace(prompt_logprobs=None))
+
+
+@dataclass(eq=False)
+class DraftSeq:
+    """The draft pool's view of one sequence (the fields ModelRunner and BlockManager use)."""
+
+    token_ids: list[int]  # the sequence's tokens, then the drafts proposed after them
+    num_computed_tokens: int = 0  # leading token_ids whose draft K/V is in the draft pool
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_cached_blocks: int = 0
+    num_prompt_tokens: int = 0
+    request: object = field(default_factory=lambda: _DRAFT_REQUEST)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class DraftModelProposer:
+    def __init__(self, runner) -> None:  # noqa: ANN001 - a ModelRunner over the draft model
+        self.runner = runner
+        cache = runner.cache_config
+        self.block_manager = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching=False)
+        self.shadows: dict[int, DraftSeq] = {}  # by seq_id
+
+    @torch.inference_mode()
+    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+        drafts: list[list[int]] = [[] for _ in seqs]
+        active: list[int] = []  # indices into seqs that got their draft slots
+        for i, (seq, k) in enumerate(zip(seqs, num_tokens, strict=True)):
+            shadow = self._sync(seq)
+            # Slots for the unseen tokens and k - 1 drafts (the last draft is never fed back).
+            unseen = shadow.num_tokens - shadow.num_computed_tokens
+            if self.block_manager.allocate_slots(shadow, unseen + k - 1):  # type: ignore[arg-type]
+                active.append(i)
+        items = [self._item(self.shadows[seqs[i].seq_id]) for i in active]
+        for step in range(max((num_tokens[i] for i in active), default=0)):
+            if step > 0:  # feed back each sequence's latest draft
+                active = [i for i in active if num_tokens[i] > step]
+                items = [self._item(self.shadows[seqs[i].seq_id]) for i in active]
+            for i, token in zip(active, self._argmax(items), strict=True):
+                shadow = self.shadows[seqs[i].seq_id]
+                shadow.num_computed_tokens = shadow.num_tokens
+                shadow.token_ids.append(token)
+                drafts[i].append(token)
+        return drafts
+
+    def _sync(self, seq: Sequence) -> DraftSeq:
+        """The shadow of `seq`, its computed part cut back to where it still agrees with seq's tokens."""
+        shadow = self.shadows.get(seq.seq_id)
+        if shadow is None:
+            shadow = self.shadows[seq.seq_id] = DraftSeq(list(seq.token_ids))
+            return shadow
+        agree = 0
+        limit = min(shadow.num_computed_tokens, seq.num_tokens - 1)  # the last token is always fed
+        old, new = shadow.token_ids, seq.token_ids
+        while agree < limit and old[agree] == new[agree]:
+            agree += 1
+        shadow.token_ids = list(new)
+        shadow.num_computed_tokens = agree
+        self.block_manager.trim(shadow, agree)  # drafts' slots past it are allocated again
+        return shadow
+
+    @staticmethod
+    def _item(shadow: DraftSeq) -> ScheduledSeq:
+        start = shadow.num_computed_tokens
+        return ScheduledSeq(shadow, shadow.num_tokens - start, start)  # type: ignore[arg-type]
+
+    def _argmax(self, items: list[ScheduledSeq]) -> list[int]:
+        if not items:
+            return []
+        runner = self.runner
+        inputs = runner.prepare(SchedulerOutput(scheduled=items))
+        hidden = runner.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
+        logits = runner.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]
+        return runner.kernels.argmax_rows(logits).tolist()
+
+    def free(self, seq: Sequence) -> None:
+        shadow = self.shadows.pop(seq.seq_id, None)
+        if shadow is not None:
+            self.block_manager.free(shadow)  # type: ignore[arg-type]
+
+    def check_all_free(self) -> None:
+        assert not self.shadows, f"draft state of {len(self.shadows)} sequences still held"
+        self.block_manager.check_all_free()

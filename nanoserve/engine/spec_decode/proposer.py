@@ -1,0 +1,43 @@
+"""The proposer interface the engine drives, and how many drafts each sequence may take this step.
+
+A proposer drafts for running decodes after every step; the engine tells it when a sequence's state
+must go (finished, aborted, preempted), and checks at teardown that it holds nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nanoserve.engine.sequence import Sequence
+
+
+class Proposer(Protocol):
+    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+        """At most num_tokens[i] draft tokens to follow each of `seqs` (fewer, or none, is fine)."""
+
+    def free(self, seq: Sequence) -> None:
+        """Drop whatever the proposer holds for `seq` (a draft model's KV blocks)."""
+
+    def check_all_free(self) -> None:
+        """AssertionError unless nothing is held (no request in flight)."""
+
+
+def draft_room(seq: Sequence, k: int, max_model_len: int) -> int:
+    """How many drafts `seq` may verify next: k, less where its emitted run (drafts + 1) would pass its
+    max_tokens or the context. A constrained sequence gets none (its grammar mask for a position
+    depends on the drafts before it)."""
+    if seq.request.grammar is not None:
+        return 0
+    left = min(seq.request.max_tokens - seq.num_output_tokens, max_model_len - seq.num_tokens)
+    return max(0, min(k, left - 1))
+
+
+def make_proposer(spec, draft_runner=None) -> Proposer:  # noqa: ANN001 - SpeculativeConfig, DraftRunner
+    if spec.method == "ngram":
+        from nanoserve.engine.spec_decode.ngram_proposer import NgramProposer
+
+        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    from nanoserve.engine.spec_decode.draft_proposer import DraftModelProposer
+
+    assert draft_runner is not None, "method draft_model needs its loaded runner"
+    return DraftModelProposer(draft_runner)

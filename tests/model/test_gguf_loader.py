@@ -1,5 +1,6 @@
 """GGUF loading: tensor names, the Llama q/k un-permutation, errors; on SmolLM2's Q4_1 file, our
-dequantized weights against transformers' conversion of the same file."""
+dequantized weights against transformers' conversion of the same file, and its linears kept quantized
+(gguf_weights) against the dequantizing path."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Config and tokenizer (with the chat template GGUF carries) come from transformers' GGUF support; the
 weights are read with the `gguf` package's reader and dequantized (gguf.quants.dequantize) into the
-model dtype. Quantized blocks are NOT kept quantized yet: Q8_0/Q4_0/Q4_1/K-quants are dequantized on
-load (mapping them onto our own int8/int4 weight formats is the quantization work's).
+model dtype (`gguf_tensors`). `gguf_weights` instead keeps the decoder linears' quantized blocks as
+our own integer format (QuantizedWeight, read by quantization/gguf_quant.py: Q8_0, Q4_0/1, Q5_0/1,
+Q2_K..Q6_K) and dequantizes only the rest (embedding, norms, the head, F32/F16/BF16 linears).
 
 llama.cpp's converter permutes the rows of Llama's q_proj/k_proj (from HF's rotate-half rotary layout
 to interleaved pairs); `unpermute_qk` undoes it, as transformers' GGUF loader does.
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from nanoserve.errors import ModelLoadError
+from nanoserve.model.quantization.gguf_quant import READERS, permute_rows, read_gguf_linear
+from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 
 # GGUF general.architecture / transformers' model_type → our architecture name
 ARCHITECTURES = {
@@ -29,6 +32,8 @@ ARCHITECTURES = {
 }
 # Architectures whose q/k rows llama.cpp's converter permuted (the others keep HF's layout).
 PERMUTED_QK = ("llama", "mistral")
+# Decoder linears `gguf_weights` keeps quantized (lm_head and the embedding stay in the model dtype).
+QUANTIZED_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SUPPORTED_TENSOR_TYPES = (
     "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
 )
@@ -121,9 +126,25 @@ def unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     return w.reshape(num_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def unpermute_qk_quantized(w: QuantizedWeight, num_heads: int) -> QuantizedWeight:
+    """`unpermute_qk` on a QuantizedWeight: its rows move, each with its own scales and zero points."""
+    return permute_rows(w, unpermute_qk(torch.arange(w.shape[0]), num_heads))
+
+
 def gguf_tensors(path: str | Path, hf_config: dict[str, Any]):
     """Yield (Hugging Face name, float32 tensor) for every tensor of the file, dequantized and with
     Llama's q/k un-permuted. Unknown tensors and unsupported quant types are ModelLoadErrors."""
+    yield from _read_tensors(path, hf_config, keep_quantized=False)
+
+
+def gguf_weights(path: str | Path, hf_config: dict[str, Any]):
+    """Like `gguf_tensors`, but a decoder linear's weight (QUANTIZED_LINEARS) stored in a quantized type
+    comes as (name, QuantizedWeight [out, in]) read from its blocks, never through floats; every other
+    tensor as (name, float32 tensor). q/k rows are un-permuted either way."""
+    yield from _read_tensors(path, hf_config, keep_quantized=True)
+
+
+def _read_tensors(path: str | Path, hf_config: dict[str, Any], keep_quantized: bool):
     import gguf
 
     path = Path(path)
@@ -143,12 +164,18 @@ def gguf_tensors(path: str | Path, hf_config: dict[str, Any]):
         if name is None:
             raise ModelLoadError(f"unexpected tensor {t.name!r} in {path.name}")
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest first
+        proj = name.split(".")[-2]
+        if keep_quantized and kind in READERS and proj in QUANTIZED_LINEARS and name.endswith(".weight"):
+            weight = read_gguf_linear(kind, t.data, shape)  # [out, in] codes, scales (and zeros)
+            if permute and proj in heads:
+                weight = unpermute_qk_quantized(weight, heads[proj])
+            yield name, weight
+            continue
         # [rows, cols] float32 (F16/BF16/quantized blocks expanded)
         values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         if not values.flags.writeable:  # an F32 tensor is a view of the read-only memory map
             values = values.copy()
         tensor = torch.from_numpy(values.reshape(shape))
-        proj = name.split(".")[-2]
         if permute and proj in heads:
             tensor = unpermute_qk(tensor, heads[proj])
         yield name, tensor

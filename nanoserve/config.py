@@ -27,6 +27,10 @@ CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu_native")
 # Methods quantized at load from a float checkpoint (nanoserve/model/quantization/methods.py).
 QUANTIZATION_METHODS = ("int8", "int4", "w8a8")
+# How the KV cache stores K and V (nanoserve/model/attention/kv_cache.py): auto = the model's dtype; int8 and
+# fp8_e4m3 = one byte per element plus a float32 scale per (token, kv head) for K and for V.
+KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3")
+KV_SCALE_BYTES = 4
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
@@ -127,6 +131,14 @@ class EngineArgs:
                   '"prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"method": "draft_model", '
                   '"model": DIR, "num_speculative_tokens": 3} (default: off)',
                   "flag_type": str},
+    )
+    kv_cache_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "KV-cache storage: auto = the model's dtype; int8 or fp8_e4m3 = 8-bit codes with a "
+            "float32 scale per token and kv head (about 2x the tokens of bf16 in the same memory)",
+            "choices": KV_CACHE_DTYPES,
+        },
     )
 
     @classmethod
@@ -299,9 +311,14 @@ class ModelConfig:
     def dtype_bytes(self) -> int:
         return 4 if self.dtype == "float32" else 2
 
-    def kv_bytes_per_token(self) -> int:
-        """K and V of every layer for one token, in bytes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+    def kv_bytes_per_token(self, kv_cache_dtype: str = "auto") -> int:
+        """K and V of every layer for one token, in bytes, as the pool stores them (EngineArgs.kv_cache_dtype:
+        8-bit codes add a KV_SCALE_BYTES scale per kv head)."""
+        if kv_cache_dtype == "auto":
+            per_head = self.head_dim * self.dtype_bytes
+        else:
+            per_head = self.head_dim + KV_SCALE_BYTES
+        return 2 * self.num_layers * self.num_kv_heads * per_head
 
 
 @dataclass
@@ -309,6 +326,7 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = True
+    cache_dtype: str = "auto"  # EngineArgs.kv_cache_dtype
 
     @property
     def num_tokens(self) -> int:
@@ -379,7 +397,7 @@ def make_cache_config(
     The device default is also capped at what max_num_seqs full-length sequences could ever use, so a
     small model does not zero gigabytes it can never fill.
     """
-    block_bytes = args.block_size * model_config.kv_bytes_per_token()
+    block_bytes = args.block_size * model_config.kv_bytes_per_token(args.kv_cache_dtype)
     if args.num_gpu_blocks_override is not None:
         num_blocks = args.num_gpu_blocks_override
     elif args.kv_cache_memory_bytes is not None:
@@ -393,10 +411,11 @@ def make_cache_config(
             "kv_cache_memory_bytes",
         )
     logger.info(
-        "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB",
+        "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB (%s)",
         num_blocks,
         args.block_size,
         num_blocks * args.block_size,
         num_blocks * block_bytes / 2**20,
+        args.kv_cache_dtype,
     )
-    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching, args.kv_cache_dtype)

@@ -122,6 +122,7 @@ def test_every_field_round_trips_through_the_command_line():
         attention_backend="torch", quantization="int4", quantization_group_size=64,
         quantization_zero_point=True,
         speculative_config='{"method": "ngram", "num_speculative_tokens": 2}',  # JSON on the command line
+        kv_cache_dtype="int8",
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]

@@ -29,7 +29,12 @@ from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.verifier import SeqOutcome, verify_step
 from nanoserve.engine.structured_output.bitmask import TokenBitmask
-from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
+from nanoserve.model.attention import (
+    AttentionMetadata,
+    StepLayout,
+    allocate_kv_caches,
+    make_attention_backend,
+)
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
@@ -102,17 +107,20 @@ class ModelRunner:
         mc = model_config
         dtype = TORCH_DTYPES[mc.dtype]
         self.dtype = dtype
-        shape = (mc.num_layers, 2, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=dtype, device=device)  # the whole pool, allocated once
+        # The whole pool, allocated once: (k, v) per layer, in the model's dtype or quantized (kv_cache.py).
+        self.kv_caches = allocate_kv_caches(
+            mc.num_layers, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim, dtype,
+            cache_config.cache_dtype, device,
+        )
         # Memory truth: the weights as held (quantized, packed) and the KV pool's cost of one token.
         self.weight_bytes = model_weight_bytes(model)
-        self.kv_bytes_per_token = mc.kv_bytes_per_token()
+        self.kv_bytes_per_token = mc.kv_bytes_per_token(cache_config.cache_dtype)
         # The native decode attention comes with the native kernels (kernels.ext; None on the PyTorch paths).
         self.attention_backend = make_attention_backend(
             attention_backend, device, self.kernels.ext, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype
         )
         for i, attn in enumerate(model.attention_layers()):
-            attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+            attn.k_cache, attn.v_cache = self.kv_caches[i]
             attn.backend = self.attention_backend
 
     # ---- step --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ midway and a test can hand in the reference kernels whatever else is loaded in t
 
 - `TorchKernels`: the reference PyTorch ops (any device), bit-identical to transformers' graph.
 - `NativeCpuKernels`: one native call per op (native_kernels.py) on CPU; inputs it cannot take
-  (another device, a non-contiguous tensor) go through the reference op. `.ext` is the extension, for
+  (another device, a non-contiguous tensor) go through the reference op. `rope_cache` into quantized
+  caches (attention/kv_cache.QuantizedKV) quantizes each k/v row as it writes it. `.ext` is the extension, for
   the CPU attention backend's `decode_attention`.
 """
 
@@ -17,6 +18,8 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+
+from nanoserve.model.attention.kv_cache import QuantizedKV
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,11 @@ class NativeCpuKernels(TorchKernels):
     def rope_cache(self, qkv, cos, sin_signed, slots, k_cache, v_cache, num_heads, num_kv_heads):
         if qkv.device.type != "cpu" or not qkv.is_contiguous():
             return super().rope_cache(qkv, cos, sin_signed, slots, k_cache, v_cache, num_heads, num_kv_heads)
-        q = self.ext.rope_cache(qkv, cos, sin_signed, slots, k_cache, v_cache, num_heads, num_kv_heads)
+        if isinstance(k_cache, QuantizedKV):  # kv_cache_dtype int8 / fp8_e4m3: codes + per-row scales
+            q = self.ext.rope_cache_quant(qkv, cos, sin_signed, slots, k_cache.codes, k_cache.scales,
+                                          v_cache.codes, v_cache.scales, num_heads, num_kv_heads)
+        else:
+            q = self.ext.rope_cache(qkv, cos, sin_signed, slots, k_cache, v_cache, num_heads, num_kv_heads)
         return q, None, None  # k and v are in the caches already
 
     def argmax_rows(self, logits: torch.Tensor) -> torch.Tensor:

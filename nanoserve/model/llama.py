@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
+from nanoserve.model.attention.kv_cache import KVStore
 from nanoserve.model.cpu_linear import FastLinear
 from nanoserve.model.kernels import Kernels, apply_rotary
 from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding
@@ -54,8 +55,9 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(d, spec.rms_norm_eps)
         self.qk_norm = spec.qk_norm
         self.backend = TorchAttentionBackend(h, kvh, d, d**-0.5)
-        self.k_cache: torch.Tensor | None = None  # [KVH, num_blocks, block_size, D], bound by the runner
-        self.v_cache: torch.Tensor | None = None
+        # [KVH, num_blocks, block_size, D] (a QuantizedKV for kv_cache_dtype int8/fp8), bound by the runner
+        self.k_cache: KVStore | None = None
+        self.v_cache: KVStore | None = None
         self.kernels: Kernels = REFERENCE_KERNELS
 
     def forward(

@@ -191,25 +191,36 @@ def _kv_shape(model: ModelSpec | str | None, layers: int | None, kv_heads: int |
 
 def kv_cache_per_token(
     model: ModelSpec | str | None = None, *, layers: int | None = None, kv_heads: int | None = None,
-    head_dim: int | None = None, kv_dtype: str = "bf16",
+    head_dim: int | None = None, kv_dtype: str = "bf16", scale_bytes: float = 0,
 ) -> Result:
-    """2 (K and V) · layers · kv_heads · head_dim · bytes. GQA-correct: kv_heads, not attention heads."""
+    """2 (K and V) · layers · kv_heads · head_dim · bytes. GQA-correct: kv_heads, not attention heads.
+
+    scale_bytes: a quantized cache's scale bytes per token per kv head, for K and for V each (the
+    engine's int8 / fp8_e4m3 cache: one float32 scale, 4)."""
     name, L, kv, hd = _kv_shape(model, layers, kv_heads, head_dim)
     b = dtype_bytes(kv_dtype)
-    return derive(f"KV cache per token of {name}", 2 * L * kv * hd * b, "bytes",
-                  "2 · layers · kv_heads · head_dim · bytes_per_element",
-                  f"2 · {L} · {kv} · {hd} · {b:g}",
-                  {"layers": L, "kv_heads": kv, "head_dim": hd, "kv_dtype": kv_dtype})
+    if scale_bytes < 0:
+        raise InvalidRequestError("scale_bytes must be >= 0", "scale_bytes")
+    inputs = {"layers": L, "kv_heads": kv, "head_dim": hd, "kv_dtype": kv_dtype}
+    if not scale_bytes:
+        return derive(f"KV cache per token of {name}", 2 * L * kv * hd * b, "bytes",
+                      "2 · layers · kv_heads · head_dim · bytes_per_element",
+                      f"2 · {L} · {kv} · {hd} · {b:g}", inputs)
+    return derive(f"KV cache per token of {name}", 2 * L * kv * (hd * b + scale_bytes), "bytes",
+                  "2 · layers · kv_heads · (head_dim · bytes_per_element + scale_bytes)",
+                  f"2 · {L} · {kv} · ({hd} · {b:g} + {scale_bytes:g})",
+                  {**inputs, "scale_bytes": scale_bytes})
 
 
 def kv_cache_bytes(
     model: ModelSpec | str | None = None, *, seq_len: int, batch: int = 1, layers: int | None = None,
-    kv_heads: int | None = None, head_dim: int | None = None, kv_dtype: str = "bf16",
+    kv_heads: int | None = None, head_dim: int | None = None, kv_dtype: str = "bf16", scale_bytes: float = 0,
 ) -> Result:
     """KV cache of `batch` sequences of `seq_len` tokens each (a request: batch=1)."""
     if seq_len < 0 or batch < 1:
         raise InvalidRequestError("seq_len must be >= 0 and batch >= 1", "seq_len")
-    per = kv_cache_per_token(model, layers=layers, kv_heads=kv_heads, head_dim=head_dim, kv_dtype=kv_dtype)
+    per = kv_cache_per_token(model, layers=layers, kv_heads=kv_heads, head_dim=head_dim, kv_dtype=kv_dtype,
+                             scale_bytes=scale_bytes)
     return derive(f"KV cache for {batch} × {seq_len} tokens", per.value * seq_len * batch, "bytes",
                   "per_token · seq_len · batch", f"{per.value:,.0f} · {seq_len} · {batch}",
                   {"seq_len": seq_len, "batch": batch}, [per])

@@ -213,7 +213,7 @@ def kv_pool_summary(engine: EngineCore) -> str:
     """"KV pool: N blocks x B tokens = T tokens, M MiB" from the engine's resolved configs."""
     blocks, block_size = engine.cache_config.num_blocks, engine.cache_config.block_size
     tokens = blocks * block_size
-    mib = tokens * engine.model_config.kv_bytes_per_token() / 2**20
+    mib = tokens * engine.model_config.kv_bytes_per_token(engine.cache_config.cache_dtype) / 2**20
     return f"KV pool: {blocks} blocks x {block_size} tokens = {tokens} tokens, {mib:.1f} MiB"
 
 

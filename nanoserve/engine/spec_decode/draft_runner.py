@@ -63,7 +63,8 @@ def split_kv_budget(
     args: EngineArgs, budget_bytes: int, target: ModelConfig, draft: ModelConfig
 ) -> tuple[EngineArgs, int]:
     """(args, budget) for sizing the target's pool so that an equal draft pool fits the same bytes."""
-    t, d = target.kv_bytes_per_token(), draft.kv_bytes_per_token()
+    t = target.kv_bytes_per_token(args.kv_cache_dtype)
+    d = draft.kv_bytes_per_token(args.kv_cache_dtype)  # the draft pool stores K/V as the target's does
     if args.kv_cache_memory_bytes is not None:
         share = max(1, args.kv_cache_memory_bytes * t // (t + d))
         args = dataclasses.replace(args, kv_cache_memory_bytes=share)

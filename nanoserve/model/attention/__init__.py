@@ -5,6 +5,8 @@
 - torch_backend.py: the reference backend, plain PyTorch on any device.
 - cpu_native_backend.py: the reference backend with decodes through the native C++ kernel.
 - selector.py: `make_attention_backend`, from EngineArgs.attention_backend.
+- kv_cache.py: how K/V are stored (EngineArgs.kv_cache_dtype): model dtype, or int8/fp8 codes with a
+  scale per (token, kv head) (`QuantizedKV`); `allocate_kv_caches`, `write_kv`, `gather_kv`.
 
 A step's tokens are packed flat: sequence i owns rows query_start[i]:query_start[i+1] of q/k/v. Its
 new K/V go to the cache slots in slot_mapping; then each query attends over everything cached for
@@ -13,6 +15,7 @@ its sequence up to its own position (cached context + the causal part of its chu
 
 from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, StepLayout
 from nanoserve.model.attention.cpu_native_backend import CpuNativeAttentionBackend, CpuNativeAttentionMetadata
+from nanoserve.model.attention.kv_cache import QuantizedKV, allocate_kv_caches
 from nanoserve.model.attention.selector import make_attention_backend
 from nanoserve.model.attention.torch_backend import TorchAttentionBackend, TorchAttentionMetadata
 
@@ -21,8 +24,10 @@ __all__ = [
     "AttentionMetadata",
     "CpuNativeAttentionBackend",
     "CpuNativeAttentionMetadata",
+    "QuantizedKV",
     "StepLayout",
     "TorchAttentionBackend",
     "TorchAttentionMetadata",
+    "allocate_kv_caches",
     "make_attention_backend",
 ]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoserve.model.attention.kv_cache import KVStore
+
 
 @dataclass
 class StepLayout:
@@ -74,12 +76,13 @@ class AttentionBackend(ABC):
         q: torch.Tensor,
         k: torch.Tensor | None,
         v: torch.Tensor | None,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        k_cache: KVStore,
+        v_cache: KVStore,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         """q [T, H, D], k/v [T, KVH, D], caches [KVH, num_blocks, block_size, D] -> out [T, H, D].
 
-        Writes k/v to the caches at meta.slot_mapping first; k/v None means the caller already did
-        (the fused native rope_cache kernel).
+        A cache is a tensor in the model's dtype or a kv_cache.QuantizedKV (codes + scales; see
+        kv_cache.py). Writes k/v to the caches at meta.slot_mapping first (kv_cache.write_kv); k/v None
+        means the caller already did (the fused native rope_cache kernel).
         """

@@ -1,8 +1,9 @@
 """The CPU backend: decodes through the native extension's `decode_attention`, one call per layer.
 
 For each (sequence, kv head) the kernel walks the sequence's blocks up to its context length, so
-it needs no mask: the metadata carries the context lengths instead. Prefill chunks run as in the
-reference backend (inherited).
+it needs no mask: the metadata carries the context lengths instead. Quantized caches (kv_cache.py)
+go through `decode_attention_quant`, which dequantizes each K/V row as it streams past. Prefill chunks
+run as in the reference backend (inherited).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from nanoserve.model.attention.backend import AttentionMetadata, StepLayout
+from nanoserve.model.attention.kv_cache import KVStore, QuantizedKV
 from nanoserve.model.attention.torch_backend import PagedBatch, TorchAttentionBackend, paged_batch
 
 
@@ -35,9 +37,14 @@ class CpuNativeAttentionBackend(TorchAttentionBackend):
         return CpuNativeAttentionMetadata(self._slots(layout), batch, ctx_lens)
 
     def _decode(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: CpuNativeAttentionMetadata
+        self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: CpuNativeAttentionMetadata
     ) -> torch.Tensor:
         """q [Bd, H, D] (one query per sequence) -> [Bd, H, D] over each sequence's cached tokens."""
+        if isinstance(k_cache, QuantizedKV):
+            return self.native_ext.decode_attention_quant(
+                q, k_cache.codes, k_cache.scales, v_cache.codes, v_cache.scales,
+                meta.batch.decode_tables, meta.decode_ctx_lens, self.scale,
+            )
         return self.native_ext.decode_attention(
             q, k_cache, v_cache, meta.batch.decode_tables, meta.decode_ctx_lens, self.scale
         )

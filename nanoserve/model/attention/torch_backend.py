@@ -5,7 +5,8 @@ index op gives [KVH, B, L, D]: (kv head, sequence) fold into one batch dimension
 matmul with no copy. All decodes (one query each) run as one padded, masked batch: gather, two
 matmuls and a softmax per layer, whatever the batch size; `build_metadata` builds the padded block
 table and the additive mask once per step. Prefill chunks run one masked batched-matmul attention
-each (`scaled_dot_product_attention` for long ones).
+each (`scaled_dot_product_attention` for long ones). A quantized cache (kv_cache.py) is dequantized
+to q's dtype block by block as it is gathered, never as a whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, StepLayout
+from nanoserve.model.attention.kv_cache import KVStore, gather_kv, write_kv
 
 # A prefill chunk whose attention scores (queries x heads per kv head x context) exceed this goes
 # through SDPA (which never materialises them); shorter ones through two batched matmuls.
@@ -96,14 +98,13 @@ class TorchAttentionBackend(AttentionBackend):
         q: torch.Tensor,
         k: torch.Tensor | None,
         v: torch.Tensor | None,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        k_cache: KVStore,
+        v_cache: KVStore,
         meta: TorchAttentionMetadata,
     ) -> torch.Tensor:
-        kvh, d = self.num_kv_heads, self.head_dim
         if k is not None:
-            k_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
-            v_cache.view(kvh, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+            write_kv(k_cache, k, meta.slot_mapping)
+            write_kv(v_cache, v, meta.slot_mapping)
         batch = meta.batch
         if not batch.prefill_spans:
             return self._decode(q, k_cache, v_cache, meta)
@@ -117,8 +118,8 @@ class TorchAttentionBackend(AttentionBackend):
     def _prefill(
         self,
         q: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        k_cache: KVStore,
+        v_cache: KVStore,
         block_table: torch.Tensor,
         ctx: int,
         block_size: int,
@@ -127,8 +128,8 @@ class TorchAttentionBackend(AttentionBackend):
         n_q, kvh, d = q.shape[0], self.num_kv_heads, self.head_dim
         g = self.num_heads // kvh
         blocks = block_table[: -(-ctx // block_size)]
-        k = k_cache[:, blocks].flatten(1, 2)[:, :ctx]  # [KVH, ctx, D]
-        v = v_cache[:, blocks].flatten(1, 2)[:, :ctx]
+        k = gather_kv(k_cache, blocks, q.dtype).flatten(1, 2)[:, :ctx]  # [KVH, ctx, D]
+        v = gather_kv(v_cache, blocks, q.dtype).flatten(1, 2)[:, :ctx]
         if n_q * g * ctx > PREFILL_MATMUL_MAX_SCORES:  # long chunks: SDPA never holds all scores
             qh = q.transpose(0, 1)  # [H, n_q, D]
             mask = None if n_q == ctx else self._causal_bias(n_q, ctx, q.device, torch.bool)
@@ -158,14 +159,14 @@ class TorchAttentionBackend(AttentionBackend):
         return torch.zeros((n_q, ctx), dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
 
     def _decode(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TorchAttentionMetadata
+        self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: TorchAttentionMetadata
     ) -> torch.Tensor:
         """q [Bd, H, D] (one query per sequence) -> [Bd, H, D] over each sequence's cached tokens."""
         kvh, d = self.num_kv_heads, self.head_dim
         bd, h = q.shape[0], self.num_heads
         tables = meta.batch.decode_tables  # [Bd, nb]
-        k = k_cache[:, tables].view(kvh, bd, -1, d)  # [KVH, Bd, L, D]
-        v = v_cache[:, tables].view(kvh, bd, -1, d)
+        k = gather_kv(k_cache, tables, q.dtype).view(kvh, bd, -1, d)  # [KVH, Bd, L, D]
+        v = gather_kv(v_cache, tables, q.dtype).view(kvh, bd, -1, d)
         # Query heads of one kv head are adjacent (head = kv_head * G + g), as in transformers' repeat_kv.
         qg = (q * self.scale).view(bd, kvh, h // kvh, d).transpose(0, 1)  # [KVH, Bd, G, D]
         scores = torch.matmul(qg, k.transpose(2, 3))  # [KVH, Bd, G, L]

@@ -105,6 +105,12 @@ class EngineArgs:
             "choices": ATTENTION_BACKENDS,
         },
     )
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "processes (GPUs on CUDA) the model is sharded over, Megatron-style; on CPU "
+                  "num-cpu-threads is per rank and defaults to the cores split evenly",
+                  "aliases": ("-tp",)},
+    )
 
     @classmethod
     def add_cli_args(
@@ -129,7 +135,8 @@ class EngineArgs:
                 continue
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
-            action = group.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kwargs)
+            flags = (*f.metadata.get("aliases", ()), "--" + f.name.replace("_", "-"))
+            action = group.add_argument(*flags, help=help_text, **kwargs)
             if action.default is not None and action.help and "%(default)" not in action.help:
                 action.help += " (default: %(default)s)"
         return group
@@ -170,6 +177,7 @@ class EngineArgs:
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
         _check_positive("num_cpu_threads", self.num_cpu_threads)
+        _check_positive("tensor_parallel_size", self.tensor_parallel_size)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

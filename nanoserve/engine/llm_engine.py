@@ -88,16 +88,23 @@ class LLMEngine:
         eos = getattr(tokenizer, "eos_token_id", None)
         if isinstance(eos, int) and eos not in model_config.eos_token_ids:
             model_config.eos_token_ids.append(eos)
+        scheduler_config = make_scheduler_config(args, model_config.max_model_len)
+        if args.tensor_parallel_size > 1:
+            runner = _tensor_parallel_runner(args, model_config, scheduler_config, device)
+            return cls(model_config, runner.cache_config, scheduler_config, runner, tokenizer)
         model = load_model(model_config, device, args.cpu_linear)
         if device.type == "cuda":
             free_bytes, _ = torch.cuda.mem_get_info(device)
             budget = int(free_bytes * args.gpu_memory_utilization) - (1 << 30)  # 1 GiB for activations
         else:
             budget = default_cpu_kv_budget_bytes()
-        scheduler_config = make_scheduler_config(args, model_config.max_model_len)
         cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
         runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer)
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes (tensor parallelism); a no-op in one process. Idempotent."""
+        self.runner.shutdown()
 
     # ---- requests ------------------------------------------------------------------------------
     def _tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
@@ -311,6 +318,41 @@ class LLMEngine:
     def check_all_blocks_free(self) -> None:
         """AssertionError unless the KV pool is entirely free (call when no request is in flight)."""
         self.block_manager.check_all_free()
+
+
+def _tensor_parallel_runner(
+    args: EngineArgs, model_config: ModelConfig, scheduler_config: SchedulerConfig, device: Any
+) -> ModelRunner:
+    """Rank 0's runner: the KV pool is sized first (every rank gets the same block count), then the
+    workers are spawned and load their shards while this process loads rank 0's."""
+    import torch
+
+    from nanoserve.distributed.executor import TensorParallelExecutor, rank_device, threads_per_rank
+    from nanoserve.engine.model_runner import ModelRunner
+    from nanoserve.model.loader import load_model
+    from nanoserve.model.parallel_layers import bind_communicator
+
+    torch.set_num_threads(threads_per_rank(args))
+    tp = args.tensor_parallel_size
+    device = rank_device(device, 0)
+    if device.type == "cuda":  # before loading: the shard's weights are about 1/tp of the checkpoint's
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        # Per GPU; a rank holds 1/tp of the KV heads, so the pool has tp times the blocks.
+        budget = (int(free_bytes * args.gpu_memory_utilization) - (1 << 30)) * tp
+    else:
+        budget = default_cpu_kv_budget_bytes()  # one RAM for all ranks: their shards add up to the pool
+    cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
+    executor = TensorParallelExecutor.start(args, model_config, cache_config, device)
+    try:
+        model = load_model(model_config, device, args.cpu_linear, 0, tp)
+        bind_communicator(model, executor.comm)
+        runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend,
+                             step_sink=executor)
+        executor.wait_ready()
+    except BaseException:
+        executor.shutdown()
+        raise
+    return runner
 
 
 def _add_prompt_logprobs(seq: Sequence, first_index: int, entries: list[dict[int, float]]) -> None:

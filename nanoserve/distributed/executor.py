@@ -1,0 +1,180 @@
+"""Rank 0's side of tensor parallelism: it starts the workers, sends each step, and stops them.
+
+The engine process is rank 0: it schedules, builds each step's plan, broadcasts it (step_codec.py),
+runs its own shard's forward beside the workers and samples from the gathered logits. Workers are
+spawned (not forked: torch and its thread pools do not survive a fork), one per rank, each with its
+share of the CPU threads; they exit when told to, when the engine exits, and when the engine dies
+(worker.py watches the parent). A worker that dies or stops answering turns the step into an
+`EngineDeadError` (its exit code in the message) instead of a hang: liveness is checked before each
+step, and a collective with a dead peer fails (connection closed) or times out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import socket
+import time
+import weakref
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nanoserve.config import CacheConfig, EngineArgs, ModelConfig
+from nanoserve.distributed import step_codec
+from nanoserve.distributed.communicator import Communicator
+from nanoserve.distributed.parallel_state import ParallelState, destroy_parallel_state, init_parallel_state
+from nanoserve.distributed.worker import WorkerSpec, worker_main
+from nanoserve.engine.model_runner import StepPlan
+from nanoserve.errors import EngineDeadError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WORKER_READY_TIMEOUT_S = float(os.environ.get("NANOSERVE_TP_READY_TIMEOUT_S", "600"))
+SHUTDOWN_JOIN_S = 5.0
+
+
+def threads_per_rank(args: EngineArgs) -> int:
+    """num_cpu_threads is per rank; by default the machine's cores are split evenly between the ranks."""
+    if args.num_cpu_threads is not None:
+        return args.num_cpu_threads
+    return max(1, (os.cpu_count() or 1) // args.tensor_parallel_size)
+
+
+def rank_device(device: torch.device, rank: int) -> torch.device:
+    """CUDA: one GPU per rank (cuda:rank); CPU: the CPU."""
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TensorParallelExecutor:
+    def __init__(self, state: ParallelState, procs: list[multiprocessing.Process],
+                 conns: list[Connection]) -> None:
+        self.state = state
+        self.comm = Communicator(state)
+        self.procs, self.conns = procs, conns  # of ranks 1..N-1
+        self.failure: str | None = None
+        self._closed = False
+        ref = weakref.ref(self)
+        atexit.register(lambda: (lambda e: e is not None and e.shutdown())(ref()))
+
+    @classmethod
+    def start(cls, args: EngineArgs, model_config: ModelConfig, cache_config: CacheConfig,
+              device: torch.device) -> TensorParallelExecutor:
+        """Spawn ranks 1..N-1 and join the process groups as rank 0 (the workers load meanwhile)."""
+        world = args.tensor_parallel_size
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        ctx = multiprocessing.get_context("spawn")
+        procs, conns = [], []
+        for rank in range(1, world):
+            spec = WorkerSpec(args, model_config, cache_config, rank, world, init_method,
+                              threads_per_rank(args), str(rank_device(device, rank)))
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=worker_main, args=(spec, send), name=f"nanoserve-tp-rank{rank}",
+                               daemon=True)
+            proc.start()
+            send.close()  # the child's end: EOF here once the child is gone
+            procs.append(proc)
+            conns.append(recv)
+        try:
+            state = init_parallel_state(0, world, init_method, rank_device(device, 0))
+        except BaseException:
+            _stop(procs)
+            raise
+        return cls(state, procs, conns)
+
+    def wait_ready(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Block until every worker has loaded its shard; a worker's failure is a ModelLoadError."""
+        deadline = time.monotonic() + timeout_s
+        for rank, (proc, conn) in enumerate(zip(self.procs, self.conns, strict=True), start=1):
+            wait([conn, proc.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+            message = conn.recv() if conn.poll() else None
+            if message is None or message[0] != "ready":
+                self.shutdown()
+                detail = message[1] if message else f"exit code {proc.exitcode}" if not proc.is_alive() \
+                    else f"no answer in {timeout_s:.0f} s"
+                raise ModelLoadError(f"tensor-parallel worker {rank} failed to start: {detail}")
+
+    # ---- steps -------------------------------------------------------------------------------
+    def run_step(self, step: Callable[[], T]) -> T:
+        """Run rank 0's part of one step; a dead or silent worker makes it an EngineDeadError."""
+        if self.failure is not None:
+            raise EngineDeadError(self.failure)
+        self._check_alive()
+        self.comm.begin_step()
+        try:
+            return step()
+        except Exception as e:
+            if not (isinstance(e, dist.DistError) or self._dead_worker(wait_s=1.0) or "gloo" in str(e)):
+                raise
+            self._fail(self._dead_worker(0.0) or f"a collective failed: {e}")
+            raise EngineDeadError(self.failure) from e
+
+    def send_step(self, plan: StepPlan) -> None:
+        header, payload = step_codec.encode(plan)
+        self.comm.broadcast_control(header)
+        self.comm.broadcast_control(payload)
+
+    def _dead_worker(self, wait_s: float) -> str | None:
+        """A description of the first dead worker (waiting up to wait_s for one to be seen exiting)."""
+        if wait_s > 0:
+            wait([p.sentinel for p in self.procs], timeout=wait_s)
+        for rank, proc in enumerate(self.procs, start=1):
+            if not proc.is_alive():
+                return f"tensor-parallel worker {rank} (pid {proc.pid}) died with exit code {proc.exitcode}"
+        return None
+
+    def _check_alive(self) -> None:
+        dead = self._dead_worker(0.0)
+        if dead is not None:
+            self._fail(dead)
+            raise EngineDeadError(dead)
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        logger.error("engine dead: %s", why)
+        self.shutdown()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def shutdown(self) -> None:
+        """Stop every worker and leave the process groups (idempotent; never hangs on a dead worker)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.failure is None and self._dead_worker(0.0) is None:
+            try:
+                self.comm.broadcast_control(step_codec.shutdown_header())
+            except Exception as e:  # noqa: BLE001 - a worker gone meanwhile: stopped below anyway
+                logger.debug("shutdown broadcast failed: %s", e)
+        _stop(self.procs)
+        for conn in self.conns:
+            conn.close()
+        destroy_parallel_state()
+
+
+def _stop(procs: list[Any]) -> None:
+    """Join the workers; terminate, then kill, any that do not exit in time."""
+    deadline = time.monotonic() + SHUTDOWN_JOIN_S
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

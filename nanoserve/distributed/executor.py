@@ -116,9 +116,12 @@ class TensorParallelExecutor:
         try:
             return step()
         except Exception as e:
-            if not (isinstance(e, dist.DistError) or self._dead_worker(wait_s=1.0) or "gloo" in str(e)):
+            collective = isinstance(e, dist.DistError) or "gloo" in str(e)
+            # A peer's death reaches the collective before its exit is reaped: give it a moment.
+            dead = self._dead_worker(wait_s=2.0 if collective else 0.0)
+            if dead is None and not collective:
                 raise
-            self._fail(self._dead_worker(0.0) or f"a collective failed: {e}")
+            self._fail(dead or f"a collective failed: {e}")
             raise EngineDeadError(self.failure) from e
 
     def send_step(self, plan: StepPlan) -> None:

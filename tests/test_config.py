@@ -119,7 +119,8 @@ def test_every_field_round_trips_through_the_command_line():
         max_num_seqs=3, max_num_batched_tokens=4096, enable_prefix_caching=False,
         enable_chunked_prefill=False, kv_cache_memory_bytes=1 << 20, num_gpu_blocks_override=9,
         device="cpu", gpu_memory_utilization=0.5, num_cpu_threads=2, cpu_linear="torch",
-        attention_backend="torch",
+        attention_backend="torch", tensor_parallel_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
+        master_port=29500,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]

@@ -47,15 +47,68 @@ def threads_per_rank(args: EngineArgs) -> int:
     return max(1, (os.cpu_count() or 1) // args.tensor_parallel_size)
 
 
-def rank_device(device: torch.device, rank: int) -> torch.device:
-    """CUDA: one GPU per rank (cuda:rank); CPU: the CPU."""
-    return torch.device("cuda", rank) if device.type == "cuda" else device
+def ranks_per_node(args: EngineArgs) -> int:
+    return args.tensor_parallel_size // args.nnodes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rank_device(device: torch.device, rank: int, per_node: int) -> torch.device:
+    """CUDA: one GPU per rank (cuda:local rank); CPU: the CPU."""
+    return torch.device("cuda", rank % per_node) if device.type == "cuda" else device
+
+
+def rendezvous(args: EngineArgs) -> str:
+    """torch.distributed's init_method: env:// (MASTER_ADDR / MASTER_PORT, as torchrun) when a port is
+    given, which every node of a multi-node run needs; else a free local port."""
+    if args.master_port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = args.master_addr, str(args.master_port)
+    return "env://"
+
+
+def _spawn_workers(args: EngineArgs, model_config: ModelConfig, cache_config: CacheConfig, ranks: range,
+                   init_method: str, device: torch.device) -> tuple[list[Any], list[Connection]]:
+    """Start one worker process per rank in `ranks` (spawn); returns them and their status pipes."""
+    ctx = multiprocessing.get_context("spawn")
+    procs, conns = [], []
+    for rank in ranks:
+        spec = WorkerSpec(args, model_config, cache_config, rank, args.tensor_parallel_size, init_method,
+                          threads_per_rank(args), str(rank_device(device, rank, ranks_per_node(args))))
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=worker_main, args=(spec, send), name=f"nanoserve-tp-rank{rank}",
+                           daemon=True)
+        proc.start()
+        send.close()  # the child's end: EOF here once the child is gone
+        procs.append(proc)
+        conns.append(recv)
+    return procs, conns
+
+
+def run_headless(args: EngineArgs) -> int:
+    """Node node_rank > 0 of a multi-node engine: run this node's workers until node 0 stops them.
+
+    Returns 0 when every worker exited cleanly (node 0 shut the engine down), else 1. SIGTERM / Ctrl-C
+    stop the workers (node 0 then sees its collectives fail)."""
+    import signal
+
+    from nanoserve.model.loader import load_model_config, resolve_device
+
+    model_config = load_model_config(args)
+    per_node = ranks_per_node(args)
+    ranks = range(args.node_rank * per_node, (args.node_rank + 1) * per_node)
+    placeholder = CacheConfig(args.block_size, 0, args.enable_prefix_caching)  # rank 0 sends the block count
+    procs, conns = _spawn_workers(args, model_config, placeholder, ranks, rendezvous(args),
+                                  resolve_device(args.device))
+    logger.info("node %d: tensor-parallel ranks %d..%d started", args.node_rank, ranks[0], ranks[-1])
+    stop = lambda *_: _stop(procs, join_s=0.0)  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        stop()
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
 
 
 class TensorParallelExecutor:
@@ -73,26 +126,18 @@ class TensorParallelExecutor:
     def start(cls, args: EngineArgs, model_config: ModelConfig, cache_config: CacheConfig,
               device: torch.device) -> TensorParallelExecutor:
         """Spawn ranks 1..N-1 and join the process groups as rank 0 (the workers load meanwhile)."""
-        world = args.tensor_parallel_size
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
-        ctx = multiprocessing.get_context("spawn")
-        procs, conns = [], []
-        for rank in range(1, world):
-            spec = WorkerSpec(args, model_config, cache_config, rank, world, init_method,
-                              threads_per_rank(args), str(rank_device(device, rank)))
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=worker_main, args=(spec, send), name=f"nanoserve-tp-rank{rank}",
-                               daemon=True)
-            proc.start()
-            send.close()  # the child's end: EOF here once the child is gone
-            procs.append(proc)
-            conns.append(recv)
+        init_method = rendezvous(args)
+        procs, conns = _spawn_workers(args, model_config, cache_config, range(1, ranks_per_node(args)),
+                                      init_method, device)
         try:
-            state = init_parallel_state(0, world, init_method, rank_device(device, 0))
+            state = init_parallel_state(0, args.tensor_parallel_size, init_method, device)
+            executor = cls(state, procs, conns)
+            # Every rank's pool has the same blocks; a worker on another node has no budget of its own.
+            executor.comm.broadcast_control(torch.tensor([cache_config.num_blocks], dtype=torch.int64))
         except BaseException:
             _stop(procs)
             raise
-        return cls(state, procs, conns)
+        return executor
 
     def wait_ready(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Block until every worker has loaded its shard; a worker's failure is a ModelLoadError."""
@@ -105,6 +150,11 @@ class TensorParallelExecutor:
                 detail = message[1] if message else f"exit code {proc.exitcode}" if not proc.is_alive() \
                     else f"no answer in {timeout_s:.0f} s"
                 raise ModelLoadError(f"tensor-parallel worker {rank} failed to start: {detail}")
+        try:  # every rank, on every node, has its shard
+            dist.all_reduce(torch.ones(1), group=self.state.control_group)
+        except Exception as e:
+            self.shutdown()
+            raise ModelLoadError(f"a tensor-parallel worker on another node failed to start: {e}") from e
 
     # ---- steps -------------------------------------------------------------------------------
     def run_step(self, step: Callable[[], T]) -> T:
@@ -131,8 +181,12 @@ class TensorParallelExecutor:
 
     def _dead_worker(self, wait_s: float) -> str | None:
         """A description of the first dead worker (waiting up to wait_s for one to be seen exiting)."""
+        deadline = time.monotonic() + wait_s
         if wait_s > 0:
-            wait([p.sentinel for p in self.procs], timeout=wait_s)
+            ready = wait([p.sentinel for p in self.procs], timeout=wait_s)
+            # The sentinel closes as the child exits, a moment before it can be reaped.
+            while ready and all(p.is_alive() for p in self.procs) and time.monotonic() < deadline:
+                time.sleep(0.01)
         for rank, proc in enumerate(self.procs, start=1):
             if not proc.is_alive():
                 return f"tensor-parallel worker {rank} (pid {proc.pid}) died with exit code {proc.exitcode}"
@@ -169,9 +223,9 @@ class TensorParallelExecutor:
         destroy_parallel_state()
 
 
-def _stop(procs: list[Any]) -> None:
+def _stop(procs: list[Any], join_s: float = SHUTDOWN_JOIN_S) -> None:
     """Join the workers; terminate, then kill, any that do not exit in time."""
-    deadline = time.monotonic() + SHUTDOWN_JOIN_S
+    deadline = time.monotonic() + join_s
     for proc in procs:
         proc.join(timeout=max(0.0, deadline - time.monotonic()))
     for proc in procs:

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
 from nanoserve.config import CacheConfig, EngineArgs, ModelConfig
@@ -32,7 +32,7 @@ class WorkerSpec:
     cache_config: CacheConfig
     rank: int
     world_size: int
-    init_method: str  # tcp://host:port, or env:// across machines
+    init_method: str  # tcp://host:port, or env:// (MASTER_ADDR / MASTER_PORT, inherited at spawn)
     num_threads: int
     device: str
 
@@ -54,6 +54,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     import torch
+    import torch.distributed as dist
 
     from nanoserve.distributed import step_codec
     from nanoserve.distributed.communicator import Communicator
@@ -68,13 +69,16 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         state = init_parallel_state(spec.rank, spec.world_size, spec.init_method, device)
         comm = Communicator(state)
+        num_blocks = comm.broadcast_control(torch.zeros(1, dtype=torch.int64))  # rank 0 sized the pool
+        cache_config = replace(spec.cache_config, num_blocks=int(num_blocks))
         model = load_model(spec.model_config, device, spec.args.cpu_linear, spec.rank, spec.world_size)
         bind_communicator(model, comm)
-        runner = ModelRunner(model, spec.model_config, spec.cache_config, device, spec.args.attention_backend)
+        runner = ModelRunner(model, spec.model_config, cache_config, device, spec.args.attention_backend)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
     conn.send(("ready", None))
+    dist.all_reduce(torch.ones(1), group=state.control_group)  # with rank 0: every rank is ready
     header = torch.empty(step_codec.HEADER_LEN, dtype=torch.int64)
     try:
         while True:

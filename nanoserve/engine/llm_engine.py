@@ -327,14 +327,22 @@ def _tensor_parallel_runner(
     workers are spawned and load their shards while this process loads rank 0's."""
     import torch
 
-    from nanoserve.distributed.executor import TensorParallelExecutor, rank_device, threads_per_rank
+    from nanoserve.distributed.executor import (
+        TensorParallelExecutor,
+        rank_device,
+        ranks_per_node,
+        threads_per_rank,
+    )
     from nanoserve.engine.model_runner import ModelRunner
     from nanoserve.model.loader import load_model
     from nanoserve.model.parallel_layers import bind_communicator
 
     torch.set_num_threads(threads_per_rank(args))
     tp = args.tensor_parallel_size
-    device = rank_device(device, 0)
+    if args.node_rank != 0:
+        raise InvalidRequestError("node_rank > 0 runs only workers: distributed.executor.run_headless",
+                                  "node_rank")
+    device = rank_device(device, 0, ranks_per_node(args))
     if device.type == "cuda":  # before loading: the shard's weights are about 1/tp of the checkpoint's
         free_bytes, _ = torch.cuda.mem_get_info(device)
         # Per GPU; a rank holds 1/tp of the KV heads, so the pool has tp times the blocks.

@@ -119,8 +119,7 @@ class TensorParallelExecutor:
         self.procs, self.conns = procs, conns  # of ranks 1..N-1
         self.failure: str | None = None
         self._closed = False
-        ref = weakref.ref(self)
-        atexit.register(lambda: (lambda e: e is not None and e.shutdown())(ref()))
+        atexit.register(_shutdown_at_exit, weakref.ref(self))  # before multiprocessing kills the daemons
 
     @classmethod
     def start(cls, args: EngineArgs, model_config: ModelConfig, cache_config: CacheConfig,
@@ -221,6 +220,12 @@ class TensorParallelExecutor:
         for conn in self.conns:
             conn.close()
         destroy_parallel_state()
+
+
+def _shutdown_at_exit(ref: weakref.ref) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.shutdown()
 
 
 def _stop(procs: list[Any], join_s: float = SHUTDOWN_JOIN_S) -> None:

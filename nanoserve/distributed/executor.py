@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -172,6 +173,9 @@ class TensorParallelExecutor:
                 raise
             self._fail(dead or f"a collective failed: {e}")
             raise EngineDeadError(self.failure) from e
+        except BaseException as e:  # Ctrl-C mid-step: the workers wait in a collective rank 0 left
+            self._fail(f"a step was interrupted ({type(e).__name__}); the ranks are out of step")
+            raise
 
     def send_step(self, plan: StepPlan) -> None:
         header, payload = step_codec.encode(plan)
@@ -211,15 +215,27 @@ class TensorParallelExecutor:
         if self._closed:
             return
         self._closed = True
-        if self.failure is None and self._dead_worker(0.0) is None:
-            try:
-                self.comm.broadcast_control(step_codec.shutdown_header())
-            except Exception as e:  # noqa: BLE001 - a worker gone meanwhile: stopped below anyway
-                logger.debug("shutdown broadcast failed: %s", e)
-        _stop(self.procs)
+        clean = self.failure is None and self._dead_worker(0.0) is None and self._send_shutdown()
+        _stop(self.procs, join_s=SHUTDOWN_JOIN_S if clean else 0.0)
         for conn in self.conns:
             conn.close()
         destroy_parallel_state()
+
+    def _send_shutdown(self) -> bool:
+        """Tell the workers to stop; False when that did not go through in time (a wedged worker)."""
+        done: list[bool] = []
+
+        def send() -> None:
+            try:
+                self.comm.broadcast_control(step_codec.shutdown_header())
+                done.append(True)
+            except Exception as e:  # noqa: BLE001 - a worker gone meanwhile: stopped by _stop anyway
+                logger.debug("shutdown broadcast failed: %s", e)
+
+        thread = threading.Thread(target=send, name="nanoserve-tp-shutdown", daemon=True)
+        thread.start()
+        thread.join(SHUTDOWN_JOIN_S)
+        return bool(done)
 
 
 def _shutdown_at_exit(ref: weakref.ref) -> None:

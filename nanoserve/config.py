@@ -140,6 +140,23 @@ class EngineArgs:
             "choices": KV_CACHE_DTYPES,
         },
     )
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "processes (GPUs on CUDA) the model is sharded over, Megatron-style; on CPU "
+                  "num-cpu-threads is per rank and defaults to the cores split evenly",
+                  "aliases": ("-tp",)},
+    )
+    # Across machines (torchrun's names): every node runs the same command with its own --node-rank;
+    # node 0 runs the engine, the others only their workers (tensor_parallel_size / nnodes ranks each).
+    nnodes: int = field(default=1, metadata={"help": "machines the tensor-parallel ranks span"})
+    node_rank: int = field(default=0, metadata={"help": "this machine's index among nnodes (0: the engine)"})
+    master_addr: str = field(
+        default="127.0.0.1", metadata={"help": "address of node 0, where the ranks meet (env:// rendezvous)"}
+    )
+    master_port: int | None = field(
+        default=None,
+        metadata={"help": "port of the rendezvous on node 0 (default: a free one, one node only)"},
+    )
 
     @classmethod
     def add_cli_args(
@@ -164,7 +181,8 @@ class EngineArgs:
                 continue
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
-            action = group.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kwargs)
+            flags = (*f.metadata.get("aliases", ()), "--" + f.name.replace("_", "-"))
+            action = group.add_argument(*flags, help=help_text, **kwargs)
             if action.default is not None and action.help and "%(default)" not in action.help:
                 action.help += " (default: %(default)s)"
         return group
@@ -205,6 +223,20 @@ class EngineArgs:
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
         _check_positive("num_cpu_threads", self.num_cpu_threads)
+        _check_positive("tensor_parallel_size", self.tensor_parallel_size)
+        _check_positive("nnodes", self.nnodes)
+        if self.tensor_parallel_size % self.nnodes:
+            raise InvalidRequestError(
+                f"tensor_parallel_size {self.tensor_parallel_size} must be a multiple of nnodes "
+                f"{self.nnodes}",
+                "nnodes",
+            )
+        if not 0 <= self.node_rank < self.nnodes:
+            raise InvalidRequestError(
+                f"node_rank must be in [0, {self.nnodes}), got {self.node_rank}", "node_rank"
+            )
+        if self.nnodes > 1 and self.master_port is None:
+            raise InvalidRequestError("nnodes > 1 needs master_port (the same on every node)", "master_port")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         _check_positive("quantization_group_size", self.quantization_group_size)

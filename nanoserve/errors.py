@@ -31,3 +31,9 @@ class PromptTooLongError(InvalidRequestError):
 
 class ModelLoadError(NanoserveError):
     """A checkpoint we cannot load or cannot honour: missing file, unsupported architecture, bad shape."""
+
+
+class EngineDeadError(NanoserveError):
+    """The engine cannot run any more steps: a tensor-parallel worker died or stopped answering.
+
+    In-flight requests end with it; the engine must be shut down and started again."""

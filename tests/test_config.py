@@ -123,6 +123,8 @@ def test_every_field_round_trips_through_the_command_line():
         quantization_zero_point=True,
         speculative_config='{"method": "ngram", "num_speculative_tokens": 2}',  # JSON on the command line
         kv_cache_dtype="int8",
+        tensor_parallel_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
+        master_port=29500,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]

@@ -105,6 +105,14 @@ class LLMEngine:
         eos = getattr(tokenizer, "eos_token_id", None)
         if isinstance(eos, int) and eos not in model_config.eos_token_ids:
             model_config.eos_token_ids.append(eos)
+        scheduler_config = make_scheduler_config(args, model_config.max_model_len)
+        if args.tensor_parallel_size > 1:
+            if spec is not None:
+                raise InvalidRequestError(
+                    "speculative_config with tensor_parallel_size > 1 is not supported yet: the draft "
+                    "model and the verify step run in one process", "speculative_config")
+            runner = _tensor_parallel_runner(args, model_config, scheduler_config, device)
+            return cls(model_config, runner.cache_config, scheduler_config, runner, tokenizer)
         draft = None
         if spec is not None and spec.method == "draft_model":
             from nanoserve.engine.spec_decode.draft_runner import load_draft
@@ -116,7 +124,6 @@ class LLMEngine:
             budget = int(free_bytes * args.gpu_memory_utilization) - (1 << 30)  # 1 GiB for activations
         else:
             budget = default_cpu_kv_budget_bytes()
-        scheduler_config = make_scheduler_config(args, model_config.max_model_len)
         cache_args = args
         if draft is not None:  # both pools from one budget: one block of each per block of tokens
             from nanoserve.engine.spec_decode.draft_runner import split_kv_budget
@@ -134,6 +141,10 @@ class LLMEngine:
         if draft is not None:
             proposer = make_proposer(spec, draft.make_runner(cache_config, args.attention_backend))
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer, spec, proposer)
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes (tensor parallelism); a no-op in one process. Idempotent."""
+        self.runner.shutdown()
 
     # ---- requests ------------------------------------------------------------------------------
     def _tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
@@ -397,6 +408,49 @@ class LLMEngine:
         self.block_manager.check_all_free()
         if self.proposer is not None:
             self.proposer.check_all_free()  # the draft model's pool
+
+
+def _tensor_parallel_runner(
+    args: EngineArgs, model_config: ModelConfig, scheduler_config: SchedulerConfig, device: Any
+) -> ModelRunner:
+    """Rank 0's runner: the KV pool is sized first (every rank gets the same block count), then the
+    workers are spawned and load their shards while this process loads rank 0's."""
+    import torch
+
+    from nanoserve.distributed.executor import (
+        TensorParallelExecutor,
+        rank_device,
+        ranks_per_node,
+        threads_per_rank,
+    )
+    from nanoserve.engine.model_runner import ModelRunner
+    from nanoserve.model.loader import load_model
+    from nanoserve.model.parallel_layers import bind_communicator
+
+    torch.set_num_threads(threads_per_rank(args))
+    tp = args.tensor_parallel_size
+    if args.node_rank != 0:
+        raise InvalidRequestError("node_rank > 0 runs only workers: distributed.executor.run_headless",
+                                  "node_rank")
+    device = rank_device(device, 0, ranks_per_node(args))
+    if device.type == "cuda":  # before loading: the shard's weights are about 1/tp of the checkpoint's
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        # Per GPU; a rank holds 1/tp of the KV heads, so the pool has tp times the blocks.
+        budget = (int(free_bytes * args.gpu_memory_utilization) - (1 << 30)) * tp
+    else:
+        budget = default_cpu_kv_budget_bytes()  # one RAM for all ranks: their shards add up to the pool
+    cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
+    executor = TensorParallelExecutor.start(args, model_config, cache_config, device)
+    try:
+        model = load_model(model_config, device, args.cpu_linear, 0, tp)
+        bind_communicator(model, executor.comm)
+        runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend,
+                             step_sink=executor)
+        executor.wait_ready()
+    except BaseException:
+        executor.shutdown()
+        raise
+    return runner
 
 
 def _add_prompt_logprobs(seq: Sequence, first_index: int, entries: list[dict[int, float]]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,19 @@ class PromptLogprobsChunk:
 
 
 @dataclass
+class StepPlan:
+    """A step's inputs as host lists: everything a rank needs to run the forward, no Sequence objects.
+
+    Tensor-parallel: rank 0 sends it to the other ranks (distributed/step_codec.py) before its forward."""
+
+    input_ids: list[int]  # [T]
+    positions: list[int]  # [T]
+    layout: StepLayout
+    logits_rows: list[int]  # [S]: rows that sample
+    prompt_rows: list[int]  # [R]: rows whose logits score the next prompt token
+
+
+@dataclass
 class StepInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
@@ -93,8 +107,12 @@ class ModelRunner:
         device: torch.device,
         attention_backend: str = "auto",
         kernels: Kernels | None = None,
+        step_sink: Any = None,
     ) -> None:
+        """step_sink: tensor-parallel rank 0's executor (distributed/executor.py): sent every StepPlan,
+        and runs each step (so a dead worker becomes a typed error); None in a single process."""
         self.model = model
+        self.step_sink = step_sink
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
@@ -107,9 +125,12 @@ class ModelRunner:
         mc = model_config
         dtype = TORCH_DTYPES[mc.dtype]
         self.dtype = dtype
+        # This process's heads: all of them, or a tensor-parallel rank's share (its share of the pool).
+        first = model.attention_layers()[0]
+        num_heads, num_kv_heads = first.num_heads, first.num_kv_heads
         # The whole pool, allocated once: (k, v) per layer, in the model's dtype or quantized (kv_cache.py).
         self.kv_caches = allocate_kv_caches(
-            mc.num_layers, mc.num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim, dtype,
+            mc.num_layers, num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim, dtype,
             cache_config.cache_dtype, device,
         )
         # Memory truth: the weights as held (quantized, packed) and the KV pool's cost of one token.
@@ -117,17 +138,43 @@ class ModelRunner:
         self.kv_bytes_per_token = mc.kv_bytes_per_token(cache_config.cache_dtype)
         # The native decode attention comes with the native kernels (kernels.ext; None on the PyTorch paths).
         self.attention_backend = make_attention_backend(
-            attention_backend, device, self.kernels.ext, mc.num_heads, mc.num_kv_heads, mc.head_dim, dtype
+            attention_backend, device, self.kernels.ext, num_heads, num_kv_heads, mc.head_dim, dtype
         )
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_caches[i]
             attn.backend = self.attention_backend
 
     # ---- step --------------------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None = None) -> StepResult:
         """token_bitmask: the allowed tokens of the constrained rows among the step's sampling sequences
         (in scheduled order, as the logits' rows), from the engine's structured-output manager."""
+        if self.step_sink is not None:
+            return self.step_sink.run_step(lambda: self._execute(out, token_bitmask))
+        return self._execute(out, token_bitmask)
+
+    @torch.inference_mode()
+    def execute_plan(self, plan: StepPlan) -> None:
+        """A tensor-parallel rank > 0: the forward and the collectives `execute` runs, in the same order
+        (prompt-logprob blocks, then the sampling rows), without sampling."""
+        inputs = self._tensors(plan)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
+        if inputs.prompt_rows is not None:
+            for rows in self._prompt_row_blocks(inputs.prompt_rows):
+                self.model.compute_logits(hidden[rows])
+        if plan.logits_rows:
+            self.model.compute_logits(hidden[inputs.logits_rows])
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (idempotent)."""
+        if self.step_sink is not None:
+            self.step_sink.shutdown()
+
+    def _prompt_row_blocks(self, prompt_rows: torch.Tensor) -> list[torch.Tensor]:
+        block = max(1, _PROMPT_LOGITS_ELEMENTS // self.model_config.vocab_size)
+        return [prompt_rows[b : b + block] for b in range(0, prompt_rows.shape[0], block)]
+
+    @torch.inference_mode()
+    def _execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None) -> StepResult:
         inputs = self.prepare(out)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         prompt_logprobs = self._prompt_logprobs(hidden, inputs) if inputs.prompt_chunks else []
@@ -158,18 +205,17 @@ class ModelRunner:
     def _prompt_logprobs(self, hidden: torch.Tensor,
                          inputs: StepInputs) -> list[tuple[Sequence, int, list[dict[int, float]]]]:
         """Raw log-softmax of the prompt rows' logits, in blocks of rows, at the next prompt token."""
-        num_rows = inputs.prompt_rows.shape[0]
         vocab = self.model_config.vocab_size
-        block = max(1, _PROMPT_LOGITS_ELEMENTS // vocab)
         max_top = max(c.num_top for c in inputs.prompt_chunks)
         chosen: list[float] = []
         top_vals: list[list[float]] = []
         top_ids: list[list[int]] = []
-        for b in range(0, num_rows, block):
-            rows = inputs.prompt_rows[b : b + block]
+        b = 0
+        for rows in self._prompt_row_blocks(inputs.prompt_rows):
             logits = self.model.compute_logits(hidden[rows]).float()  # [r, vocab]
             logprobs = torch.log_softmax(logits, dim=-1)  # [r, vocab]
-            targets = inputs.prompt_targets[b : b + block].unsqueeze(1)  # [r, 1]
+            targets = inputs.prompt_targets[b : b + rows.shape[0]].unsqueeze(1)  # [r, 1]
+            b += rows.shape[0]
             chosen += logprobs.gather(1, targets).squeeze(1).tolist()
             if max_top > 0:
                 vals, ids = logprobs.topk(min(max_top, vocab), dim=-1)  # [r, N]
@@ -235,17 +281,29 @@ class ModelRunner:
                 sample_seqs.append(seq)
                 drafts.append(item.spec_token_ids)
         layout = StepLayout(query_start, context_lens, tables, slots, bs)
+        plan = StepPlan(input_ids, positions, layout, logits_rows, prompt_rows)
+        if self.step_sink is not None:
+            self.step_sink.send_step(plan)  # the other ranks run the same forward
+        inputs = self._tensors(plan)
+        inputs.sample_seqs = sample_seqs
+        inputs.drafts = drafts
+        if prompt_chunks:
+            inputs.prompt_targets = torch.tensor(prompt_targets, dtype=torch.int64, device=self.device)
+            inputs.prompt_chunks = prompt_chunks
+        return inputs
+
+    def _tensors(self, plan: StepPlan) -> StepInputs:
+        """The plan's tensors; the Sequence-side fields are left empty for `prepare` to fill."""
         dev = self.device
         return StepInputs(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            meta=self.attention_backend.build_metadata(layout),
-            logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
-            sample_seqs=sample_seqs,
+            input_ids=torch.tensor(plan.input_ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(plan.positions, dtype=torch.int64, device=dev),
+            meta=self.attention_backend.build_metadata(plan.layout),
+            logits_rows=torch.tensor(plan.logits_rows, dtype=torch.int64, device=dev),
+            sample_seqs=[],
             # Only steps that score prompt tokens pay for these two tensors.
-            prompt_rows=torch.tensor(prompt_rows, dtype=torch.int64, device=dev) if prompt_chunks else None,
-            prompt_targets=(torch.tensor(prompt_targets, dtype=torch.int64, device=dev)
-                            if prompt_chunks else None),
-            prompt_chunks=prompt_chunks,
-            drafts=drafts,
+            prompt_rows=(torch.tensor(plan.prompt_rows, dtype=torch.int64, device=dev)
+                         if plan.prompt_rows else None),
+            prompt_targets=None,
+            prompt_chunks=[],
         )

@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from nanoserve.entrypoints.llm import LLM
     from nanoserve.sampling_params import SamplingParams
 
+    if args.node_rank > 0:  # another machine's share of the ranks: no prompts, no engine here
+        from nanoserve.distributed.executor import run_headless
+
+        return run_headless(EngineArgs.from_cli_args(args))
     prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         print("nanoserve generate: no prompt given", file=sys.stderr)

@@ -26,6 +26,17 @@ class LLM:
         self.llm_engine = LLMEngine.from_engine_args(args)
         self._counter = itertools.count()
 
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes (tensor_parallel_size > 1); idempotent. Also on `with` exit
+        and at interpreter exit."""
+        self.llm_engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 

@@ -20,6 +20,12 @@ from nanoserve.model.attention.kv_cache import KVStore
 from nanoserve.model.cpu_linear import FastLinear
 from nanoserve.model.kernels import Kernels, apply_rotary
 from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding
+from nanoserve.model.parallel_layers import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+    parallel_attention_projections,
+    parallel_mlp,
+)
 
 
 @dataclass
@@ -41,15 +47,20 @@ class DecoderSpec:
     tie_word_embeddings: bool = False
     mlp_bias: bool = False
     o_bias: bool = False
+    tp_rank: int = 0  # tensor parallelism: this process's rank among tp_size (parallel_layers.py)
+    tp_size: int = 1
 
 
 class Attention(nn.Module):
     def __init__(self, spec: DecoderSpec, rotary: RotaryEmbedding) -> None:
         super().__init__()
         h, kvh, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        if spec.tp_size > 1:  # this rank's heads only (h, kvh: the local counts)
+            self.qkv_proj, self.o_proj, h, kvh = parallel_attention_projections(spec)
+        else:
+            self.qkv_proj = FastLinear(spec.hidden_size, [h * d, kvh * d, kvh * d], spec.qkv_bias)
+            self.o_proj = FastLinear(h * d, spec.hidden_size, spec.o_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = h, kvh, d
-        self.qkv_proj = FastLinear(spec.hidden_size, [h * d, kvh * d, kvh * d], spec.qkv_bias)
-        self.o_proj = FastLinear(h * d, spec.hidden_size, spec.o_bias)
         if spec.qk_norm:
             self.q_norm = RMSNorm(d, spec.rms_norm_eps)
             self.k_norm = RMSNorm(d, spec.rms_norm_eps)
@@ -81,7 +92,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, spec: DecoderSpec, rotary: RotaryEmbedding) -> None:
         super().__init__()
         self.self_attn = Attention(spec, rotary)
-        self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias)
+        if spec.tp_size > 1:
+            self.mlp = parallel_mlp(spec)
+        else:
+            self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
@@ -110,8 +124,12 @@ class DecoderModel(nn.Module):
         super().__init__()
         # Given its weight, nn.Embedding skips its random init, whose meta-device version imports
         # torch._dynamo (2-6 s of start-up); the loader fills every weight anyway.
-        weight = torch.empty(spec.vocab_size, spec.hidden_size)  # [vocab, hidden]
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, _weight=weight)
+        if spec.tp_size > 1:
+            self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.tp_size,
+                                                       spec.tp_rank)
+        else:
+            weight = torch.empty(spec.vocab_size, spec.hidden_size)  # [vocab, hidden]
+            self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, _weight=weight)
         self.rotary_emb = RotaryEmbedding(spec.head_dim, spec.max_positions, spec.rope)
         self.layers = nn.ModuleList(DecoderLayer(spec, self.rotary_emb) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
@@ -140,7 +158,10 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.spec = spec
         self.model = DecoderModel(spec)
-        self.lm_head = FastLinear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tp_size > 1:  # its forward gathers the logits on rank 0 (None on the other ranks)
+            self.lm_head = ParallelLMHead(spec.hidden_size, spec.vocab_size, spec.tp_size, spec.tp_rank)
+        else:
+            self.lm_head = FastLinear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -160,5 +181,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> logits [N, vocab] in the model's dtype (the sampler upcasts when it must)."""
+        """hidden [N, hidden] -> logits [N, vocab] in the model's dtype (the sampler upcasts when it must).
+
+        Tensor-parallel: every rank must call it (the logits are gathered); ranks > 0 get None."""
         return self.lm_head(hidden)

@@ -22,6 +22,7 @@ from nanoserve.model import gguf_loader
 from nanoserve.model.cpu_linear import prepare_linears
 from nanoserve.model.layers import SUPPORTED_ROPE_TYPES
 from nanoserve.model.llama import DecoderSpec, LlamaForCausalLM
+from nanoserve.model.parallel_layers import CheckpointSlice
 
 logger = logging.getLogger(__name__)
 
@@ -229,32 +230,52 @@ def checkpoint_tensors(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     A stacked projection (model.packed_modules_mapping: q/k/v -> qkv_proj, gate/up -> gate_up_proj)
     expects one checkpoint tensor per projection, each copied into its rows of the stacked weight/bias.
     """
-    expected: dict[str, torch.Tensor] = {}
-    for name, _ in model.named_parameters():  # a tied lm_head.weight is listed once, as the embedding
+    return {name: s.target for name, s in checkpoint_slices(model).items()}
+
+
+def checkpoint_slices(model: LlamaForCausalLM) -> dict[str, CheckpointSlice]:
+    """`checkpoint_tensors`, each with the slice of its checkpoint tensor it holds: the whole tensor,
+    except in a tensor-parallel shard (parallel_layers.py), whose layers say which rows or columns."""
+    slices: dict[str, CheckpointSlice] = {}
+    for name, _ in model.named_parameters():
         module_path, _, leaf = name.rpartition(".")
         prefix, _, module_name = module_path.rpartition(".")
         module = model.get_submodule(module_path)
         parts = model.packed_modules_mapping.get(module_name)
+        sliced = getattr(module, "checkpoint_slice", None)
         if parts is None:
-            expected[name] = getattr(module, leaf)
+            if sliced is not None:
+                slices[name] = sliced(leaf, None)
+            else:
+                param = getattr(module, leaf)
+                slices[name] = CheckpointSlice(param, tuple(param.shape))
             continue
         for index, part in enumerate(parts):
-            expected[f"{prefix}.{part}.{leaf}"] = module.shard(leaf, index)  # a view of its rows
-    return expected
+            if sliced is not None:
+                slices[f"{prefix}.{part}.{leaf}"] = sliced(leaf, index)
+            else:
+                rows = module.shard(leaf, index)  # a view of its rows
+                slices[f"{prefix}.{part}.{leaf}"] = CheckpointSlice(rows, tuple(rows.shape))
+    return slices
 
 
-def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") -> LlamaForCausalLM:
+def load_model(
+    mc: ModelConfig, device: torch.device, cpu_linear: str = "auto", tp_rank: int = 0, tp_size: int = 1
+) -> LlamaForCausalLM:
     """Build the model on `device` in mc.dtype, load its weights (checked by name and shape; q/k/v and
     gate/up straight into their stacked projections), quantize the decoder linears if mc.quantization
-    asks, then prepare every linear's `cpu_linear` path."""
+    asks, then prepare every linear's `cpu_linear` path.
+
+    tp_size > 1: rank tp_rank's shard only; each sharded tensor is read as just its slice."""
     spec = decoder_spec(mc)
+    spec.tp_rank, spec.tp_size = tp_rank, tp_size
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
     _materialize(model, device, TORCH_DTYPES[mc.dtype])
     if spec.tie_word_embeddings:  # materializing unties; tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.build(device)
-    expected = checkpoint_tensors(model)
+    expected = checkpoint_slices(model)
     loaded: set[str] = set()
     for file_name, name, shape, read in _checkpoint_items(mc):
         if name.endswith(IGNORED_TENSOR_SUFFIXES):
@@ -264,14 +285,18 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
         if name not in expected:
             raise ModelLoadError(f"unexpected tensor {name!r} in {file_name} for {mc.architecture}")
         target = expected[name]
-        if shape != tuple(target.shape):
+        if shape != target.full_shape:
             raise ModelLoadError(
                 f"shape mismatch for {name!r}: checkpoint has {list(shape)}, "
-                f"the config implies {list(target.shape)}"
+                f"the config implies {list(target.full_shape)}"
             )
         with torch.no_grad():
-            target.copy_(read())  # casts into the model dtype
+            if target.ranges is None:
+                target.target.copy_(read())  # casts into the model dtype
+            else:
+                target.target.copy_(torch.cat([read(target.dim, s, n) for s, n in target.ranges], target.dim))
         loaded.add(name)
+    _zero_vocab_padding(model)
     missing = sorted(set(expected) - loaded)
     if missing:
         raise ModelLoadError(
@@ -292,7 +317,17 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     return model
 
 
-CheckpointItem = tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]
+def _zero_vocab_padding(model: LlamaForCausalLM) -> None:
+    """A sharded vocabulary's padding rows (past the last token id) hold zeros: no token, zero logit."""
+    for module in (model.model.embed_tokens, model.lm_head):
+        valid = getattr(module, "valid", None)
+        if valid is not None and module.weight is not None:
+            with torch.no_grad():
+                module.weight[valid:].zero_()
+
+
+# read() the whole tensor, or read(dim, start, length): that run of it along dim (a tensor-parallel shard)
+CheckpointItem = tuple[str, str, tuple[int, ...], Callable[..., torch.Tensor]]
 
 
 def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
@@ -301,7 +336,7 @@ def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
     if gguf_loader.is_gguf(mc.model):
         file_name = Path(mc.model).name
         for name, tensor in gguf_loader.gguf_tensors(mc.model, mc.hf_config):
-            yield file_name, name, tuple(tensor.shape), lambda t=tensor: t
+            yield file_name, name, tuple(tensor.shape), lambda *run, t=tensor: t.narrow(*run) if run else t
         return
     from safetensors import safe_open
 
@@ -309,7 +344,16 @@ def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
                 shape = tuple(f.get_slice(name).get_shape())
-                yield file.name, name, shape, lambda f=f, name=name: f.get_tensor(name)
+                yield file.name, name, shape, lambda *run, f=f, name=name: _read(f, name, run)
+
+
+def _read(f: Any, name: str, run: tuple[int, ...]) -> torch.Tensor:
+    """The tensor `name` of safetensors file `f`, or only run = (dim, start, length) of it."""
+    if not run:
+        return f.get_tensor(name)
+    dim, start, length = run
+    index = (slice(None),) * dim + (slice(start, start + length),)
+    return f.get_slice(name)[index]
 
 
 # tokenizer_config classes that are transformers' generic fast tokenizer: AutoTokenizer would resolve

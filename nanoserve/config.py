@@ -29,6 +29,8 @@ DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
 CPU_KV_CAP_BYTES = 4 << 30
+# vLLM's short forms of some engine flags.
+_SHORT_FLAGS: dict[str, tuple[str, ...]] = {"data_parallel_size": ("-dp",)}
 
 
 @dataclass
@@ -105,6 +107,12 @@ class EngineArgs:
             "choices": ATTENTION_BACKENDS,
         },
     )
+    # `nanoserve serve` only (nanoserve/engine/data_parallel.py); vLLM's name, also -dp.
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "engine replicas behind one server, each in its own process, requests routed "
+                  "to the least loaded (with prefix-cache affinity); CPU threads are split between them"},
+    )
 
     @classmethod
     def add_cli_args(
@@ -129,7 +137,8 @@ class EngineArgs:
                 continue
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
-            action = group.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kwargs)
+            flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, ())]
+            action = group.add_argument(*flags, help=help_text, **kwargs)
             if action.default is not None and action.help and "%(default)" not in action.help:
                 action.help += " (default: %(default)s)"
         return group
@@ -170,6 +179,7 @@ class EngineArgs:
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
         _check_positive("num_cpu_threads", self.num_cpu_threads)
+        _check_positive("data_parallel_size", self.data_parallel_size)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

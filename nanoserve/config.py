@@ -30,7 +30,7 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
 CPU_KV_CAP_BYTES = 4 << 30
 # vLLM's short forms of some engine flags.
-_SHORT_FLAGS: dict[str, tuple[str, ...]] = {"data_parallel_size": ("-dp",)}
+SHORT_FLAGS: dict[str, tuple[str, ...]] = {"data_parallel_size": ("-dp",)}
 
 
 @dataclass
@@ -137,7 +137,7 @@ class EngineArgs:
                 continue
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             kwargs = _flag_kwargs(f.name, hints[f.name], default, f.metadata)
-            flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, ())]
+            flags = ["--" + f.name.replace("_", "-"), *SHORT_FLAGS.get(f.name, ())]
             action = group.add_argument(*flags, help=help_text, **kwargs)
             if action.default is not None and action.help and "%(default)" not in action.help:
                 action.help += " (default: %(default)s)"

@@ -119,7 +119,7 @@ def test_every_field_round_trips_through_the_command_line():
         max_num_seqs=3, max_num_batched_tokens=4096, enable_prefix_caching=False,
         enable_chunked_prefill=False, kv_cache_memory_bytes=1 << 20, num_gpu_blocks_override=9,
         device="cpu", gpu_memory_utilization=0.5, num_cpu_threads=2, cpu_linear="torch",
-        attention_backend="torch",
+        attention_backend="torch", data_parallel_size=2,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]
@@ -132,6 +132,13 @@ def test_flags_default_to_the_fields_defaults_and_no_model_means_the_demo_model(
     monkeypatch.setenv("NANOSERVE_MODEL", str(tmp_path))
     assert EngineArgs.from_cli_args(_parser().parse_args([])) == EngineArgs(model=str(tmp_path))
     assert EngineArgs.from_cli_args(_parser().parse_args([]), model="x", seed=3) == EngineArgs("x", seed=3)
+
+
+def test_vllm_short_flags():
+    assert _parser().parse_args(["-dp", "3"]).data_parallel_size == 3
+    assert _parser().parse_args(["--data-parallel-size", "2"]).data_parallel_size == 2
+    with pytest.raises(InvalidRequestError, match="data_parallel_size"):
+        EngineArgs(model="m", data_parallel_size=0)
 
 
 def test_choices_and_types_come_from_the_fields():

@@ -13,7 +13,7 @@ import typing
 import pytest
 
 from nanoserve.cli import build_parser, main
-from nanoserve.config import EngineArgs
+from nanoserve.config import SHORT_FLAGS, EngineArgs
 
 # The commands that must agree on defaults as well as spellings; latency and roofline turn prefix
 # caching off by default (and say so in --help), so they are checked for spellings only.
@@ -41,6 +41,7 @@ def _expected_flags() -> set[str]:
     for f in dataclasses.fields(EngineArgs):
         flag = "--" + f.name.replace("_", "-")
         flags.add(flag)
+        flags.update(SHORT_FLAGS.get(f.name, ()))  # vLLM's short forms (-dp)
         if hints[f.name] is bool:
             flags.add("--no-" + flag[2:])
     return flags

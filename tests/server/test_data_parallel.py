@@ -137,6 +137,15 @@ def test_stats_add_up_and_threads_split():
     assert threads_per_replica(EngineArgs(model="m", data_parallel_size=2, num_cpu_threads=3), 8) == 3
 
 
+def test_one_engine_refuses_to_be_several(tiny_llama):
+    from nanoserve.config import EngineArgs
+    from nanoserve.engine.llm_engine import LLMEngine
+    from nanoserve.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="nanoserve serve"):
+        LLMEngine.from_engine_args(EngineArgs(model=str(tiny_llama), data_parallel_size=2))
+
+
 # ---------------------------------------------------------------------------------------- real processes
 @pytest.fixture(scope="module")
 def _dp_launched(server_model, tiny_model, tmp_path_factory) -> dict[str, ServerProcess]:

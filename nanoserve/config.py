@@ -157,6 +157,13 @@ class EngineArgs:
         default=None,
         metadata={"help": "port of the rendezvous on node 0 (default: a free one, one node only)"},
     )
+    # `nanoserve serve` only (nanoserve/engine/data_parallel.py); vLLM's name, also -dp.
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "engine replicas behind one server, each in its own process, requests routed "
+                  "to the least loaded (with prefix-cache affinity); CPU threads are split between them",
+                  "aliases": ("-dp",)},
+    )
 
     @classmethod
     def add_cli_args(
@@ -237,6 +244,7 @@ class EngineArgs:
             )
         if self.nnodes > 1 and self.master_port is None:
             raise InvalidRequestError("nnodes > 1 needs master_port (the same on every node)", "master_port")
+        _check_positive("data_parallel_size", self.data_parallel_size)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         _check_positive("quantization_group_size", self.quantization_group_size)

@@ -125,6 +125,7 @@ def test_every_field_round_trips_through_the_command_line():
         kv_cache_dtype="int8",
         tensor_parallel_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
         master_port=29500,
+        data_parallel_size=2,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]
@@ -137,6 +138,13 @@ def test_flags_default_to_the_fields_defaults_and_no_model_means_the_demo_model(
     monkeypatch.setenv("NANOSERVE_MODEL", str(tmp_path))
     assert EngineArgs.from_cli_args(_parser().parse_args([])) == EngineArgs(model=str(tmp_path))
     assert EngineArgs.from_cli_args(_parser().parse_args([]), model="x", seed=3) == EngineArgs("x", seed=3)
+
+
+def test_vllm_short_flags():
+    assert _parser().parse_args(["-dp", "3"]).data_parallel_size == 3
+    assert _parser().parse_args(["--data-parallel-size", "2"]).data_parallel_size == 2
+    with pytest.raises(InvalidRequestError, match="data_parallel_size"):
+        EngineArgs(model="m", data_parallel_size=0)
 
 
 def test_choices_and_types_come_from_the_fields():

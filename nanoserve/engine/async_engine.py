@@ -209,6 +209,10 @@ class AsyncLLMEngine:
         """The engine's stats as of the end of its last step (a snapshot; never touches the engine)."""
         return self._stats
 
+    def get_replica_stats(self) -> list[EngineStats]:
+        """Per engine replica (the metrics' `engine` label): one here; see engine/data_parallel.py."""
+        return [self._stats]
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="nanoserve-engine", daemon=True)

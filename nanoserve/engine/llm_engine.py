@@ -95,6 +95,9 @@ class LLMEngine:
         from nanoserve.engine.model_runner import ModelRunner
         from nanoserve.model.loader import load_model, load_model_config, load_tokenizer, resolve_device
 
+        if args.data_parallel_size > 1:  # replicas are processes behind a router: engine/data_parallel.py
+            raise InvalidRequestError("data_parallel_size > 1 is for `nanoserve serve`; one engine runs one "
+                                      "replica", "data_parallel_size")
         torch.manual_seed(args.seed)
         if args.num_cpu_threads is not None:
             torch.set_num_threads(args.num_cpu_threads)

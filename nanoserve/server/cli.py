@@ -30,6 +30,7 @@ import uvicorn
 from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
+from nanoserve.engine.data_parallel import DataParallelEngine
 from nanoserve.server.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -163,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     # The engine thread runs Python between torch ops; a 1 ms GIL switch interval (default 5 ms) lets the
     # event loop answer /health and write stream chunks promptly while a step is being computed.
     sys.setswitchinterval(0.001)
-    engine = AsyncLLMEngine.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
+    # Several replicas: each in a process of its own, behind one router with the same face.
+    front = DataParallelEngine if engine_args.data_parallel_size > 1 else AsyncLLMEngine
+    engine = front.from_engine_args(engine_args, max_num_queued_reqs=args.max_num_queued_reqs)
     limits = RequestLimits(max_n_sequences=args.max_n_sequences,
                            max_prompts_per_request=args.max_prompts_per_request,
                            max_stop_strings=args.max_stop_strings,
@@ -186,8 +189,12 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
-                args.port, kv_pool_summary(engine.engine))
-    server.run(sockets=[sock])
+                args.port, kv_pool_summary(engine, engine_args.data_parallel_size))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if isinstance(engine, DataParallelEngine):
+            engine.close()  # after a drain they are gone already; this covers a failed start
     exit_past_stuck_renders(app.state.nanoserve.prep_executor)
     return 0
 
@@ -209,18 +216,20 @@ def exit_past_stuck_renders(executor: ThreadPoolExecutor, wait_s: float = 1.0) -
         os._exit(0)
 
 
-def kv_pool_summary(engine: EngineCore) -> str:
-    """"KV pool: N blocks x B tokens = T tokens, M MiB" from the engine's resolved configs."""
+def kv_pool_summary(engine: EngineCore | AsyncLLMEngine | DataParallelEngine, replicas: int = 1) -> str:
+    """"KV pool: N blocks x B tokens = T tokens, M MiB" from the engine's resolved configs (per replica)."""
     blocks, block_size = engine.cache_config.num_blocks, engine.cache_config.block_size
     tokens = blocks * block_size
     mib = tokens * engine.model_config.kv_bytes_per_token(engine.cache_config.cache_dtype) / 2**20
-    return f"KV pool: {blocks} blocks x {block_size} tokens = {tokens} tokens, {mib:.1f} MiB"
+    each = f" in each of {replicas} engine replicas" if replicas > 1 else ""
+    return f"KV pool: {blocks} blocks x {block_size} tokens = {tokens} tokens, {mib:.1f} MiB{each}"
 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first SIGTERM/SIGINT drains the engine before the server stops."""
 
-    def __init__(self, config: uvicorn.Config, engine: AsyncLLMEngine, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLMEngine | DataParallelEngine,
+                 grace_s: float) -> None:
         super().__init__(config)
         self.engine = engine
         self.grace_s = grace_s

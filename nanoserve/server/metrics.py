@@ -1,10 +1,11 @@
 """Prometheus metrics with vLLM's names under the `nanoserve:` prefix, in a registry private to one app.
 
 Two sources:
-- the engine's cumulative stats (`AsyncLLMEngine.get_stats()`, a snapshot taken after every step),
-  read at scrape time by a custom collector: gauges for running/waiting requests and KV usage,
+- the engine's cumulative stats (`AsyncLLMEngine.get_replica_stats()`, snapshots taken after every
+  step), read at scrape time by a custom collector: gauges for running/waiting requests and KV usage,
   counters for prefix-cache queries/hits (tokens), preemptions, prompt and generation tokens, and
-  speculative decoding's drafts, draft tokens and accepted tokens (also by draft position);
+  speculative decoding's drafts, draft tokens and accepted tokens (also by draft position); one
+  sample per engine replica, labelled `engine` (always "0" without --data-parallel-size);
 - each finished HTTP request: success counter by finish reason, and histograms of TTFT, inter-token
   latency, end-to-end latency and queue time (seconds).
 """
@@ -24,6 +25,7 @@ from nanoserve.outputs import RequestMetrics
 
 if TYPE_CHECKING:
     from nanoserve.engine.async_engine import AsyncLLMEngine
+    from nanoserve.engine.data_parallel import DataParallelEngine
 
 PREFIX = "nanoserve:"
 
@@ -62,32 +64,36 @@ _E2E_BUCKETS_S = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
 
 
 class _EngineStatsCollector(Collector):
-    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
+    def __init__(self, engine: AsyncLLMEngine | DataParallelEngine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.engine.get_stats()
+        # One sample per engine replica, labelled engine="0", "1", ... as vLLM labels its engines.
+        replicas = list(enumerate(self.engine.get_replica_stats()))
         for name, value, doc in _GAUGES:
-            g = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            g.add_metric([self.model_name], float(value(stats)))
+            g = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name", "engine"])
+            for i, stats in replicas:
+                g.add_metric([self.model_name, str(i)], float(value(stats)))
             yield g
         for name, value, doc in _COUNTERS:
-            c = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            c.add_metric([self.model_name], float(value(stats)))
+            c = CounterMetricFamily(PREFIX + name, doc, labels=["model_name", "engine"])
+            for i, stats in replicas:
+                c.add_metric([self.model_name, str(i)], float(value(stats)))
             yield c
         per_pos = CounterMetricFamily(PREFIX + "spec_decode_num_accepted_tokens_per_pos",
                                       "Speculative decoding: draft tokens accepted by position (0 = first).",
-                                      labels=["model_name", "position"])
-        for pos, count in enumerate(stats.spec_decode_num_accepted_tokens_per_pos):
-            per_pos.add_metric([self.model_name, str(pos)], float(count))
+                                      labels=["model_name", "engine", "position"])
+        for i, stats in replicas:
+            for pos, count in enumerate(stats.spec_decode_num_accepted_tokens_per_pos):
+                per_pos.add_metric([self.model_name, str(i), str(pos)], float(count))
         yield per_pos
 
 
 class ServerMetrics:
     """All of one server's collectors; `render()` is the body of GET /metrics."""
 
-    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
+    def __init__(self, engine: AsyncLLMEngine | DataParallelEngine, model_name: str) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         self.registry.register(_EngineStatsCollector(engine, model_name))

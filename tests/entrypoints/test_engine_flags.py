@@ -41,7 +41,7 @@ def _expected_flags() -> set[str]:
     for f in dataclasses.fields(EngineArgs):
         flag = "--" + f.name.replace("_", "-")
         flags.add(flag)
-        flags.update(f.metadata.get("aliases", ()))  # vLLM's short forms (-tp)
+        flags.update(f.metadata.get("aliases", ()))  # vLLM's short forms (-tp, -dp)
         if hints[f.name] is bool:
             flags.add("--no-" + flag[2:])
     return flags

@@ -97,7 +97,9 @@ def start_server(model_dir: Path, log_path: Path, *args: str) -> ServerProcess:
 def metric_values(url: str) -> dict[str, float]:
     """GET /metrics as {"name{label=value,...}": value} plus {"name": value} for unlabelled lookups.
 
-    Labels other than model_name are kept in the key, e.g. `nanoserve:request_success_total{abort}`.
+    Labels other than model_name and engine are kept in the key, e.g.
+    `nanoserve:request_success_total{abort}`; the engine replicas' samples are added up (see
+    `replica_metric_values` for them one by one).
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -105,7 +107,17 @@ def metric_values(url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            extra = [v for k, v in sorted(sample.labels.items()) if k not in ("model_name",)]
+            extra = [v for k, v in sorted(sample.labels.items()) if k not in ("model_name", "engine")]
             key = sample.name + (f"{{{','.join(extra)}}}" if extra else "")
             out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+def replica_metric_values(url: str, name: str) -> dict[str, float]:
+    """One engine metric per replica: {engine label: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=5.0).text
+    return {sample.labels["engine"]: sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name}

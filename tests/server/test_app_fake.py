@@ -63,7 +63,8 @@ def test_metrics_come_from_the_engine_stats():
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith("nanoserve:") and 'model_name="fake"' in line and "_bucket" not in line}
     stats = fake.get_stats()
-    assert values['nanoserve:prompt_tokens_total{model_name="fake"}'] == stats.prompt_tokens == 3
-    assert values['nanoserve:generation_tokens_total{model_name="fake"}'] == stats.generation_tokens == 5
-    assert values['nanoserve:num_requests_running{model_name="fake"}'] == 0
-    assert values['nanoserve:kv_cache_usage_perc{model_name="fake"}'] == 0
+    assert values['nanoserve:prompt_tokens_total{engine="0",model_name="fake"}'] == stats.prompt_tokens == 3
+    generated = values['nanoserve:generation_tokens_total{engine="0",model_name="fake"}']
+    assert generated == stats.generation_tokens == 5
+    assert values['nanoserve:num_requests_running{engine="0",model_name="fake"}'] == 0
+    assert values['nanoserve:kv_cache_usage_perc{engine="0",model_name="fake"}'] == 0

@@ -308,7 +308,7 @@ def load_model(mc: ModelConfig, device: torch.device, cpu_linear: str = "auto") 
     if mc.quantization is not None:
         from nanoserve.model.quantization.apply import prepare_quant_linears
 
-        prepare_quant_linears(model, cpu_linear)
+        prepare_quant_linears(model, cpu_linear, TORCH_DTYPES[mc.dtype])
     return model
 
 

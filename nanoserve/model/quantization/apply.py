@@ -8,6 +8,7 @@ before the next one is made: the peak stays at the float model plus one linear's
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nanoserve.config import QuantizationConfig
@@ -42,8 +43,9 @@ def quantize_model(model: nn.Module, config: QuantizationConfig) -> None:
         # this layer's float weights go with their modules here, before the next layer is quantized
 
 
-def prepare_quant_linears(model: nn.Module, backend: str) -> None:
-    """`QuantLinear.prepare(backend)` for every quantized linear (backend "torch": the reference path)."""
+def prepare_quant_linears(model: nn.Module, backend: str, dtype: torch.dtype = torch.bfloat16) -> None:
+    """`QuantLinear.prepare(backend, dtype)` for every quantized linear (backend "torch": the reference
+    path; the native kernels serve bf16 models only)."""
     for module in model.modules():
         if isinstance(module, QuantLinear):
-            module.prepare(backend)
+            module.prepare(backend, dtype)

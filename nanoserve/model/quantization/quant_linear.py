@@ -163,9 +163,14 @@ class QuantLinear(nn.Module):
         w = (q * self.scales[..., None]).view(n, g * gs)[:, :k]  # [N, K]
         return w.to(dtype)
 
-    def prepare(self, backend: str = "auto") -> None:
-        """After load: use the native kernel of this scheme unless backend is "torch" or none loads."""
+    def prepare(self, backend: str = "auto", dtype: torch.dtype = torch.bfloat16) -> None:
+        """After load: use the native kernel of this scheme unless backend is "torch" or none loads.
+
+        dtype: the model's compute dtype. The kernels compute in bf16, so a float32 model stays on the
+        reference path (exact in fp32), as FastLinear keeps fp32 weights on F.linear."""
         if backend == "torch" or self.qweight is None or self.qweight.device.type != "cpu":
+            return
+        if dtype != torch.bfloat16:
             return
         kernels = native_quant_kernels()
         if kernels is None:

@@ -110,10 +110,9 @@ def quantized_checkpoint(case: str, tiny_model, out: Path) -> tuple[Path, Path, 
 def test_checkpoint_greedy_equals_the_dequantized_reference_under_pressure(case, tiny_model, tmp_path):
     src, path, stored = quantized_checkpoint(case, tiny_model, tmp_path / "quantized")
     _, _, method, act_order = CASES[case]
-    # No quantization flag: config.json's quantization_config says it. The reference path: the native
-    # kernels take activations in bf16 whatever the model dtype, so they cannot match an fp32 oracle bit
-    # for bit (test_quant_linear.py and test_native_reference_engine.py check them against this path).
-    llm = LLM(str(path), cpu_linear="torch", **PRESSURE)
+    # No quantization flag: config.json's quantization_config says it. An fp32 model runs the reference
+    # path (the native kernels compute in bf16; test_native_reference_engine.py compares the two).
+    llm = LLM(str(path), **PRESSURE)
     engine = llm.llm_engine
     assert engine.model_config.quantization.method == method
     model = engine.runner.model

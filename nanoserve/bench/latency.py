@@ -32,6 +32,7 @@ class LatencyPoint:
     tpot_ms: float  # median over iterations
     ttft_all_ms: list[float]
     tpot_all_ms: list[float]
+    weights: dict[str, Any] | None = None  # nanoserve: linear_paths.quantization_report (what was timed)
 
 
 def nanoserve_latency(llm, prompt_ids: list[int], output_len: int) -> tuple[float, float]:
@@ -91,11 +92,14 @@ def measure(
     vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
     points: list[LatencyPoint] = []
     for backend in backends:
+        weights = None
         if backend == "nanoserve":
             from nanoserve import LLM
+            from nanoserve.bench.linear_paths import quantization_report
 
             runner = LLM(model=model_dir, **engine_kwargs)
             fn = nanoserve_latency
+            weights = quantization_report(runner.llm_engine)
         elif backend == "hf":
             from nanoserve.bench.baselines import load_hf_model
 
@@ -114,7 +118,8 @@ def measure(
                 tpots.append(tpot * 1e3)
             points.append(
                 LatencyPoint(
-                    backend, n, output_len, statistics.median(ttfts), statistics.median(tpots), ttfts, tpots
+                    backend, n, output_len, statistics.median(ttfts), statistics.median(tpots), ttfts, tpots,
+                    weights,
                 )
             )
         del runner
@@ -203,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
         ],
         title=f"batch-1 latency, {args.output_len} output tokens, median of {args.num_iters}",
     )
+    from nanoserve.bench.linear_paths import describe_quantization
+
+    described = {p.backend: describe_quantization(p.weights) for p in points if p.weights is not None}
+    for backend, line in described.items():
+        print(f"{backend} {line}")
     if args.plot:
         from nanoserve.bench.report import environment
 
@@ -213,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.random_model or model_dir}"
             f"{f' ({args.random_layers} layers)' if args.random_layers else ''}"
             f" · {env['date_utc']} · {env.get('torch_threads')} threads"
-            f" · cpu-linear {args.cpu_linear}",
+            f" · cpu-linear {args.cpu_linear}"
+            + "".join(f" · {line}" for line in described.values()),
         )
         print(f"plot: {args.plot}")
     if args.save_result:

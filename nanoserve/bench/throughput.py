@@ -75,13 +75,14 @@ def run_nanoserve(
 ):
     """Returns (ThroughputResult, StepProfiler | None)."""
     from nanoserve import LLM, SamplingParams
-    from nanoserve.bench.linear_paths import linear_paths
+    from nanoserve.bench.linear_paths import linear_paths, quantization_report
     from nanoserve.bench.profile import StepProfiler
 
     t0 = time.perf_counter()
     llm = LLM(model=model_dir, **engine_kwargs)
     load_s = time.perf_counter() - t0
     paths = linear_paths(llm.llm_engine)
+    weights = quantization_report(llm.llm_engine)
     if warmup:  # first calls pay one-off costs (kernel selection, allocator growth)
         llm.generate(
             [{"prompt_token_ids": _warmup_prompt(requests)}],
@@ -107,6 +108,7 @@ def run_nanoserve(
         num_preemptions=stats.num_preemptions,
         prefix_cache_hits=stats.prefix_cache_hits,
         linear_paths=paths,
+        **weights,
     )
     del llm
     gc.collect()
@@ -203,6 +205,11 @@ def print_results(results: list[ThroughputResult]) -> None:
     )
     for name, value in ratios(results).items():
         print(f"{name} (output tok/s): {value:.2f}x")
+    from nanoserve.bench.linear_paths import describe_quantization
+
+    for r in results:
+        if "weight_bytes" in r.extra:  # nanoserve's: which weights the figures are for
+            print(f"{r.backend} {describe_quantization(r.extra)}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ Reads config.json, the safetensors weights (single file or sharded via model.saf
 and the tokenizer (transformers' AutoTokenizer); a .gguf file goes through model/gguf_loader.py, a
 named real model (`nanoserve fetch`) is first resolved to its cached folder (models_cache.py).
 Anything we cannot load or honour is a ModelLoadError that names the problem: never a silently wrong model.
+A checkpoint with a `quantization_config` (GPTQ, AWQ, compressed-tensors) is recognised with no flag: its
+quantized linears are read straight into QuantLinears (model/quantization/checkpoint_load.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 
 import torch
 
-from nanoserve.config import EngineArgs, ModelConfig, make_quantization_config
+from nanoserve.config import (
+    CHECKPOINT_QUANTIZATION_FORMATS,
+    EngineArgs,
+    ModelConfig,
+    make_quantization_config,
+)
 from nanoserve.errors import InvalidRequestError, ModelLoadError
 from nanoserve.model import gguf_loader
 from nanoserve.model.cpu_linear import prepare_linears
@@ -118,6 +125,11 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
         cfg["dtype"] = cfg.get("dtype") or "bfloat16"
     else:
         cfg = read_hf_config(model)
+    quantization = make_quantization_config(args)
+    if not gguf_loader.is_gguf(model):  # a bad quantization_config fails here, before anything is built
+        from nanoserve.model.quantization.checkpoint_load import checkpoint_quantization
+
+        quantization = checkpoint_quantization(args, cfg)
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -165,7 +177,7 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
         head_dim=int(cfg.get("head_dim") or hidden // num_heads),
         vocab_size=int(cfg["vocab_size"]),
         eos_token_ids=_eos_token_ids(Path(model), cfg),
-        quantization=make_quantization_config(args),
+        quantization=quantization,
     )
 
 
@@ -264,13 +276,18 @@ def load_model(
 ) -> LlamaForCausalLM:
     """Build the model on `device` in mc.dtype, load its weights (checked by name and shape; q/k/v and
     gate/up straight into their stacked projections), quantize the decoder linears if mc.quantization
-    asks, then prepare every linear's `cpu_linear` path.
+    asks (or read them quantized from a GPTQ/AWQ/compressed-tensors checkpoint), then prepare every
+    linear's `cpu_linear` path.
 
     tp_size > 1: rank tp_rank's shard only; each sharded tensor is read as just its slice."""
+    if tp_size > 1 and mc.quantization is not None:
+        raise ModelLoadError(f"quantization ({mc.quantization.method}) with tensor_parallel_size {tp_size} "
+                             "is not supported yet: the sharded layers hold float weights only")
     spec = decoder_spec(mc)
     spec.tp_rank, spec.tp_size = tp_rank, tp_size
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
+    stored = _quantized_checkpoint(mc, model)  # drops the float weights it will fill quantized
     _materialize(model, device, TORCH_DTYPES[mc.dtype])
     if spec.tie_word_embeddings:  # materializing unties; tie again
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -282,6 +299,8 @@ def load_model(
             continue
         if name == "lm_head.weight" and spec.tie_word_embeddings:
             continue  # tied: the embedding is the head
+        if stored is not None and stored.skips(name, expected, read):
+            continue  # a quantized layer's tensor: read below, one module at a time
         if name not in expected:
             raise ModelLoadError(f"unexpected tensor {name!r} in {file_name} for {mc.architecture}")
         target = expected[name]
@@ -296,6 +315,8 @@ def load_model(
             else:
                 target.target.copy_(torch.cat([read(target.dim, s, n) for s, n in target.ranges], target.dim))
         loaded.add(name)
+    if stored is not None:
+        loaded |= stored.load_dequantized(expected)
     _zero_vocab_padding(model)
     missing = sorted(set(expected) - loaded)
     if missing:
@@ -305,7 +326,9 @@ def load_model(
         )
     model.eval()
     expected = target = None  # views of the float weights: quantizing frees them layer by layer
-    if mc.quantization is not None:
+    if stored is not None:
+        stored.load_quantized(model)
+    elif mc.quantization is not None:
         from nanoserve.model.quantization.apply import quantize_model
 
         quantize_model(model, mc.quantization)
@@ -328,6 +351,76 @@ def _zero_vocab_padding(model: LlamaForCausalLM) -> None:
 
 # read() the whole tensor, or read(dim, start, length): that run of it along dim (a tensor-parallel shard)
 CheckpointItem = tuple[str, str, tuple[int, ...], Callable[..., torch.Tensor]]
+
+
+class _QuantizedCheckpoint:
+    """The quantized layers of a GPTQ/AWQ/compressed-tensors checkpoint, as load_model meets them."""
+
+    def __init__(self, mc: ModelConfig, model: LlamaForCausalLM) -> None:
+        from nanoserve.model.quantization.checkpoint_formats import (
+            parse_quantization_config,
+            quantized_layer_tensors,
+        )
+        from nanoserve.model.quantization.checkpoint_load import plan_checkpoint_linears
+
+        self.qc = parse_quantization_config(mc.hf_config)
+        self.files = _tensor_files(mc)  # every tensor name of every shard -> its file
+        self.layers = quantized_layer_tensors(self.qc, self.files)  # {layer prefix: its tensor names}
+        self.names = {name for names in self.layers.values() for name in names}
+        self.plan = plan_checkpoint_linears(model, self.layers)
+
+    def read(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt", device="cpu") as f:
+            return f.get_tensor(name)
+
+    def skips(self, name: str, expected: dict[str, torch.Tensor], read: Callable[[], torch.Tensor]) -> bool:
+        """Whether the float loader leaves `name` alone: a quantized layer's tensor, or the all-zero bias
+        that GPTQ writers store for a layer with none (a non-zero one is unexpected, and an error)."""
+        if name in self.names:
+            return True
+        layer, _, leaf = name.rpartition(".")
+        return leaf == "bias" and name not in expected and layer in self.layers and not read().any()
+
+    def load_dequantized(self, expected: dict[str, torch.Tensor]) -> set[str]:
+        """Fill the float modules the checkpoint stores quantized (lm_head); their weights' names."""
+        from nanoserve.model.quantization.checkpoint_load import dequantized_weight
+
+        done = set()
+        for path, prefix in self.plan.dequantized.items():
+            target = expected[f"{path}.weight"].target  # the whole tensor: no tensor parallelism here
+            weight = dequantized_weight(self.qc, prefix, self.layers, self.read)  # [N, K] float32
+            if tuple(weight.shape) != tuple(target.shape):
+                raise ModelLoadError(f"shape mismatch for quantized {prefix!r}: checkpoint has "
+                                     f"{list(weight.shape)}, the config implies {list(target.shape)}")
+            with torch.no_grad():
+                target.copy_(weight)
+            done.add(f"{path}.weight")
+        return done
+
+    def load_quantized(self, model: LlamaForCausalLM) -> None:
+        from nanoserve.model.quantization.checkpoint_load import load_checkpoint_linears
+
+        load_checkpoint_linears(model, self.qc, self.plan, self.layers, self.read)
+
+
+def _quantized_checkpoint(mc: ModelConfig, model: LlamaForCausalLM) -> _QuantizedCheckpoint | None:
+    quant = mc.quantization
+    if quant is None or quant.method not in CHECKPOINT_QUANTIZATION_FORMATS or gguf_loader.is_gguf(mc.model):
+        return None
+    return _QuantizedCheckpoint(mc, model)
+
+
+def _tensor_files(mc: ModelConfig) -> dict[str, Path]:
+    """{tensor name: its safetensors file} over every shard (headers only: no tensor is read)."""
+    from safetensors import safe_open
+
+    files: dict[str, Path] = {}
+    for file in weight_files(mc.model):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            files.update(dict.fromkeys(f.keys(), file))
+    return files
 
 
 def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:

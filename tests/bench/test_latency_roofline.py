@@ -123,3 +123,14 @@ def test_bench_cli_rejects_unknown_benchmark(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_latency_reports_the_quantization(tiny_model, tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    rc = main(["bench", "latency", "--model", str(tiny_model("qwen2", dtype="bfloat16")), "--input-lens", "8",
+               "--output-len", "3", "--num-iters", "1", "--plot", "", "--quantization", "w8a8",
+               "--save-result", str(out)])
+    assert rc == 0
+    (point,) = json.loads(out.read_text())["points"]
+    assert point["weights"]["quantization"] == "w8a8" and point["weights"]["weight_bytes"] > 0
+    assert "nanoserve weights: w8a8 decoder linears, bfloat16 rest" in capsys.readouterr().out

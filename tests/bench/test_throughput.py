@@ -115,3 +115,22 @@ def test_cpu_linear_choice_reaches_the_engine(tiny_model, tmp_path):
         paths[choice] = res["extra"]["linear_paths"]
     assert paths["torch"] == {"torch": sum(paths["torch"].values())} and sum(paths["torch"].values()) >= 3
     assert sum(paths["auto"].values()) == sum(paths["torch"].values())
+
+
+def test_quantization_reaches_the_engine_and_the_report(tiny_model, tmp_path, capsys):
+    model = tiny_model("qwen2", dtype="bfloat16")
+    weights = {}
+    for method in (None, "int4"):
+        out = tmp_path / f"{method}.json"
+        flags = ["--quantization", method] if method else []
+        rc = main(["bench", "throughput", "--model", str(model), "--backend", "nanoserve",
+                   "--num-prompts", "2", "--input-len", "6", "--output-len", "3", *flags,
+                   "--save-result", str(out)])
+        assert rc == 0
+        extra = json.loads(out.read_text())["results"][0]["extra"]
+        assert extra["quantization"] == method and extra["dtype"] == "bfloat16"
+        weights[method] = extra["weight_bytes"]
+    assert weights["int4"] < weights[None]
+    printed = capsys.readouterr().out
+    assert "nanoserve weights: int4 decoder linears, bfloat16 rest" in printed
+    assert "nanoserve weights: bfloat16," in printed

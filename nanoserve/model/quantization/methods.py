@@ -138,3 +138,16 @@ register_method(QuantMethod(
     "w8a8", "decoder linears: int8 weights per output channel, activations int8 per token (dynamic)",
     lambda w, cfg: quantize_w8a8(w),
 ))
+# Checkpoint formats: read from the stored tensors (checkpoint_formats.py), never applied to a float model.
+register_method(QuantMethod(
+    "gptq", "GPTQ checkpoints (AutoGPTQ, GPTQModel): 4/8-bit weights per group, act-order, activations in "
+    "the model dtype", None,
+))
+register_method(QuantMethod(
+    "awq", "AWQ checkpoints (AutoAWQ GEMM): 4-bit weights per group with zero points, activations in the "
+    "model dtype", None,
+))
+register_method(QuantMethod(
+    "compressed-tensors", "compressed-tensors checkpoints (llm-compressor): pack-quantized W4A16/W8A16 and "
+    "int-quantized W8A8 (activations int8 per token)", None,
+))

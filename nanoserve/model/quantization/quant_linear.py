@@ -17,6 +17,9 @@ the CPU), it imports nanoserve/model/quant_kernels.py, calls its `load_quant_ker
 module, a failed load or a pack that raises leaves the reference path in place (`self.backend` says
 which). The packed object replaces the reference tensors, so it should be a tensor or a tuple/list/dict
 of tensors for `weight_bytes` to count it.
+
+`input_perm` (GPTQ act-order, checkpoint_linear.py): the weight's columns are stored in that order of
+the input's, so both paths gather `x.index_select(-1, input_perm)` before the product; None: identity.
 """
 
 from __future__ import annotations
@@ -88,14 +91,15 @@ class QuantLinear(nn.Module):
     (quantize at load); `set_quantized` swaps the weight of an existing one."""
 
     def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-                 output_sizes: list[int] | None = None) -> None:
+                 output_sizes: list[int] | None = None, input_perm: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.set_quantized(qw, bias, output_sizes)
+        self.set_quantized(qw, bias, output_sizes, input_perm)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-                       output_sizes: list[int] | None = None) -> QuantLinear:
-        return cls(qw, bias, output_sizes)
+                       output_sizes: list[int] | None = None,
+                       input_perm: torch.Tensor | None = None) -> QuantLinear:
+        return cls(qw, bias, output_sizes, input_perm)
 
     @classmethod
     def from_linear(
@@ -108,10 +112,15 @@ class QuantLinear(nn.Module):
         return cls(quantize(linear.weight.detach()), bias, getattr(linear, "output_sizes", None))
 
     def set_quantized(self, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-                      output_sizes: list[int] | None = None) -> None:
-        """Hold `qw` (and `bias`, kept in its dtype) on the reference path; drops any native packing."""
+                      output_sizes: list[int] | None = None, input_perm: torch.Tensor | None = None) -> None:
+        """Hold `qw` (and `bias`, kept in its dtype) on the reference path; drops any native packing.
+
+        input_perm [K]: the input column each of qw's columns reads (None: the identity)."""
         self.scheme = scheme_of(qw)
         n, k = qw.shape
+        if input_perm is not None and tuple(input_perm.shape) != (k,):
+            raise ValueError(f"input_perm must be [{k}] for a weight of {k} columns "
+                             f"(got {list(input_perm.shape)})")
         self.out_features, self.in_features = n, k
         self.output_sizes = list(output_sizes) if output_sizes is not None else [n]
         if sum(self.output_sizes) != n:
@@ -124,6 +133,8 @@ class QuantLinear(nn.Module):
         zeros = qw.zeros.float().contiguous() if qw.zeros is not None else None
         self.register_buffer("zeros", zeros, persistent=False)  # [N, G] or None
         self.register_buffer("bias", bias.detach() if bias is not None else None, persistent=False)  # [N]
+        perm = input_perm.to(torch.int64).contiguous() if input_perm is not None else None
+        self.register_buffer("input_perm", perm, persistent=False)  # [K] or None
         self.backend = "torch"
         self._packed: Any = None
         self._kernel: Callable[..., torch.Tensor] | None = None
@@ -174,6 +185,8 @@ class QuantLinear(nn.Module):
         self.qweight = self.scales = self.zeros = None  # the packed layout replaces them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_perm is not None:
+            x = x.index_select(-1, self.input_perm)  # [..., K] in the weight's column order
         if self._kernel is not None:
             return self._kernel(x, self._packed, self.bias)
         lead = x.shape[:-1]
@@ -197,9 +210,10 @@ class QuantLinear(nn.Module):
 
     def weight_bytes(self) -> int:
         """Bytes held for weight and bias: packed codes, scales, zeros (or the kernel's layout), bias."""
-        held = [self.qweight, self.scales, self.zeros, self.bias, self._packed]
+        held = [self.qweight, self.scales, self.zeros, self.bias, self.input_perm, self._packed]
         return sum(tensor_bytes(t) for t in held if t is not None)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}→{self.output_sizes}, {self.scheme}, group_size={self.group_size}, "
-                f"zero_point={self.zero_point}, bias={self.bias is not None}, backend={self.backend}")
+                f"zero_point={self.zero_point}, bias={self.bias is not None}, "
+                f"act_order={self.input_perm is not None}, backend={self.backend}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quant_checkpoints import random_weight, read_checkpoint, write_checkpoint
+from quant_checkpoints import random_weight, read_checkpoint
 
 from nanoserve.errors import ModelLoadError
 from nanoserve.model.quantization.checkpoint_formats import (
@@ -17,38 +17,8 @@ from nanoserve.model.quantization.compressed_tensors import CompressedTensorsCon
 ct = pytest.importorskip("compressed_tensors")
 from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor  # noqa: E402
 from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
-from compressed_tensors.quantization import (  # noqa: E402
-    QuantizationConfig,
-    QuantizationScheme,
-    preset_name_to_scheme,
-)
-from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
-
-
-def scheme(preset: str, **weight_args) -> QuantizationScheme:
-    s = preset_name_to_scheme(preset, ["Linear"])
-    s.weights = s.weights.model_copy(update=weight_args)
-    return s
-
-
-def compress(w: torch.Tensor, s: QuantizationScheme, compressor, scale_dtype=torch.bfloat16):
-    """The library's min-max qparams and its compressor -> (the module's tensors as saved, the library's
-    own dequantization of them)."""
-    n, k = w.shape
-    gs = s.weights.group_size if s.weights.strategy == "group" else k
-    groups = w.reshape(n, k // gs, gs)
-    scale, zp = calculate_qparams(groups.amin(-1), groups.amax(-1), s.weights)  # [N, G]
-    state = {"weight": w, "weight_scale": scale.to(scale_dtype), "weight_zero_point": zp.to(torch.int8)}
-    saved = compressor.compress(state, s)
-    return saved, compressor.decompress(saved, s)["weight"]
-
-
-def write_ct(tmp_path, layers: dict[str, tuple[dict, QuantizationScheme]], fmt: str, ignore=("lm_head",)):
-    tensors = {f"{prefix}.{name}": t for prefix, (saved, _) in layers.items() for name, t in saved.items()}
-    schemes = {f"group_{i}": s for i, (_, s) in enumerate(layers.values())}
-    config = QuantizationConfig(config_groups=schemes, format=fmt, ignore=list(ignore),
-                                quantization_status="compressed").model_dump(mode="json")
-    return write_checkpoint(tmp_path, tensors, config)
+from compressed_tensors.quantization import preset_name_to_scheme  # noqa: E402
+from ct_format import compress, scheme, write_ct  # noqa: E402
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric,n,k", [

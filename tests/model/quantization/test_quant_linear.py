@@ -142,3 +142,30 @@ def test_prepare_without_kernels_stays_on_the_reference(monkeypatch):
     layer = QuantLinear.from_quantized(quantize_int8(rand(8, 16)))
     layer.prepare("auto")
     assert layer.backend == "torch" and layer.qweight is not None
+
+
+@pytest.mark.parametrize("method", ["int4", "int8", "w8a8"])
+def test_input_perm_gathers_the_input_on_both_paths(method):
+    """GPTQ act-order: the weight's columns are stored in `perm` order of the input's; the reference and
+    (where it loads) the native kernel both compute x @ W.T with W in the input's own order."""
+    n, k = 48, 96
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(1))
+    quantize = {"int4": lambda w: quantize_int4(w, 32), "int8": quantize_int8, "w8a8": quantize_w8a8}[method]
+    qw = quantize(rand(n, k))  # the weight in stored (permuted) column order
+    weight = torch.empty(n, k)
+    weight[:, perm] = qw.dequantize()  # [N, K] in the input's order
+    x, bias = rand(5, k, seed=2), rand(n, seed=3)
+    layer = QuantLinear.from_quantized(qw, bias, input_perm=perm)
+    assert layer.input_perm.dtype == torch.int64 and layer.weight_bytes() > qw.nbytes() + 4 * n
+    expected = F.linear(x, weight, bias)
+    tol = 0.05 if method == "w8a8" else 1e-4  # w8a8 also quantizes x per token
+    torch.testing.assert_close(layer(x), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="input_perm must be \\[96\\]"):
+        QuantLinear.from_quantized(qw, input_perm=perm[:10])
+    native = QuantLinear.from_quantized(qw, bias.bfloat16(), input_perm=perm)
+    native.prepare("auto", torch.bfloat16)
+    if native.backend != "native":
+        pytest.skip("native quantized kernels unavailable here")
+    reference = QuantLinear.from_quantized(qw, bias.bfloat16(), input_perm=perm)
+    xb = x.bfloat16()
+    torch.testing.assert_close(native(xb).float(), reference(xb).float(), rtol=0.02, atol=0.05)

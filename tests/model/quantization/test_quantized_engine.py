@@ -4,14 +4,11 @@ and KV bytes the engine reports equal the planner's; bad combinations are clear 
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from engine_oracle import GREEDY, OracleLinear, prompts
 
-from nanoserve import LLM, SamplingParams
+from nanoserve import LLM
 from nanoserve.config import EngineArgs, QuantizationConfig
 from nanoserve.errors import InvalidRequestError, ModelLoadError
 from nanoserve.model.quantization.apply import decoder_linears
@@ -19,41 +16,14 @@ from nanoserve.model.quantization.methods import get_method
 from nanoserve.model.quantization.quant_linear import QuantLinear
 from nanoserve.planner.memory import kv_cache_per_token, weight_memory
 
-MAX_TOKENS = 12
-GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
-
-def prompts(seed: int = 0) -> list[list[int]]:
-    """Prompts of 1 to 200 tokens; three share a 70-token prefix (prefix-cache hits)."""
-    rng = random.Random(seed)
-
-    def rand(n: int) -> list[int]:
-        return [rng.randrange(3, 128) for _ in range(n)]
-
-    prefix = rand(70)
-    return [rand(n) for n in (1, 4, 19, 64, 130, 200)] + [prefix + rand(n) for n in (2, 15, 40)]
-
-
-class DequantizedLinear(nn.Module):
-    """The oracle: F.linear over the dequantized weight; for w8a8, per-token int8 activations computed
-    here too, with an exact float64 integer product."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, config: QuantizationConfig) -> None:
-        super().__init__()
-        self.qw = get_method(config.method).quantize(weight, config)
-        self.weight = self.qw.dequantize(weight.dtype)  # [N, K]
-        self.bias = bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.qw.act_quant:
-            return F.linear(x, self.weight, self.bias)
-        xf = x.float()
-        sx = xf.abs().amax(-1, keepdim=True)
-        sx = torch.where(sx > 0, sx / 127, torch.ones_like(sx))
-        xq = torch.round(xf / sx).clamp(-127, 127)
-        acc = (xq.double() @ self.qw.qweight.double().t()).float()
-        y = acc * sx * self.qw.scales[:, 0]
-        return (y + self.bias.float() if self.bias is not None else y).to(x.dtype)
+def oracle_linear(weight: torch.Tensor, bias: torch.Tensor | None,
+                  config: QuantizationConfig) -> OracleLinear:
+    """The plain formula over the numbers `config`'s method makes of `weight` (w8a8: activations too)."""
+    qw = get_method(config.method).quantize(weight, config)
+    if not qw.act_quant:
+        return OracleLinear(qw.dequantize(weight.dtype), bias)
+    return OracleLinear(qw.dequantize(weight.dtype), bias, qw.qweight, qw.scales[:, 0])
 
 
 def dequantized_llm(path: str, config: QuantizationConfig) -> LLM:
@@ -61,7 +31,7 @@ def dequantized_llm(path: str, config: QuantizationConfig) -> LLM:
     llm = LLM(path, dtype="float32", cpu_linear="torch", num_gpu_blocks_override=256)
     for layer in llm.llm_engine.runner.model.model.layers:
         for parent, attr, lin in decoder_linears(layer):
-            setattr(parent, attr, DequantizedLinear(lin.weight.detach(), lin.bias, config))
+            setattr(parent, attr, oracle_linear(lin.weight.detach(), lin.bias, config))
     return llm
 
 

@@ -20,8 +20,6 @@ from typing import Any
 
 from nanoserve.bench.spec_analysis import RunMeasure, SpecComparison, compare, markdown, print_comparisons
 
-DEMO_DRAFT = "models/toy-assistant-draft"
-
 
 def measure_run(llm, prompts: list[dict[str, Any]], params) -> tuple[RunMeasure, list[list[int]]]:  # noqa: ANN001
     """Generate `prompts` on `llm` with StepTimers attached; the spec counters as deltas over the run."""
@@ -71,8 +69,9 @@ def compare_workloads(
         _warm(on, prompts, params)
         m_off, ids_off = measure_run(off, prompts, params)
         m_on, ids_on = measure_run(on, prompts, params)
-        greedy = all(getattr(p, "temperature", 1.0) == 0 for p in (params if isinstance(params, list) else [params]))
-        results.append(compare(label, spec_config["method"], k, m_off, m_on, ids_off == ids_on if greedy else None))
+        greedy = all(p.temperature == 0 for p in (params if isinstance(params, list) else [params]))
+        same = ids_off == ids_on if greedy else None
+        results.append(compare(label, spec_config["method"], k, m_off, m_on, same))
     del on
     gc.collect()
     return results
@@ -119,7 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--methods", default="ngram,draft_model", help="comma-separated: ngram, draft_model")
     p.add_argument("--ks", default="1,2,3,4,5,6", help="num_speculative_tokens values to sweep")
-    p.add_argument("--draft-model", default=DEMO_DRAFT, help="the draft_model proposer's checkpoint")
+    p.add_argument("--draft-model", default=None,
+                   help="the draft_model proposer's checkpoint (default: the demo draft)")
     p.add_argument("--tasks", default="add,sub,sort,reverse", help="demo tasks (ignored with --random-model)")
     p.add_argument("--num-prompts", type=int, default=12, help="problems per task (or random prompts)")
     p.add_argument("--input-len", type=int, default=64, help="--random-model: prompt tokens")
@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     if args.random_model:
         workloads = random_workload(model_dir, args.num_prompts, args.input_len, args.output_len, args.seed)
     else:
-        workloads = demo_workloads([t.strip() for t in args.tasks.split(",")], args.num_prompts, args.output_len)
+        tasks = [t.strip() for t in args.tasks.split(",")]
+        workloads = demo_workloads(tasks, args.num_prompts, args.output_len)
     kwargs = engine_kwargs(args, model_dir, speculative_config=None)
     off = LLM(model=model_dir, **kwargs)
     results: list[SpecComparison] = []
@@ -157,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
         for k in ks:
             cfg: dict[str, Any] = {"method": method, "num_speculative_tokens": k}
             if method == "draft_model":
-                cfg["model"] = args.draft_model
+                from nanoserve.demo import default_draft_model
+
+                cfg["model"] = args.draft_model or default_draft_model()
             else:
                 cfg["prompt_lookup_max"] = args.prompt_lookup_max
             part = compare_workloads(model_dir, kwargs, cfg, workloads, off)

@@ -317,7 +317,8 @@ class LLMEngine:
         """Drafts for every running decode that has none, for the next step to verify; False when the
         proposer was not asked (nothing to draft for, or the batch reached disable_by_batch_size)."""
         spec = self.speculative_config
-        if spec.disable_by_batch_size is not None and self.scheduler.num_running >= spec.disable_by_batch_size:
+        off_at = spec.disable_by_batch_size
+        if off_at is not None and self.scheduler.num_running >= off_at:
             self.spec_counters.num_disabled_steps += 1  # the next step decodes plainly; still exact
             return False
         k = spec.num_speculative_tokens

@@ -86,7 +86,8 @@ def parse_speculative_config(
     off = value.get("disable_by_batch_size", DEFAULT_DISABLE_BY_BATCH_SIZE)
     if off is not None and (not isinstance(off, int) or isinstance(off, bool) or off < 1):
         raise InvalidRequestError(
-            f"speculative_config.disable_by_batch_size must be a positive integer or null, got {off!r}", _FIELD
+            f"speculative_config.disable_by_batch_size must be a positive integer or null, got {off!r}",
+            _FIELD,
         )
     if method == "draft_model":
         if not isinstance(model, str) or not model:

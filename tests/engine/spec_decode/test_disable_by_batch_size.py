@@ -50,8 +50,10 @@ def test_drafting_stops_at_the_threshold_and_restarts_below(demo_llm):
     assert trace[-1][1] == busy[-1][1]
 
 
-def test_default_never_disables(demo_llm):
-    llm = demo_llm(speculative_config=draft(3))
+def test_default_turns_off_at_4_and_null_never_does(demo_llm):
+    default = {k: v for k, v in draft(3).items() if k != "disable_by_batch_size"}
+    assert parse_speculative_config(default).disable_by_batch_size == 4
+    llm = demo_llm(speculative_config={**draft(3), "disable_by_batch_size": None})
     llm.generate([*SHORT, LONG], SamplingParams(temperature=0, max_tokens=40), use_tqdm=False)
     s = llm.llm_engine.get_stats()
     assert s.spec_decode_num_disabled_steps == 0 and s.spec_decode_num_drafts > 0

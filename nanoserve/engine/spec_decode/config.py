@@ -22,7 +22,7 @@ _KEYS = {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup
          "disable_by_batch_size"}
 # Drafting stops for a step once this many sequences run (vLLM's key); None: never. See
 # benchmarks/RESULTS.md "Speculative decoding (issue #13)" for the measurement behind the default.
-# Measured on the demo models: at batch 1 the draft model speeds decoding up 1.1-1.8x, at batch 8 it
+# Measured on the demo models: at batch 1 the draft model speeds decoding up 1.1-1.8x (k 3-6), at batch 8 it
 # is break-even or worse and at batch 32 speculation costs 25-80% (the k + 1-token verify goes through
 # the prefill attention path), so drafting stops from 4 running sequences; null turns this off.
 DEFAULT_DISABLE_BY_BATCH_SIZE: int | None = 4

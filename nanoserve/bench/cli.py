@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "roofline": ("nanoserve.bench.roofline", "probe bandwidth and FLOP/s; MBU / MFU of the engine"),
     "linear": ("nanoserve.bench.linear", "the decode step's linear layers, CPU paths compared"),
     "calibrate": ("nanoserve.bench.calibrate", "time engine steps by batch shape: a profile for simulate"),
+    "spec": ("nanoserve.bench.spec", "speculative decoding over k and proposers, measured vs the planner"),
 }
 
 

@@ -213,6 +213,9 @@ def run(args: argparse.Namespace) -> int:
     described = {p.backend: describe_quantization(p.weights) for p in points if p.weights is not None}
     for backend, line in described.items():
         print(f"{backend} {line}")
+    spec_results = []
+    if args.speculative_config and "nanoserve" in backends:  # each prompt length with speculation off beside
+        spec_results = _spec_vs_off(args, model_dir, input_lens, max_batched_tokens)
     if args.plot:
         from nanoserve.bench.report import environment
 
@@ -235,6 +238,25 @@ def run(args: argparse.Namespace) -> int:
                 "model": model_dir,
                 "args": vars(args),
                 "points": [asdict(p) for p in points],
+                "speculative": [c.as_dict() for c in spec_results],
             },
         )
     return 0
+
+
+def _spec_vs_off(args: argparse.Namespace, model_dir: str, input_lens: list[int], max_batched_tokens: int):
+    """bench/spec.py's comparison on this benchmark's prompts, one request at a time."""
+    from nanoserve import SamplingParams
+    from nanoserve.bench.engine_flags import engine_kwargs
+    from nanoserve.bench.models import special_token_ids, vocab_size
+    from nanoserve.bench.spec import compare_on_off
+
+    kwargs = engine_kwargs(args, model_dir, max_num_batched_tokens=max_batched_tokens, max_num_seqs=1)
+    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, temperature=0.0)
+    results = []
+    for i, n in enumerate(input_lens):
+        reqs = random_requests(args.num_iters, n, args.output_len, vocab_size(model_dir),
+                               seed=args.seed + 1000 * i, special_ids=special_token_ids(model_dir))
+        prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
+        results += compare_on_off(model_dir, kwargs, f"latency prompt {n}", prompts, params)
+    return results

@@ -299,6 +299,16 @@ def run(args: argparse.Namespace) -> int:
         warmup=not args.no_warmup,
     )
     print_results(results)
+    spec_results = []
+    if args.speculative_config and "nanoserve" in backends:  # the same requests with speculation off
+        from nanoserve import SamplingParams
+        from nanoserve.bench.spec import compare_on_off
+
+        spec_results = compare_on_off(
+            model_dir, engine_kwargs(args, model_dir), "throughput",
+            [{"prompt_token_ids": r.prompt_token_ids} for r in requests],
+            [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0) for r in requests],
+        )
     summaries = []
     if profiler is not None:
         from nanoserve.bench.profile import print_profile
@@ -316,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
                 "results": [asdict(r) for r in results],
                 "ratios": ratios(results),
                 "profile": [asdict(s) for s in summaries],
+                "speculative": [c.as_dict() for c in spec_results],
             },
         )
     return 0

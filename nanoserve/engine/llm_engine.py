@@ -37,6 +37,7 @@ from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.config import SpeculativeConfig, parse_speculative_config
 from nanoserve.engine.spec_decode.metrics import SpecDecodeCounters
 from nanoserve.engine.spec_decode.proposer import Proposer, draft_room, make_proposer
+from nanoserve.engine.spec_decode.step_timers import StepTimers
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
 from nanoserve.engine.structured_output.manager import StructuredOutputManager
@@ -87,6 +88,7 @@ class LLMEngine:
             proposer = make_proposer(speculative_config)  # n-gram; a draft model comes loaded
         self.proposer = proposer
         self.spec_counters = SpecDecodeCounters()
+        self.step_timers: StepTimers | None = None  # attached by the benchmarks only
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -258,6 +260,8 @@ class LLMEngine:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        timers = self.step_timers
+        t_start = time.perf_counter() if timers is not None else 0.0
         outputs, self._aborted_outputs = self._aborted_outputs, []
         sched = self.scheduler.schedule()
         if sched.is_empty:
@@ -272,7 +276,13 @@ class LLMEngine:
             for seq in sched.preempted:  # its draft KV goes with its target KV
                 self.proposer.free(seq)
         mask = self.structured_outputs.token_bitmask([it.seq for it in sched.scheduled if it.samples])
+        # A decode step: every sequence computes just its last token (plus drafts), read before execute.
+        decode = timers is not None and all(
+            it.num_new_tokens - len(it.spec_token_ids) == 1 and it.samples for it in sched.scheduled
+        )
+        t_exec = time.perf_counter() if timers is not None else 0.0
         result = self.runner.execute(sched, mask)  # mask None: unconstrained, the sampler's fast path
+        t_exec = time.perf_counter() - t_exec if timers is not None else 0.0
         self.scheduler.update_after_step(sched)
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}
@@ -287,14 +297,20 @@ class LLMEngine:
             for seq, outcome in zip(result.seqs, result.spec, strict=True):
                 self._append_verified(seq, outcome, now)
                 touched[seq.request.parent_id] = self.requests[seq.request.parent_id]
+        proposed, t_prop = False, 0.0
         if self.proposer is not None:
-            self._propose()
+            t_prop = time.perf_counter() if timers is not None else 0.0
+            proposed = self._propose()
+            t_prop = time.perf_counter() - t_prop if timers is not None else 0.0
         for parent in touched.values():
             self._hand_out(parent)  # siblings, once completion 0 has its first token
             if parent.is_finished:
                 parent.metrics.finished_time = now
                 del self.requests[parent.request_id]
             outputs.append(parent.make_output())
+        if decode:
+            timers.observe(len(sched.scheduled), time.perf_counter() - t_start, t_exec, t_prop,
+                           result.spec is not None, proposed)
         return outputs
 
     def _append_verified(self, seq: Sequence, outcome: SeqOutcome, now: float) -> None:
@@ -311,9 +327,15 @@ class LLMEngine:
                 return
         self.scheduler.accept_spec_tokens(seq, outcome.num_accepted_tokens)
 
-    def _propose(self) -> None:
-        """Drafts for every running decode that has none, for the next step to verify."""
-        k = self.speculative_config.num_speculative_tokens
+    def _propose(self) -> bool:
+        """Drafts for every running decode that has none, for the next step to verify; False when the
+        proposer was not asked (nothing to draft for, or the batch reached disable_by_batch_size)."""
+        spec = self.speculative_config
+        off_at = spec.disable_by_batch_size
+        if off_at is not None and self.scheduler.num_running >= off_at:
+            self.spec_counters.num_disabled_steps += 1  # the next step decodes plainly; still exact
+            return False
+        k = spec.num_speculative_tokens
         max_len = self.model_config.max_model_len
         seqs, room = [], []
         for seq in self.scheduler.running:
@@ -324,9 +346,10 @@ class LLMEngine:
                 seqs.append(seq)
                 room.append(n)
         if not seqs:
-            return
+            return False
         for seq, drafts, n in zip(seqs, self.proposer.propose(seqs, room), room, strict=True):
             seq.spec_token_ids = list(drafts[:n])
+        return True
 
     def _append_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float) -> None:
         request = seq.request
@@ -404,6 +427,7 @@ class LLMEngine:
             spec_decode_num_draft_tokens=self.spec_counters.num_draft_tokens,
             spec_decode_num_accepted_tokens=self.spec_counters.num_accepted_tokens,
             spec_decode_num_accepted_tokens_per_pos=list(self.spec_counters.accepted_per_pos),
+            spec_decode_num_disabled_steps=self.spec_counters.num_disabled_steps,
         )
 
     def check_all_blocks_free(self) -> None:

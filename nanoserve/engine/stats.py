@@ -29,6 +29,8 @@ class EngineStats:
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    # Steps whose drafting was skipped because the running batch reached disable_by_batch_size.
+    spec_decode_num_disabled_steps: int = 0
 
     @property
     def prefix_cache_hit_rate(self) -> float:

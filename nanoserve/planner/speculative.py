@@ -8,6 +8,17 @@ Two approximations circulate and both overestimate: kα + 1 (seed 000 ch. 6) for
 ends the round, and kα (seed 002 ex. 7.3) also forgets the target's own token. `method` picks one:
 "exact" (default), "approx" (kα + 1) or "accepted" (kα), so a workbook's figure can be reproduced and
 compared with the exact one.
+
+Two optional terms close the gap to a measured engine (benchmarks/RESULTS.md, issue #13), both off by
+default so the textbook figures stay as they are:
+- `verify_time_s`: the target's pass over k + 1 tokens (and the per-position verification) is not
+  the plain decode pass t_target; on a small model or a batch it costs more.
+- `overhead_s`: per engine step, time outside the forwards (scheduling, sampling bookkeeping,
+  appending and detokenizing tokens, the proposer's Python). Plain decoding pays it once per token,
+  speculation once per round, so
+      speedup = E[tokens] · (t_target + o) / (k · t_draft + t_verify + o).
+  With o comparable to t_target (a tiny model on a CPU) the draft's cost c = t_draft / t_target
+  alone says little: what matters is the draft loop's wall time against the whole plain step.
 """
 
 from __future__ import annotations
@@ -68,13 +79,39 @@ def expected_tokens(alpha: float, k: int, method: str = "exact") -> Result:
     )
 
 
-def step_time(k: int, target_time_s: float, draft_time_s: float, draft_parallel: bool = False) -> Result:
+def step_time(
+    k: int,
+    target_time_s: float,
+    draft_time_s: float,
+    draft_parallel: bool = False,
+    verify_time_s: float | None = None,
+    overhead_s: float = 0.0,
+) -> Result:
     """Wall time of one speculative round: k sequential draft passes then one target pass.
 
     With the draft on its own device pipelined against the target, the round costs max of the two.
+    verify_time_s: the target's verify pass over k + 1 tokens (default t_target); overhead_s: the
+    engine's per-step time outside the forwards.
     """
     if target_time_s <= 0 or draft_time_s < 0:
         raise InvalidRequestError("target_time_s must be > 0 and draft_time_s >= 0", "target_time_s")
+    if (verify_time_s is not None and verify_time_s <= 0) or overhead_s < 0:
+        raise InvalidRequestError("verify_time_s must be > 0 and overhead_s >= 0", "verify_time_s")
+    if verify_time_s is not None or overhead_s:
+        t_v = target_time_s if verify_time_s is None else verify_time_s
+        value = (max(k * draft_time_s, t_v) if draft_parallel else k * draft_time_s + t_v) + overhead_s
+        form = "max(k · t_draft, t_verify) + o" if draft_parallel else "k · t_draft + t_verify + o"
+        return derive(
+            "round time",
+            value,
+            "s",
+            form,
+            f"{k} × {_fmt(draft_time_s)} + {_fmt(t_v)} + {_fmt(overhead_s)}"
+            if not draft_parallel
+            else f"max({k} × {_fmt(draft_time_s)}, {_fmt(t_v)}) + {_fmt(overhead_s)}",
+            {"k": k, "target_time_s": target_time_s, "draft_time_s": draft_time_s,
+             "verify_time_s": t_v, "overhead_s": overhead_s},
+        )
     if draft_parallel:
         return derive(
             "round time",
@@ -101,23 +138,29 @@ def speedup(
     draft_time_s: float,
     method: str = "exact",
     draft_parallel: bool = False,
+    verify_time_s: float | None = None,
+    overhead_s: float = 0.0,
 ) -> Result:
-    """Wall-clock speedup over plain decoding: (E[tokens] / round time) / (1 / t_target)."""
+    """Wall-clock speedup over plain decoding: (E[tokens] / round time) / (1 / (t_target + o)).
+
+    verify_time_s, overhead_s: the optional terms of the module docstring (defaults: the textbook
+    formula, verify = t_target and no per-step overhead)."""
     e = expected_tokens(alpha, k, method)
-    t = step_time(k, target_time_s, draft_time_s, draft_parallel)
-    value = e.value * target_time_s / t.value
+    t = step_time(k, target_time_s, draft_time_s, draft_parallel, verify_time_s, overhead_s)
+    plain_s = target_time_s + overhead_s  # one plain decode step, one token
+    value = e.value * plain_s / t.value
     return derive(
         "speculative speedup",
         value,
         "×",
-        "E[tokens] · t_target / round time",
-        f"{_fmt(e.value)} × {_fmt(target_time_s)} / {_fmt(t.value)}",
+        "E[tokens] · (t_target + o) / round time" if overhead_s else "E[tokens] · t_target / round time",
+        f"{_fmt(e.value)} × {_fmt(plain_s)} / {_fmt(t.value)}",
         {
             "alpha": alpha,
             "k": k,
             "method": method,
             "tok_per_s": e.value / t.value,
-            "baseline_tok_per_s": 1 / target_time_s,
+            "baseline_tok_per_s": 1 / plain_s,
         },
         [e, t],
         note="slower than plain decoding" if value < 1 else "",

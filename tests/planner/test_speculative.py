@@ -69,3 +69,22 @@ def test_optimal_k_grows_with_acceptance():
 def test_bad_input(bad):
     with pytest.raises(InvalidRequestError):
         bad()
+
+
+def test_overhead_and_verify_terms():
+    from nanoserve.planner.speculative import expected_tokens as _e
+    from nanoserve.planner.speculative import speedup as _s
+    from nanoserve.planner.speculative import step_time as _t
+
+    # Defaults leave the textbook formula alone.
+    plain = _s(0.8, 3, 1.0, 0.2, verify_time_s=None, overhead_s=0).value
+    assert _s(0.8, 3, 1.0, 0.2).value == pytest.approx(plain)
+    assert _t(3, 1.0, 0.2, verify_time_s=2.0, overhead_s=0.5).value == pytest.approx(3 * 0.2 + 2.0 + 0.5)
+    assert _t(3, 1.0, 0.2, draft_parallel=True, verify_time_s=2.0, overhead_s=0.5).value == pytest.approx(2.5)
+    e = _e(0.8, 3).value
+    r = _s(0.8, 3, 1.0, 0.2, verify_time_s=2.0, overhead_s=0.5)
+    assert r.value == pytest.approx(e * 1.5 / 3.1)
+    assert r.value < _s(0.8, 3, 1.0, 0.2).value  # the terms only ever cost
+    assert "t_verify" in r.steps[1].formula and "o" in r.formula
+    with pytest.raises(Exception, match="overhead_s"):
+        _t(3, 1.0, 0.2, overhead_s=-1)

@@ -11,6 +11,7 @@ class SpecDecodeCounters:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)  # [j]: drafts accepted at position j
+    num_disabled_steps: int = 0  # steps that skipped drafting: the batch reached disable_by_batch_size
 
     def observe(self, num_draft_tokens: int, num_accepted_tokens: int) -> None:
         if num_draft_tokens == 0:

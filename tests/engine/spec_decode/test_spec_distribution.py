@@ -80,7 +80,7 @@ def test_joint_law_of_the_first_three_tokens(models, reference, top_p, method):
     from nanoserve import LLM
 
     target, draft_dir, prompt = models
-    spec = {"method": method, "num_speculative_tokens": 3}
+    spec = {"method": method, "num_speculative_tokens": 3, "disable_by_batch_size": None}
     if method == "draft_model":
         spec["model"] = str(draft_dir)
     params = SamplingParams(temperature=1.0, top_p=top_p, max_tokens=4, ignore_eos=True)
@@ -110,7 +110,8 @@ def test_the_test_sees_a_wrong_law(models, reference):
     mp = pytest.MonkeyPatch()
     mp.setattr(verifier, "verify_sampled", lambda probs, d, q, g: Verdict(list(d) + [0], len(d)))
     try:
-        bad = _sample(LLM(str(target), speculative_config={"method": "ngram", "num_speculative_tokens": 3},
+        bad = _sample(LLM(str(target), speculative_config={"method": "ngram", "num_speculative_tokens": 3,
+                                                                  "disable_by_batch_size": None},
                           **engine), params, prompt)
     finally:
         mp.undo()

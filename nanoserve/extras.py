@@ -13,7 +13,7 @@ from types import ModuleType
 from nanoserve.errors import NanoserveError
 
 # module → the extra of pyproject.toml that installs it
-EXTRA_OF: dict[str, str] = {"matplotlib": "plots", "fsrs": "workbook"}
+EXTRA_OF: dict[str, str] = {"matplotlib": "plots", "fsrs": "workbook", "llama_cpp": "llamacpp"}
 
 
 class MissingExtraError(NanoserveError, ImportError):

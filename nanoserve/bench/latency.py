@@ -7,7 +7,9 @@ only the KV read grows with the context). Medians are reported.
 
 nanoserve's figures come from its own request metrics (arrival → first token, mean gap after it);
 the `hf` baseline's from transformers `generate`: TTFT = time of a 1-token generate, TPOT = the
-extra time of an `--output-len`-token generate per extra token.
+extra time of an `--output-len`-token generate per extra token. `llama.cpp[:bf16|q8_0|q4_0]` times
+llama-cpp-python's token stream the same way (first token, mean gap after it) on GGUFs of the same
+checkpoint, with nanoserve's thread count; `nanoserve:<method>` is nanoserve with that quantization.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def measure(
     num_iters: int,
     engine_kwargs: dict[str, Any],
     seed: int = 0,
+    llama_cpp_converter: str | None = None,
 ) -> list[LatencyPoint]:
     """`engine_kwargs`: LLM's keywords for the nanoserve backend; their dtype also loads the hf one."""
     import gc
@@ -93,20 +96,35 @@ def measure(
     points: list[LatencyPoint] = []
     for backend in backends:
         weights = None
-        if backend == "nanoserve":
+        if backend == "nanoserve" or backend.startswith("nanoserve:"):
             from nanoserve import LLM
             from nanoserve.bench.linear_paths import quantization_report
+            from nanoserve.bench.throughput import nanoserve_method_kwargs
 
-            runner = LLM(model=model_dir, **engine_kwargs)
+            runner = LLM(model=model_dir, **nanoserve_method_kwargs(backend, engine_kwargs))
             fn = nanoserve_latency
             weights = quantization_report(runner.llm_engine)
+        elif backend.startswith("llama.cpp:"):
+            import torch
+
+            from nanoserve.bench.llamacpp_backend import generate, gguf_type_of, load_llama
+            from nanoserve.bench.llamacpp_gguf import ensure_gguf
+
+            threads = torch.get_num_threads()
+            path = ensure_gguf(model_dir, gguf_type_of(backend), llama_cpp_converter, threads)
+            runner = load_llama(str(path), -(-(max(input_lens) + output_len) // 256) * 256, threads)
+
+            def fn(llm, ids, n):
+                return generate(llm, ids, n)[1:]
         elif backend == "hf":
             from nanoserve.bench.baselines import load_hf_model
 
             runner = load_hf_model(model_dir, engine_kwargs.get("dtype", "auto"))
             fn = hf_latency
         else:
-            raise ValueError(f"unknown backend {backend!r}; choose nanoserve or hf")
+            raise ValueError(
+                f"unknown backend {backend!r}; choose nanoserve[:<method>], hf or llama.cpp[:<type>]"
+            )
         warm = random_requests(1, 16, 2, vocab, seed=seed + 999, special_ids=special)[0]
         fn(runner, warm.prompt_token_ids, 2)
         for i, n in enumerate(input_lens):
@@ -157,8 +175,11 @@ def plot(points: list[LatencyPoint], path: str, title: str = "") -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nanoserve.bench.engine_flags import add_engine_arguments
+    from nanoserve.bench.throughput import add_llamacpp_arguments
 
-    p.add_argument("--backend", default="nanoserve", help="comma-separated: nanoserve, hf")
+    p.add_argument("--backend", default="nanoserve",
+                   help="comma-separated: nanoserve, nanoserve:<method>, hf, llama.cpp, llama.cpp:<type>")
+    add_llamacpp_arguments(p)
     p.add_argument("--input-lens", default="16,64,128,256,512,1024", help="prompt lengths to sweep")
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--num-iters", type=int, default=3)
@@ -183,7 +204,11 @@ def run(args: argparse.Namespace) -> int:
     input_lens = [int(x) for x in args.input_lens.split(",")]
     if args.output_len < 2:
         raise SystemExit("--output-len must be >= 2 to measure TPOT")
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    from nanoserve.bench.throughput import parse_backends
+
+    backends = parse_backends(args.backend, args.llama_cpp_types)
+    if "hf-batched" in backends:
+        raise SystemExit("--backend: bench latency runs batch 1; hf-batched is a throughput backend")
     max_batched_tokens = args.max_num_batched_tokens or max(2048, max(input_lens))
     points = measure(
         model_dir,
@@ -193,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         args.num_iters,
         engine_kwargs(args, model_dir, max_num_batched_tokens=max_batched_tokens),
         args.seed,
+        args.llama_cpp_converter,
     )
     print_table(
         ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s"],

@@ -5,6 +5,10 @@ ignore_eos) in the same run, so the ratios hold even on a noisy shared machine. 
 vLLM's `bench throughput`: requests/s = N / elapsed, output tok/s = generated tokens / elapsed,
 total tok/s = (prompt + generated tokens) / elapsed, with elapsed the wall time of generation alone
 (model loading and a small warm-up excluded; load time is reported separately).
+
+`nanoserve:<method>` runs nanoserve with `--quantization <method>` (`nanoserve:none` unquantized), so
+several methods share one run; `llama.cpp[:bf16|q8_0|q4_0]` is llama-cpp-python on GGUFs of the same
+checkpoint (nanoserve/bench/llamacpp_backend.py: requests one at a time, its only mode).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from nanoserve.bench.dataset import BenchRequest, random_requests, token_counts
 from nanoserve.bench.report import print_table, save_json
 
-BACKENDS = ("nanoserve", "hf", "hf-batched")
+BACKENDS = ("nanoserve", "nanoserve:<method>", "hf", "hf-batched", "llama.cpp", "llama.cpp:<type>")
 
 
 @dataclass
@@ -134,6 +138,37 @@ def run_hf_backend(
     return _result(backend, requests, run.output_token_ids, run.elapsed_s, run.load_s, batch_size=batch)
 
 
+def run_llamacpp_backend(
+    backend: str,
+    model_dir: str,
+    requests: list[BenchRequest],
+    threads: int,
+    converter: str | None = None,
+    progress: bool = False,
+    warmup: bool = True,
+) -> ThroughputResult:
+    from nanoserve.bench.llamacpp_backend import gguf_type_of, run_llamacpp
+
+    run = run_llamacpp(model_dir, requests, gguf_type_of(backend), threads, converter, progress, warmup)
+    gc.collect()
+    return _result(backend, requests, run.output_token_ids, run.elapsed_s, run.load_s,
+                   mode=run.mode, gguf=run.gguf_path, threads=run.threads)
+
+
+def nanoserve_method_kwargs(backend: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`nanoserve:<method>`: the engine flags with quantization = method (`none`: unquantized)."""
+    if ":" not in backend:
+        return engine_kwargs
+    method = backend.split(":", 1)[1]
+    return {**engine_kwargs, "quantization": None if method == "none" else method}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_benchmark(
     model_dir: str,
     requests: list[BenchRequest],
@@ -145,14 +180,19 @@ def run_benchmark(
     profile: bool = False,
     progress: bool = False,
     warmup: bool = True,
+    llama_cpp_converter: str | None = None,
 ) -> tuple[list[ThroughputResult], Any]:
     results: list[ThroughputResult] = []
     profiler = None
     for backend in backends:
-        if backend == "nanoserve":
-            res, profiler = run_nanoserve(
-                model_dir, requests, engine_kwargs or {"dtype": dtype}, profile, progress, warmup
-            )
+        if backend == "nanoserve" or backend.startswith("nanoserve:"):
+            kwargs = nanoserve_method_kwargs(backend, engine_kwargs or {"dtype": dtype})
+            res, prof = run_nanoserve(model_dir, requests, kwargs, profile, progress, warmup)
+            res.backend = backend
+            profiler = profiler or prof
+        elif backend.startswith("llama.cpp:"):
+            res = run_llamacpp_backend(backend, model_dir, requests, _threads(), llama_cpp_converter,
+                                       progress, warmup)
         elif backend in ("hf", "hf-batched"):
             res = run_hf_backend(backend, model_dir, requests, hf_batch_size, dtype, progress, warmup)
         else:
@@ -161,15 +201,18 @@ def run_benchmark(
     return results, profiler
 
 
+def _is_ours(backend: str) -> bool:
+    return backend == "nanoserve" or backend.startswith("nanoserve:")
+
+
 def ratios(results: list[ThroughputResult]) -> dict[str, float]:
-    """Output tok/s of nanoserve ÷ each other backend."""
-    ours = next((r for r in results if r.backend == "nanoserve"), None)
-    if ours is None:
-        return {}
+    """Output tok/s of each nanoserve row ÷ each other backend's."""
     return {
-        f"nanoserve/{r.backend}": ours.output_tok_per_s / r.output_tok_per_s
+        f"{ours.backend}/{r.backend}": ours.output_tok_per_s / r.output_tok_per_s
+        for ours in results
+        if _is_ours(ours.backend)
         for r in results
-        if r.backend != "nanoserve" and r.output_tok_per_s > 0
+        if not _is_ours(r.backend) and r.output_tok_per_s > 0
     }
 
 
@@ -203,6 +246,9 @@ def print_results(results: list[ThroughputResult]) -> None:
         rows,
         title="offline throughput",
     )
+    for r in results:
+        if "mode" in r.extra:
+            print(f"{r.backend}: {r.extra['mode']}, {r.extra['threads']} threads")
     for name, value in ratios(results).items():
         print(f"{name} (output tok/s): {value:.2f}x")
     from nanoserve.bench.linear_paths import describe_quantization
@@ -210,6 +256,33 @@ def print_results(results: list[ThroughputResult]) -> None:
     for r in results:
         if "weight_bytes" in r.extra:  # nanoserve's: which weights the figures are for
             print(f"{r.backend} {describe_quantization(r.extra)}")
+
+
+def add_llamacpp_arguments(p: argparse.ArgumentParser) -> None:
+    """The llama.cpp backend's options (bench throughput and latency)."""
+    p.add_argument("--llama-cpp-types", default="bf16,q8_0,q4_0",
+                   help="GGUF types the `llama.cpp` backend runs, comma-separated (default: %(default)s)")
+    p.add_argument("--llama-cpp-converter", default=None, metavar="PATH",
+                   help="llama.cpp's convert_hf_to_gguf.py (default: $NANOSERVE_LLAMA_CPP_CONVERTER, else "
+                   "the installed llama-cpp-python's sdist, downloaded once into the cache)")
+
+
+def parse_backends(spec: str, llama_cpp_types: str) -> list[str]:
+    """The --backend list, `llama.cpp` expanded to one backend per type; SystemExit on an unknown one."""
+    from nanoserve.bench.llamacpp_backend import expand_backends
+    from nanoserve.errors import NanoserveError
+
+    backends = [b.strip() for b in spec.split(",") if b.strip()]
+    types = [t.strip() for t in llama_cpp_types.split(",") if t.strip()]
+    try:
+        backends = expand_backends(backends, types)
+    except NanoserveError as e:
+        raise SystemExit(f"--backend: {e}") from None
+    known = ("nanoserve", "hf", "hf-batched")
+    unknown = [b for b in backends if b not in known and not b.startswith(("nanoserve:", "llama.cpp:"))]
+    if unknown or not backends:
+        raise SystemExit(f"--backend: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    return backends
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -234,6 +307,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-range-ratio", type=float, default=None, help="--range-ratio for inputs")
     p.add_argument("--output-range-ratio", type=float, default=None, help="--range-ratio for outputs")
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the hf-batched backend")
+    add_llamacpp_arguments(p)
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument(
         "--profile",
@@ -251,10 +325,7 @@ def run(args: argparse.Namespace) -> int:
     from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model, special_token_ids, vocab_size
 
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise SystemExit(f"--backend: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    backends = parse_backends(args.backend, args.llama_cpp_types)
     if args.num_cpu_threads:
         import torch
 
@@ -297,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         progress=args.progress,
         warmup=not args.no_warmup,
+        llama_cpp_converter=args.llama_cpp_converter,
     )
     print_results(results)
     spec_results = []

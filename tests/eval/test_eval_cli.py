@@ -33,3 +33,12 @@ def test_eval_perplexity_text_and_stride(tiny_llama, capsys):
 def test_eval_perplexity_bad_stride_is_an_error(tiny_llama, capsys):
     assert main(_argv(tiny_llama, "--stride", "64")) == 1
     assert "stride" in capsys.readouterr().err
+
+
+def test_eval_perplexity_takes_the_quantization_flag(tiny_llama, capsys):
+    assert main(_argv(tiny_llama, "--json")) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert main(_argv(tiny_llama, "--json", "--quantization", "int4")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["engine"]["quantization"] == "int4" and ref["engine"]["quantization"] is None
+    assert out["perplexity"] != ref["perplexity"]  # the quantized weights really served the windows

@@ -195,6 +195,12 @@ class TensorParallelExecutor:
                 return f"tensor-parallel worker {rank} (pid {proc.pid}) died with exit code {proc.exitcode}"
         return None
 
+    def check_health(self) -> None:
+        """EngineDeadError if the engine has failed or a worker has died (then the others are stopped)."""
+        if self.failure is not None:
+            raise EngineDeadError(self.failure)
+        self._check_alive()
+
     def _check_alive(self) -> None:
         dead = self._dead_worker(0.0)
         if dead is not None:

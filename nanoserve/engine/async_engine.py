@@ -20,8 +20,10 @@ Failure modes, each a typed error so the server can map it to a status code:
   of `add_request` / `generate`, other requests untouched.
 - more than `max_num_queued_reqs` requests waiting: `QueueFullError` (503).
 - shutting down: `EngineShuttingDownError` (503); a request aborted by shutdown ends its stream with it.
-- `step()` raises: the engine is dead; every stream and every later request fails with
-  `EngineDeadError` (500).
+- `step()` or `check_health()` raises (a crashed step, a tensor-parallel worker gone): the engine is
+  dead; every stream and every later request fails with `EngineDeadError` (500), /health says so. An
+  idle engine thread wakes every HEALTH_POLL_S to check, so a worker's death is seen without traffic.
+- the thread's last act is `engine.shutdown()`: an engine's worker processes never outlive it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from nanoserve.config import CacheConfig, EngineArgs, ModelConfig
 from nanoserve.engine.core import EngineCore, PromptInput
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import releasable_chars
-from nanoserve.errors import NanoserveError
+from nanoserve.errors import EngineDeadError, NanoserveError  # EngineDeadError: re-exported (HTTP 500)
 from nanoserve.outputs import RequestOutput
 from nanoserve.sampling_params import SamplingParams
 
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HEALTH_POLL_S = 0.5
+
 
 class QueueFullError(NanoserveError):
     """More requests are waiting than `max_num_queued_reqs` allows (HTTP 503)."""
@@ -56,10 +60,6 @@ class QueueFullError(NanoserveError):
 
 class EngineShuttingDownError(NanoserveError):
     """The server is draining for shutdown and takes no new requests; or it aborted this one (503)."""
-
-
-class EngineDeadError(NanoserveError):
-    """The engine's step loop crashed; nothing more can be served (HTTP 500)."""
 
 
 @dataclass
@@ -300,6 +300,7 @@ class AsyncLLMEngine:
                 block = not self.engine.has_unfinished_requests()
                 if not self._apply_commands(block=block):
                     return
+                self.engine.check_health()
                 if self.engine.has_unfinished_requests():
                     outputs = self.engine.step()
                     self._deliver(outputs)
@@ -307,12 +308,20 @@ class AsyncLLMEngine:
         except BaseException as e:  # noqa: BLE001 -- any crash of the step loop kills the engine
             logger.exception("engine step loop crashed")
             self._die(e)
+        finally:
+            try:
+                self.engine.shutdown()
+            except Exception:  # noqa: BLE001 -- nothing more to do for an engine that cannot stop cleanly
+                logger.exception("engine shutdown failed")
 
     def _apply_commands(self, block: bool) -> bool:
         """Apply every queued command; when `block`, wait for the first. False once told to stop."""
         commands = []
         if block:
-            commands.append(self._commands.get())
+            try:
+                commands.append(self._commands.get(timeout=HEALTH_POLL_S))
+            except queue.Empty:
+                return True
         while True:
             try:
                 commands.append(self._commands.get_nowait())

@@ -48,3 +48,12 @@ class EngineCore(Protocol):
     def get_stats(self) -> EngineStats:
         """A snapshot of the gauges and cumulative counters after the last step."""
         ...
+
+    def check_health(self) -> None:
+        """Raise nanoserve.errors.EngineDeadError if the engine can run no more steps (a worker process
+        has died); cheap, called between steps and when idle."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes (tensor-parallel workers, a replica's process). Idempotent."""
+        ...

@@ -151,6 +151,10 @@ class LLMEngine:
         """Stop the engine's worker processes (tensor parallelism); a no-op in one process. Idempotent."""
         self.runner.shutdown()
 
+    def check_health(self) -> None:
+        """EngineDeadError once a tensor-parallel worker has died (the engine can run no more steps)."""
+        self.runner.check_health()
+
     # ---- requests ------------------------------------------------------------------------------
     def _tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -450,6 +454,7 @@ def _tensor_parallel_runner(
         ranks_per_node,
         threads_per_rank,
     )
+    from nanoserve.distributed.kv_sizing import kv_sizing_config
     from nanoserve.engine.model_runner import ModelRunner
     from nanoserve.model.loader import load_model
     from nanoserve.model.parallel_layers import bind_communicator
@@ -466,7 +471,9 @@ def _tensor_parallel_runner(
         budget = (int(free_bytes * args.gpu_memory_utilization) - (1 << 30)) * tp
     else:
         budget = default_cpu_kv_budget_bytes()  # one RAM for all ranks: their shards add up to the pool
-    cache_config = make_cache_config(args, model_config, budget, scheduler_config.max_num_seqs)
+    # By each rank's own KV heads (replicated when fewer than the ranks), so the budget holds.
+    sizing = kv_sizing_config(model_config, tp)
+    cache_config = make_cache_config(args, sizing, budget, scheduler_config.max_num_seqs)
     executor = TensorParallelExecutor.start(args, model_config, cache_config, device)
     try:
         model = load_model(model_config, device, args.cpu_linear, 0, tp)

@@ -164,6 +164,11 @@ class ModelRunner:
         if plan.logits_rows:
             self.model.compute_logits(hidden[inputs.logits_rows])
 
+    def check_health(self) -> None:
+        """EngineDeadError if a tensor-parallel worker has died (a no-op in one process)."""
+        if self.step_sink is not None:
+            self.step_sink.check_health()
+
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent)."""
         if self.step_sink is not None:

@@ -114,6 +114,7 @@ def replica_main(conn: Connection, engine_args: EngineArgs, name: str, parent_pi
         except (EOFError, OSError):
             return  # the parent is gone
         if method == "close":
+            engine.shutdown()  # its tensor-parallel workers, if any, before the process goes
             return
         assert method in _CALLS, method
         try:
@@ -124,6 +125,7 @@ def replica_main(conn: Connection, engine_args: EngineArgs, name: str, parent_pi
                 logger.exception("engine step crashed")
             conn.send(_Failed(_portable(e), fatal=fatal))
             if fatal:
+                engine.shutdown()
                 return
             continue
         conn.send(_Reply(result, engine.get_stats(), engine.has_unfinished_requests()))
@@ -188,6 +190,13 @@ class ProcessEngineClient:
     def get_stats(self) -> EngineStats:
         assert self._stats is not None, "wait_ready() first"
         return self._stats
+
+    def check_health(self) -> None:
+        if not self.is_alive:
+            raise self._mark_dead()
+
+    def shutdown(self) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ lifecycle
     @property

@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if isinstance(engine, DataParallelEngine):
             engine.close()  # after a drain they are gone already; this covers a failed start
+        elif not engine.is_running:
+            engine.engine.shutdown()  # the same for tensor-parallel workers (idempotent)
     exit_past_stuck_renders(app.state.nanoserve.prep_executor)
     return 0
 

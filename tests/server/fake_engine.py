@@ -73,6 +73,7 @@ class FakeEngine:
         self.step_s = step_s
         self.crash_on_step = crash_on_step
         self.num_steps = 0
+        self.shut_down = False  # set by shutdown(): the async front's thread calls it as it ends
         self.requests: dict[str, _Req] = {}  # insertion order = FCFS
         self.aborted: list[str] = []
         self._aborted_outputs: list[RequestOutput] = []
@@ -130,6 +131,12 @@ class FakeEngine:
             prompt_tokens=self._prompt_tokens, generation_tokens=self._generation_tokens,
             num_running_requests=len(running), num_waiting_requests=len(waiting),
         )
+
+    def check_health(self) -> None:
+        pass  # in-process, no workers: it dies only by crashing a step (crash_on_step)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
 
     def step(self) -> list[RequestOutput]:
         self.num_steps += 1

@@ -119,6 +119,41 @@ def test_engine_crash_fails_every_stream_and_later_requests():
     assert isinstance(run(go, engine), EngineDeadError)
 
 
+def test_a_dead_worker_is_seen_while_idle_and_the_engine_is_shut_down():
+    """An idle engine whose worker dies: /health's dead_error within a poll, later requests fail."""
+    from nanoserve.errors import EngineDeadError as CoreDeadError
+
+    class WorkerDies(FakeEngine):
+        worker_alive = True
+
+        def check_health(self) -> None:
+            if not self.worker_alive:
+                raise CoreDeadError("tensor-parallel worker 1 (pid 1) died with exit code -9")
+
+    engine = WorkerDies()
+
+    async def go(front):
+        stream = await front.add_request("r", "abc", SamplingParams(max_tokens=3))
+        assert [o async for o in stream][-1].finished
+        engine.worker_alive = False
+        for _ in range(100):  # no request is running: only the idle poll can notice
+            if front.dead_error is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert front.dead_error is not None and "died" in str(front.dead_error)
+        assert not front.is_running and engine.shut_down
+        with pytest.raises(EngineDeadError):
+            await front.add_request("late", "abc", SamplingParams(max_tokens=1))
+
+    run(go, engine)
+
+
+def test_the_engine_is_shut_down_with_the_front():
+    engine = FakeEngine()
+    run(lambda front: asyncio.sleep(0), engine)
+    assert engine.shut_down
+
+
 def test_shutdown_lets_in_flight_requests_finish_within_the_grace_period():
     engine = FakeEngine(step_s=0.002)
 

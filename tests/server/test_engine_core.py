@@ -19,7 +19,7 @@ from nanoserve.engine.stats import EngineStats
 from nanoserve.server.cli import kv_pool_summary
 
 EXPECTED_MEMBERS = {"tokenizer", "model_config", "cache_config", "add_request", "abort_request", "step",
-                    "has_unfinished_requests", "get_stats"}
+                    "has_unfinished_requests", "get_stats", "check_health", "shutdown"}
 
 
 def protocol_attributes() -> dict[str, type]:

@@ -322,10 +322,107 @@ static inline void tile_a8(const A8Args& a, int64_t m0, const int8_t* wb, int64_
   }
 }
 
+// ---- w8a8 hybrid (prefill): VNNI for outputs 0..47 of a block, vdpbf16ps for 48..63 --------------------
+// On this CPU (Zen 4) a zmm vpdpbusd issues every ~2 cycles on the integer-multiply pipe while vdpbf16ps
+// issues every cycle on the FMA pipes: VNNI alone only matches bf16's 32 MACs/cycle, but both at once
+// (3 vpdpbusd : 2 vdpbf16ps) reach ~50. The bf16 part multiplies the integer codes q (activations) and
+// w (weights), exact in bf16, and sums them in fp32 exactly as long as |partial sum| < 2**24: it is
+// flushed into int32 every HYB_CHUNK_QUADS * 4 k (1024 * 127 * 128 < 2**24), so the integer dot, and the
+// output, stay bit-identical to the VNNI-only kernel and the reference.
+constexpr int64_t HYB_CHUNK_QUADS = 256;
+
+// Outputs 48..63 of one packed block [K4][64][4] int8 -> [2 * K4][16][2] bf16 codes (the bf16 kernel's order).
+static void hybrid_block_scratch(const int8_t* wb, int64_t K4, bf16* wh) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t kq = 0; kq < K4; ++kq) {
+    const int8_t* b = wb + kq * 256 + 192;  // [16 outputs][4 k]
+    __m512 f[4];
+    for (int j = 0; j < 4; ++j) f[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 16 * j))));
+    const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0]);  // dword 2o + p: output o, k pair p
+    const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2]);  // outputs 8..15
+    _mm512_storeu_si512(wh + kq * 64, _mm512_permutex2var_epi32(lo, even, hi));
+    _mm512_storeu_si512(wh + kq * 64 + 32, _mm512_permutex2var_epi32(lo, odd, hi));
+  }
+}
+
+// Activation codes + 128 (uint8 [M, Kp]) -> the codes q as bf16 [M, Kp] (exact: |q| <= 127).
+static void codes_to_bf16(const uint8_t* xq, int64_t n, bf16* out) {
+  const __m512i off = _mm512_set1_epi32(128);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mask = tail_mask(k, n);
+    __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, xq + k)), off);
+    _mm256_mask_storeu_epi16(out + k, mask, (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(v)));
+  }
+}
+
+// Same contract as tile_a8; xh: the activation codes as bf16 [M, Kp]; wh: the block's hybrid scratch.
+template <int MR>
+static inline void tile_a8h(const A8Args& a, const bf16* xh, int64_t m0, const int8_t* wb, const bf16* wh,
+                            int64_t n0) {
+  const int64_t K4 = a.Kp / 4;
+  __m512i acc[MR][3];  // MR x 3 + MR + 5 weights + 1 broadcast <= 32 registers at MR = 6
+  alignas(64) int32_t hsum[MR][16];
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < 3; ++j) acc[i][j] = _mm512_setzero_si512();
+    _mm512_store_si512(hsum[i], _mm512_setzero_si512());
+  }
+  const int32_t* xr[MR];
+  const int32_t* xp[MR];
+  for (int i = 0; i < MR; ++i) {
+    xr[i] = reinterpret_cast<const int32_t*>(a.xq + (m0 + i) * a.Kp);
+    xp[i] = reinterpret_cast<const int32_t*>(xh + (m0 + i) * a.Kp);
+  }
+  for (int64_t c0 = 0; c0 < K4; c0 += HYB_CHUNK_QUADS) {
+    const int64_t c1 = std::min(c0 + HYB_CHUNK_QUADS, K4);
+    __m512 hacc[MR];
+    for (int i = 0; i < MR; ++i) hacc[i] = _mm512_setzero_ps();
+    for (int64_t kq = c0; kq < c1; ++kq) {
+      const int8_t* w = wb + kq * 256;
+      const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64), w2 = _mm512_loadu_si512(w + 128);
+      const __m512bh h0 = (__m512bh)_mm512_loadu_si512(wh + kq * 64);
+      const __m512bh h1 = (__m512bh)_mm512_loadu_si512(wh + kq * 64 + 32);
+      for (int i = 0; i < MR; ++i) {
+        const __m512i xb = _mm512_set1_epi32(xr[i][kq]);
+        acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], xb, w0);
+        acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], xb, w1);
+        acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], xb, w2);
+        hacc[i] = _mm512_dpbf16_ps(hacc[i], (__m512bh)_mm512_set1_epi32(xp[i][2 * kq]), h0);
+        hacc[i] = _mm512_dpbf16_ps(hacc[i], (__m512bh)_mm512_set1_epi32(xp[i][2 * kq + 1]), h1);
+      }
+    }
+    for (int i = 0; i < MR; ++i)  // integer-valued and < 2**24: the conversion is exact
+      _mm512_store_si512(hsum[i], _mm512_add_epi32(_mm512_load_si512(hsum[i]), _mm512_cvtps_epi32(hacc[i])));
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m512 sx = _mm512_set1_ps(a.sx[m0 + i]);
+    const __m512 xsum = _mm512_set1_ps((float)a.xsum[m0 + i]);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + 16 * j;
+      if (n >= a.N) break;
+      const __mmask16 mask = tail_mask(n, a.N);
+      // VNNI saw q + 128: take 128 * sum_k w off; the bf16 part multiplied q itself
+      const __m512i dot = j < 3 ? _mm512_sub_epi32(acc[i][j], _mm512_loadu_si512(a.wsum + n)) : _mm512_load_si512(hsum[i]);
+      __m512 d = _mm512_cvtepi32_ps(dot);
+      if (a.wzero) d = _mm512_fnmadd_ps(_mm512_loadu_ps(a.wzero + n), xsum, d);
+      __m512 v = _mm512_mul_ps(d, _mm512_mul_ps(sx, _mm512_loadu_ps(a.wscale + n)));
+      if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, a.bias + n));
+      _mm256_mask_storeu_epi16(a.y + (m0 + i) * a.N + n, mask, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+template <int MR>
+static void tile_w8a8(const A8Args& a, const bf16* xh, int64_t m, const int8_t* wb, const bf16* wh, int64_t n0) {
+  if (xh) tile_a8h<MR>(a, xh, m, wb, wh, n0);
+  else tile_a8<MR>(a, m, wb, n0);
+}
+
 // y[M, N] = dequant(quantize_per_token(x)) @ W^T (+ bias); wq: int8 [nb, K4, 64, 4]; wsum int32 and
-// wscale / wzero fp32 [nb * 64].
+// wscale / wzero fp32 [nb * 64]. From hybrid_min_rows rows on, the hybrid tiles above.
 torch::Tensor linear_w8a8(torch::Tensor x, torch::Tensor wq, int64_t N, torch::Tensor wsum, torch::Tensor wscale,
-                          c10::optional<torch::Tensor> wzero, c10::optional<torch::Tensor> bias) {
+                          c10::optional<torch::Tensor> wzero, c10::optional<torch::Tensor> bias,
+                          int64_t hybrid_min_rows) {
   const int64_t M = x.size(0), nblocks = wq.size(0), K4 = wq.size(1);
   TORCH_CHECK(wq.scalar_type() == at::kChar && (x.size(1) + 3) / 4 == K4 && nblocks * BLOCK_N >= N, "packed");
   if (bias.has_value()) TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() >= N, "bias: fp32 [N]");
@@ -335,19 +432,33 @@ torch::Tensor linear_w8a8(torch::Tensor x, torch::Tensor wq, int64_t N, torch::T
   A8Args a{q[0].data_ptr<uint8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<int32_t>(), wsum.data_ptr<int32_t>(),
            wscale.data_ptr<float>(), wzero.has_value() ? wzero->data_ptr<float>() : nullptr,
            bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr<bf16>(), M, 4 * K4, N};
+  const bool hybrid = M >= hybrid_min_rows;
+  torch::Tensor xh_t;
+  const bf16* xh = nullptr;
+  if (hybrid) {
+    xh_t = torch::empty({M, 4 * K4}, x.options());  // [M, Kp] the codes as bf16
+    xh = xh_t.data_ptr<bf16>();
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      codes_to_bf16(a.xq + m0 * a.Kp, (m1 - m0) * a.Kp, const_cast<bf16*>(xh) + m0 * a.Kp);
+    });
+  }
   const int8_t* wp = wq.data_ptr<int8_t>();
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    thread_local std::vector<bf16> scratch;  // [2 * K4][16][2]: the hybrid part of the current block
+    if (hybrid && (int64_t)scratch.size() < K4 * 64) scratch.resize(K4 * 64);
+    const bf16* wh = hybrid ? scratch.data() : nullptr;
     for (int64_t b = b0; b < b1; ++b) {
       const int8_t* wb = wp + b * K4 * 256;
       const int64_t n0 = b * BLOCK_N;
+      if (hybrid) hybrid_block_scratch(wb, K4, scratch.data());
       int64_t m = 0;  // row tiles over one block: the first streams it, the rest find it in L2
-      for (; m + MR_MAX <= M; m += MR_MAX) tile_a8<MR_MAX>(a, m, wb, n0);
+      for (; m + MR_MAX <= M; m += MR_MAX) tile_w8a8<MR_MAX>(a, xh, m, wb, wh, n0);
       switch (M - m) {
-        case 5: tile_a8<5>(a, m, wb, n0); break;
-        case 4: tile_a8<4>(a, m, wb, n0); break;
-        case 3: tile_a8<3>(a, m, wb, n0); break;
-        case 2: tile_a8<2>(a, m, wb, n0); break;
-        case 1: tile_a8<1>(a, m, wb, n0); break;
+        case 5: tile_w8a8<5>(a, xh, m, wb, wh, n0); break;
+        case 4: tile_w8a8<4>(a, xh, m, wb, wh, n0); break;
+        case 3: tile_w8a8<3>(a, xh, m, wb, wh, n0); break;
+        case 2: tile_w8a8<2>(a, xh, m, wb, wh, n0); break;
+        case 1: tile_w8a8<1>(a, xh, m, wb, wh, n0); break;
         default: break;
       }
     }

@@ -13,6 +13,10 @@ Three methods over the shared `QuantizedWeight` format (W[n, k] = (q[n, k] - zer
   (``q = round_half_even(x / s)``, ``s = max|x| / 127``), multiplied with VNNI ``vpdpbusd`` (unsigned x
   signed bytes): the activations go in as q + 128, and ``128 * sum_k w[n, k]`` (precomputed) comes off.
   The epilogue is ``(acc - wsum - zero * sum(q)) * (s_token * scale_n) + bias`` in fp32.
+  From W8A8_HYBRID_MIN_ROWS rows on, each block's last 16 outputs go through ``vdpbf16ps`` on the codes
+  as bf16 (exact: integer products, fp32 partial sums flushed to int32 below 2**24) while VNNI does the
+  first 48: on Zen 4 the two run on different pipes, and VNNI alone only matches bf16's MACs per cycle.
+  The integer dot products, hence the outputs, are the same either way.
 
 Every kernel threads with ATen's pool over blocks of 64 output rows (each weight byte is read once
 per call) and runs row tiles of up to 6 activation rows over an L2-resident block, like the bf16 kernel
@@ -51,6 +55,8 @@ PACK_BLOCK_N = 64  # output rows per packed block; BLOCK_N in csrc/quant_linear.
 # tile reads; below, each tile converts in registers, which measured faster up to ~64 rows here (the
 # register path overlaps the weight stream with the arithmetic; the scratch pass does not).
 SCRATCH_MIN_ROWS = 64
+W8A8_HYBRID_MIN_ROWS = 8  # w8a8: from this many rows on, VNNI and vdpbf16ps share each block (see csrc);
+# measured 1.1x the VNNI-only tiles at 8 rows, 1.5-1.8x from 24 on, 0.4-0.6x below 8 (the scratch pass)
 W8A8_MAX_K = 65_000  # (q + 128) * w summed over K stays below 2**31: 255 * 128 * K
 METHODS = ("w8a16", "w4a16", "w8a8")
 
@@ -207,7 +213,9 @@ def _run(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, metho
     xb = x2.to(torch.bfloat16).contiguous()  # [M, K]
     b = None if bias is None else bias.float()  # [N]
     if method == "w8a8":
-        y = ext.linear_w8a8(xb, packed.qweight, packed.n, packed.wsum, packed.scales, packed.offsets, b)
+        y = ext.linear_w8a8(
+            xb, packed.qweight, packed.n, packed.wsum, packed.scales, packed.offsets, b, W8A8_HYBRID_MIN_ROWS
+        )
     else:
         y = ext.linear_a16(
             xb, packed.qweight, packed.bits, packed.n, packed.group_size, packed.scales, packed.offsets, b,

@@ -79,7 +79,9 @@ def test_weight_only_per_channel_at_model_shape():
 
 @pytest.mark.parametrize("n,k", SHAPES_W8A8)
 @pytest.mark.parametrize("zeros", [False, True])
-def test_w8a8_matches_reference_exactly(n, k, zeros):
+@pytest.mark.parametrize("hybrid_min_rows", [1, 10**9])  # VNNI + bf16 tiles on every M / VNNI-only tiles
+def test_w8a8_matches_reference_exactly(n, k, zeros, hybrid_min_rows, monkeypatch):
+    monkeypatch.setattr(qk, "W8A8_HYBRID_MIN_ROWS", hybrid_min_rows)
     qw = _weight(n, k, 8, k, zeros, act_quant=True)
     packed = qk.pack_w8a8(qw)
     for m in ROWS:
@@ -91,6 +93,23 @@ def test_w8a8_matches_reference_exactly(n, k, zeros):
                 assert torch.equal(y, ref), (m, has_bias)
             else:  # the kernel fuses zero * sum(q) into one fma: at most one bf16 step apart
                 assert bool(((y.float() - ref.float()).abs() <= 2.0**-8 * ref.float().abs() + 1e-6).all())
+
+
+def test_w8a8_hybrid_threshold_and_long_k_stay_exact():
+    # Rows at the hybrid threshold, and K = 2100 at the extreme codes (x -> +127, w = -128 or 127): the
+    # bf16 part's fp32 partial sums would pass 2**24 (2100 * 127 * 128) without the int32 flushes.
+    n, k = 70, 2100  # outputs 48..63 (bf16 part) of block 0, and a tail block
+    qw = _weight(n, k, 8, k, False, act_quant=True)
+    qw.qweight[:40] = -128
+    qw.qweight[40:] = 127
+    packed = qk.pack_w8a8(qw)
+    t = qk.W8A8_HYBRID_MIN_ROWS
+    for m in (t - 1, t, t + 1, 2 * t + 5):
+        x = torch.ones(m, k, dtype=torch.bfloat16)  # [M, K]
+        x[1:] = _x(m - 1, k, seed=m)
+        y, ref = qk.linear_w8a8(x, packed), qk.reference_linear(x, qw)
+        assert torch.equal(y, ref), m
+    assert abs(ref[0, 50].item()) > 2**24 * qw.scales[50, 0].item() * (1 / 127)  # the sum did pass 2**24
 
 
 def test_w8a8_is_close_to_the_unquantized_product():

@@ -74,12 +74,16 @@ def _backends(kvh, g, d, dtype):
     return backends
 
 
+# short_chunks: as decode rows (the default) or, with DECODE_ROWS_MAX_QUERY_LEN 1, as prefill chunks
+@pytest.mark.parametrize("short_chunks", ["decode_rows", "prefill"])
 @pytest.mark.parametrize("prefill_path", ["matmul", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block_size,kvh,g,d", [(4, 2, 3, 16), (16, 1, 8, 64), (8, 4, 1, 32), (1, 2, 2, 16)])
 def test_backends_agree_with_reference_attention_on_a_mixed_step(
-    prefill_path, dtype, block_size, kvh, g, d, monkeypatch
+    short_chunks, prefill_path, dtype, block_size, kvh, g, d, monkeypatch
 ):
+    if short_chunks == "prefill":
+        monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_QUERY_LEN", 1)
     if prefill_path == "sdpa":
         monkeypatch.setattr(torch_backend, "PREFILL_MATMUL_MAX_SCORES", 0)
     layout, q, k, v, k_cache, v_cache = _random_step(MIXED_STEP, block_size, kvh, g, d, dtype)
@@ -114,7 +118,9 @@ def _fields(meta) -> set[str]:
     return {f.name for f in dataclasses.fields(meta)}
 
 
-def test_metadata_holds_only_what_each_backend_reads():
+def test_metadata_holds_only_what_each_backend_reads(monkeypatch):
+    # one-token decodes only as decode rows here (short chunks: tests/model/attention/test_verify_rows.py)
+    monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_QUERY_LEN", 1)
     layout, *_ = _random_step(MIXED_STEP, 4, 2, 2, 16, torch.bfloat16)
     torch_meta = TorchAttentionBackend(4, 2, 16, 0.25, dtype=torch.bfloat16).build_metadata(layout)
     assert _fields(torch_meta) == {"slot_mapping", "batch", "decode_bias"}

@@ -1,9 +1,11 @@
-"""The CPU backend: decodes through the native extension's `decode_attention`, one call per layer.
+"""The CPU backend: decode rows through the native extension's `decode_attention`, one call per layer.
 
 For each (sequence, kv head) the kernel walks the sequence's blocks up to its context length, so
 it needs no mask: the metadata carries the context lengths instead. Quantized caches (kv_cache.py)
-go through `decode_attention_quant`, which dequantizes each K/V row as it streams past. Prefill chunks
-run as in the reference backend (inherited).
+go through `decode_attention_quant`, which dequantizes each K/V row as it streams past. Decode rows are
+one-token decodes and the queries of short chunks (torch_backend.paged_batch: a speculative verify runs
+as k + 1 rows, each with its own context length); longer prefill chunks run as in the reference backend
+(inherited).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from nanoserve.model.attention.torch_backend import PagedBatch, TorchAttentionBa
 @dataclass
 class CpuNativeAttentionMetadata(AttentionMetadata):
     batch: PagedBatch
-    decode_ctx_lens: torch.Tensor | None  # [Bd] int64 (CPU) context length of each decode
+    decode_ctx_lens: torch.Tensor | None  # [Bd] int64 (CPU) context length of each decode row
 
 
 class CpuNativeAttentionBackend(TorchAttentionBackend):
@@ -39,7 +41,7 @@ class CpuNativeAttentionBackend(TorchAttentionBackend):
     def _decode(
         self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: CpuNativeAttentionMetadata
     ) -> torch.Tensor:
-        """q [Bd, H, D] (one query per sequence) -> [Bd, H, D] over each sequence's cached tokens."""
+        """q [Bd, H, D] (one query per decode row) -> [Bd, H, D] over each row's cached tokens."""
         if isinstance(k_cache, QuantizedKV):
             return self.native_ext.decode_attention_quant(
                 q, k_cache.codes, k_cache.scales, v_cache.codes, v_cache.scales,

@@ -7,6 +7,13 @@ matmuls and a softmax per layer, whatever the batch size; `build_metadata` build
 table and the additive mask once per step. Prefill chunks run one masked batched-matmul attention
 each (`scaled_dot_product_attention` for long ones). A quantized cache (kv_cache.py) is dequantized
 to q's dtype block by block as it is gathered, never as a whole.
+
+A short chunk (at most DECODE_ROWS_MAX_QUERY_LEN queries: a speculative verify of 1 + k tokens, the
+tail of a chunked prefill) runs as that many decode rows instead: row i of an n-query chunk over a
+ctx-token context attends to its first ctx - n + 1 + i tokens through the sequence's block table,
+which is causal attention within the chunk and exactly what a one-token decode at that position
+computes (so greedy output with speculation matches speculation off bit for bit, bf16 included), in
+the batched decode path rather than one gather + attention per chunk and layer.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from nanoserve.model.attention.kv_cache import KVStore, gather_kv, write_kv
 # A prefill chunk whose attention scores (queries x heads per kv head x context) exceed this goes
 # through SDPA (which never materialises them); shorter ones through two batched matmuls.
 PREFILL_MATMUL_MAX_SCORES = 1 << 22
+# A chunk of at most this many queries runs as decode rows (see above); 1: only one-token decodes do.
+DECODE_ROWS_MAX_QUERY_LEN = 8
 
 
 @dataclass
@@ -30,32 +39,42 @@ class PagedBatch:
     """A step split the way this backend (and the CPU native one) runs it, built once per step."""
 
     block_size: int
-    # The decodes (query_len 1) as one padded batch; all None when the step has none.
-    decode_rows: torch.Tensor | None  # [Bd] int64 rows of q; None also when every row is a decode
-    decode_tables: torch.Tensor | None  # [Bd, nb] int64 blocks, padded with block 0
-    # The prefill chunks, one attention each.
+    # The decode rows (one-token decodes and every query of a short chunk) as one padded batch; all
+    # None when the step has none.
+    decode_rows: torch.Tensor | None  # [Bd] int64 rows of q; None also when every row is a decode row
+    decode_tables: torch.Tensor | None  # [Bd, nb] int64 blocks of each row's sequence, padded with block 0
+    # The longer prefill chunks, one attention each.
     prefill_spans: list[tuple[int, int, int]]  # (first row, end row, context_len) of each chunk, host ints
     prefill_tables: torch.Tensor | None  # [P, max_blocks] int64 blocks, padded with block 0
 
 
 def paged_batch(layout: StepLayout, device: torch.device) -> tuple[PagedBatch, np.ndarray | None]:
-    """The step's PagedBatch, and the decodes' context lengths ([Bd] int64, host; None: no decodes)."""
-    bs, starts = layout.block_size, layout.query_start
-    ctx = np.asarray(layout.context_lens, dtype=np.int64)  # [B]
-    decodes = [i for i in range(layout.num_seqs) if layout.query_len(i) == 1]
-    prefills = [i for i in range(layout.num_seqs) if layout.query_len(i) != 1]
+    """The step's PagedBatch, and the decode rows' context lengths ([Bd] int64, host; None: no rows)."""
+    bs, starts, ctx = layout.block_size, layout.query_start, layout.context_lens
+    rows: list[int] = []  # [Bd] row of q of each decode row
+    row_seqs: list[int] = []  # [Bd] its sequence
+    row_ctx: list[int] = []  # [Bd] tokens that row attends to: up to and including its own position
+    prefills: list[int] = []
+    for i in range(layout.num_seqs):
+        n = layout.query_len(i)
+        if n <= DECODE_ROWS_MAX_QUERY_LEN:
+            rows += range(starts[i], starts[i + 1])
+            row_seqs += [i] * n
+            row_ctx += range(ctx[i] - n + 1, ctx[i] + 1)
+        else:
+            prefills.append(i)
     decode_rows = decode_tables = decode_ctx = None
-    if decodes:
-        decode_ctx = ctx[decodes] if prefills else ctx  # [Bd]
+    if row_seqs:
+        decode_ctx = np.asarray(row_ctx, dtype=np.int64)  # [Bd]
         nb = -(-int(decode_ctx.max()) // bs)
-        decode_tables = _padded([layout.block_tables[i] for i in decodes], nb, device)
+        decode_tables = _padded([layout.block_tables[i] for i in row_seqs], nb, device)
         if prefills:
-            decode_rows = torch.tensor([starts[i] for i in decodes], dtype=torch.int64, device=device)
+            decode_rows = torch.tensor(rows, dtype=torch.int64, device=device)
     prefill_tables = None
     if prefills:
-        nb = max(-(-int(ctx[i]) // bs) for i in prefills)
+        nb = max(-(-ctx[i] // bs) for i in prefills)
         prefill_tables = _padded([layout.block_tables[i] for i in prefills], nb, device)
-    spans = [(starts[i], starts[i + 1], int(ctx[i])) for i in prefills]
+    spans = [(starts[i], starts[i + 1], ctx[i]) for i in prefills]
     return PagedBatch(bs, decode_rows, decode_tables, spans, prefill_tables), decode_ctx
 
 
@@ -161,7 +180,7 @@ class TorchAttentionBackend(AttentionBackend):
     def _decode(
         self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: TorchAttentionMetadata
     ) -> torch.Tensor:
-        """q [Bd, H, D] (one query per sequence) -> [Bd, H, D] over each sequence's cached tokens."""
+        """q [Bd, H, D] (one query per decode row) -> [Bd, H, D] over each row's cached tokens."""
         kvh, d = self.num_kv_heads, self.head_dim
         bd, h = q.shape[0], self.num_heads
         tables = meta.batch.decode_tables  # [Bd, nb]

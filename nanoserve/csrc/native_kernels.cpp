@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_table.h"
 #include "threads_probe.h"
 
 static inline float to_f(float x) { return x; }
@@ -325,6 +326,8 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   return out;
 }
 
+static const NativeKernelTable kTable = {&add_rms_norm, &silu_mul, &rope_cache, &decode_attention};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "paged decode attention, one query per sequence");
   m.def("add_rms_norm", &add_rms_norm, "x += residual (optional) in place; returns w * rms_norm(x)");
@@ -332,4 +335,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_cache", &rope_cache, "rotate q and k, write k and v to the caches; returns q");
   m.def("argmax_rows", &argmax_rows, "first index of each row's maximum");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
+  m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_NATIVE_TABLE);  // for fused_decode
 }

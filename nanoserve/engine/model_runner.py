@@ -30,6 +30,7 @@ from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.verifier import SeqOutcome, verify_step
 from nanoserve.engine.structured_output.bitmask import TokenBitmask
 from nanoserve.model.attention import AttentionMetadata, StepLayout, make_attention_backend
+from nanoserve.model.fused_decode import make_fused_decoder
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
@@ -114,6 +115,8 @@ class ModelRunner:
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
             attn.backend = self.attention_backend
+        # Decode steps of a bf16 CPU model in one native call when every layer allows it (else None).
+        model.model.fused_decode = make_fused_decoder(model, self.kernels)
 
     # ---- step --------------------------------------------------------------------------------
     @torch.inference_mode()

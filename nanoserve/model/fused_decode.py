@@ -69,10 +69,12 @@ class FusedDecoder:
             and meta.decode_ctx_lens is not None
         )
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
         """input_ids, positions [B] -> hidden states [B, hidden] after the final norm."""
-        batch = meta.batch
-        return self.native.forward(input_ids, positions, meta.slot_mapping, batch.decode_tables, meta.decode_ctx_lens)
+        tables, ctx_lens = meta.batch.decode_tables, meta.decode_ctx_lens
+        return self.native.forward(input_ids, positions, meta.slot_mapping, tables, ctx_lens)
 
 
 def _linear_ok(linear: object) -> bool:
@@ -80,7 +82,7 @@ def _linear_ok(linear: object) -> bool:
 
 
 def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) -> str | None:
-    """Why `model` (a LlamaForCausalLM with its caches and backend bound) must decode op by op; None: it can."""
+    """Why `model` (a LlamaForCausalLM, caches and backend bound) must decode op by op; None: it can."""
     from nanoserve.model.llama import Attention, DecoderLayer  # llama imports this module's users
 
     if os.environ.get("NANOSERVE_DISABLE_FUSED_DECODE") == "1":
@@ -108,7 +110,8 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
             return "a linear that is not a packed bf16 FastLinear (quantized, oneDNN or hybrid)"
         if type(attn.backend) is not CpuNativeAttentionBackend:
             return f"attention backend {type(attn.backend).__name__}"
-        if attn.k_cache is None or attn.k_cache.dtype != torch.bfloat16 or attn.v_cache.dtype != torch.bfloat16:
+        caches = (attn.k_cache, attn.v_cache)
+        if any(c is None or c.dtype != torch.bfloat16 for c in caches):
             return "a KV cache that is not bf16"
         if attn.head_dim != attn.k_cache.shape[-1] or attn.num_heads % attn.num_kv_heads:
             return "attention shapes the decode kernel does not take"
@@ -138,8 +141,8 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
         attn, mlp = layer.self_attn, layer.mlp
         native.add_layer(
             layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
-            attn.qkv_proj._packed, attn.qkv_proj._bias_f32, attn.o_proj._packed, attn.o_proj._bias_f32,
-            mlp.gate_up_proj._packed, mlp.gate_up_proj._bias_f32, mlp.down_proj._packed, mlp.down_proj._bias_f32,
+            *(x for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+              for x in (lin._packed, lin._bias_f32)),
             attn.k_cache, attn.v_cache,
         )
     return FusedDecoder(native)

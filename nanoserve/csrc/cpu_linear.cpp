@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #include <cstring>
 
+#include "kernel_table.h"
 #include "threads_probe.h"
 
 using bf16 = at::BFloat16;
@@ -126,7 +127,10 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
   return y;
 }
 
+static const LinearKernelTable kTable = {&gemm_bf16_packed};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_bf16_packed", &gemm_bf16_packed, "y = x @ W^T (+ bias) with W packed by cpu_linear.pack_weight");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
+  m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_LINEAR_TABLE);  // for fused_decode
 }

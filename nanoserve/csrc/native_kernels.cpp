@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_table.h"
 #include "threads_probe.h"
 
 static inline float to_f(float x) { return x; }
@@ -463,6 +464,8 @@ torch::Tensor decode_attention_quant(torch::Tensor q, torch::Tensor k_codes, tor
   return out;
 }
 
+static const NativeKernelTable kTable = {&add_rms_norm, &silu_mul, &rope_cache, &decode_attention};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "paged decode attention, one query per sequence");
   m.def("add_rms_norm", &add_rms_norm, "x += residual (optional) in place; returns w * rms_norm(x)");
@@ -472,4 +475,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_cache_quant", &rope_cache_quant, "rope_cache writing int8/fp8 codes + per-row scales");
   m.def("argmax_rows", &argmax_rows, "first index of each row's maximum");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
+  m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_NATIVE_TABLE);  // for fused_decode
 }

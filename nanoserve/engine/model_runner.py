@@ -36,6 +36,7 @@ from nanoserve.model.attention import (
     allocate_kv_caches,
     make_attention_backend,
 )
+from nanoserve.model.fused_decode import make_fused_decoder
 from nanoserve.model.kernels import Kernels, select_kernels
 from nanoserve.model.llama import LlamaForCausalLM
 from nanoserve.model.loader import TORCH_DTYPES
@@ -143,6 +144,8 @@ class ModelRunner:
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_caches[i]
             attn.backend = self.attention_backend
+        # Decode steps of a bf16 CPU model in one native call when every layer allows it (else None).
+        model.model.fused_decode = make_fused_decoder(model, self.kernels)
 
     # ---- step --------------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None = None) -> StepResult:

@@ -18,6 +18,7 @@ from torch import nn
 from nanoserve.model.attention import AttentionMetadata, TorchAttentionBackend
 from nanoserve.model.attention.kv_cache import KVStore
 from nanoserve.model.cpu_linear import FastLinear
+from nanoserve.model.fused_decode import FusedDecoder
 from nanoserve.model.kernels import Kernels, apply_rotary
 from nanoserve.model.layers import REFERENCE_KERNELS, GatedMLP, RMSNorm, RotaryEmbedding
 from nanoserve.model.parallel_layers import (
@@ -133,10 +134,14 @@ class DecoderModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(spec.head_dim, spec.max_positions, spec.rope)
         self.layers = nn.ModuleList(DecoderLayer(spec, self.rotary_emb) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        # The whole-step native decode path (fused_decode.py), bound once by the runner; None: op by op.
+        self.fused_decode: FusedDecoder | None = None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
+        if self.fused_decode is not None and self.fused_decode.applies(meta):
+            return self.fused_decode(input_ids, positions, meta)  # same result, one native call
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary_emb.gather(positions, x.dtype)  # shared by every layer
         residual = None

@@ -1,0 +1,148 @@
+"""The decode step of the whole decoder in one native call, for bf16 models on CPU (csrc/fused_decode.cpp).
+
+At batch 1 a deep, thin model spends about as long in Python and per-op dispatch as in reading its
+weights: SmolLM2-135M has 30 layers of ~10 small ops each, and every op costs its fixed overhead
+whatever its size. `FusedDecoder` runs DecoderModel.forward's layer loop in C++ for decode steps:
+embedding, rotary tables, then per layer add+norm → qkv → rotary + cache write → decode attention →
+o proj → add+norm → gate/up → SiLU·mul → down, then the final norm. It calls the very kernels the
+per-op path calls (native_kernels and cpu_linear publish their entry points as tables,
+csrc/kernel_table.h), so both paths give bit-identical hidden states.
+
+It is an implementation of the same forward, chosen once at start-up like the kernels: the runner asks
+`make_fused_decoder` and binds the result (or None) to the model, whose forward hands it the steps it
+`applies` to (every query a decode, on the CPU native attention backend) and runs every other step
+(prefill chunks, verification of speculative drafts) op by op. `fused_decode_unavailable_reason` says
+why a model keeps the per-op path: not a bf16 CPU model, native kernels or the avx512 linear kernel not
+loaded, a linear that is not a packed FastLinear (quantized, oneDNN, hybrid), a KV cache that is not
+the model's dtype (quantized), Qwen3's q/k norms, any layer class other than the reference ones (e.g.
+a tensor-parallel variant), a torch.distributed run with several ranks, or
+NANOSERVE_DISABLE_FUSED_DECODE=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import ModuleType
+
+import torch
+
+from nanoserve.model.attention import AttentionMetadata, CpuNativeAttentionBackend, CpuNativeAttentionMetadata
+from nanoserve.model.cpu_linear import FastLinear, load_avx512_kernel
+from nanoserve.model.kernels import Kernels, NativeCpuKernels
+from nanoserve.model.layers import GatedMLP, RMSNorm
+from nanoserve.model.native_build import load_extension
+
+log = logging.getLogger(__name__)
+
+_ext: ModuleType | None = None
+_ext_error: str | None = None
+_lock = threading.Lock()
+
+
+def load_fused_decode() -> ModuleType | None:
+    """Build (first call only; cached on disk) and return the extension, or None (reason logged)."""
+    global _ext, _ext_error
+    with _lock:
+        if _ext is not None or _ext_error is not None:
+            return _ext
+        try:
+            _ext = load_extension("nanoserve_fused_decode", ["fused_decode.cpp"])
+        except Exception as e:  # no compiler, missing headers...
+            _ext_error = f"fused decode build failed: {type(e).__name__}: {str(e)[:300]}"
+            log.info("fused decode unavailable (%s); decoding op by op", _ext_error)
+        return _ext
+
+
+class FusedDecoder:
+    """DecoderModel.forward for decode-only steps, in one native call; see the module docstring."""
+
+    def __init__(self, native: object) -> None:
+        self.native = native  # the extension's FusedDecoder, holding every weight and cache it reads
+
+    def applies(self, meta: AttentionMetadata) -> bool:
+        """True for a step of decodes only (one query per sequence) on the CPU native backend."""
+        return (
+            type(meta) is CpuNativeAttentionMetadata
+            and not meta.batch.prefill_spans
+            and meta.decode_ctx_lens is not None
+        )
+
+    def __call__(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """input_ids, positions [B] -> hidden states [B, hidden] after the final norm."""
+        tables, ctx_lens = meta.batch.decode_tables, meta.decode_ctx_lens
+        return self.native.forward(input_ids, positions, meta.slot_mapping, tables, ctx_lens)
+
+
+def _linear_ok(linear: object) -> bool:
+    return type(linear) is FastLinear and linear.backend == "avx512" and linear._packed is not None
+
+
+def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) -> str | None:
+    """Why `model` (a LlamaForCausalLM, caches and backend bound) must decode op by op; None: it can."""
+    from nanoserve.model.llama import Attention, DecoderLayer  # llama imports this module's users
+
+    if os.environ.get("NANOSERVE_DISABLE_FUSED_DECODE") == "1":
+        return "disabled by NANOSERVE_DISABLE_FUSED_DECODE=1"
+    if type(kernels) is not NativeCpuKernels:
+        return "the native CPU kernels are not in use"
+    if load_avx512_kernel() is None:
+        return "the avx512 linear kernel is not loaded"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            return "tensor parallel (several ranks)"
+    decoder = model.model
+    embed = decoder.embed_tokens.weight
+    if embed.device.type != "cpu" or embed.dtype != torch.bfloat16:
+        return "not a bf16 model on CPU"
+    if type(decoder.norm) is not RMSNorm:
+        return "a final norm other than RMSNorm"
+    for layer in decoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if type(layer) is not DecoderLayer or type(attn) is not Attention or type(mlp) is not GatedMLP:
+            return f"a layer class other than the reference ones ({type(layer).__name__})"
+        if attn.qk_norm:
+            return "q/k norms (Qwen3)"
+        if not all(map(_linear_ok, (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))):
+            return "a linear that is not a packed bf16 FastLinear (quantized, oneDNN or hybrid)"
+        if type(attn.backend) is not CpuNativeAttentionBackend:
+            return f"attention backend {type(attn.backend).__name__}"
+        caches = (attn.k_cache, attn.v_cache)
+        if any(c is None or c.dtype != torch.bfloat16 for c in caches):
+            return "a KV cache that is not bf16"
+        if attn.head_dim != attn.k_cache.shape[-1] or attn.num_heads % attn.num_kv_heads:
+            return "attention shapes the decode kernel does not take"
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        if any(type(n) is not RMSNorm or n.eps != decoder.norm.eps for n in norms):
+            return "norms of another kind or epsilon"
+    return None
+
+
+def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder | None:
+    """The fused decode path for `model` (weights packed, kernels, caches and backend bound), or None."""
+    reason = fused_decode_unavailable_reason(model, kernels)
+    ext = None if reason else load_fused_decode()
+    if ext is None:
+        log.info("fused decode off (%s); decoding op by op", reason or _ext_error)
+        return None
+    decoder = model.model
+    first = decoder.layers[0].self_attn
+    rotary = decoder.rotary_emb
+    native = ext.FusedDecoder(
+        kernels.ext.kernel_table, load_avx512_kernel().kernel_table,
+        decoder.embed_tokens.weight.detach(), rotary.cos, rotary.sin_signed, decoder.norm.weight.detach(),
+        first.num_heads, first.num_kv_heads, first.head_dim, decoder.layers[0].mlp.down_proj.in_features,
+        decoder.norm.eps, first.backend.scale,
+    )
+    for layer in decoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        native.add_layer(
+            layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
+            *(x for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+              for x in (lin._packed, lin._bias_f32)),
+            attn.k_cache, attn.v_cache,
+        )
+    return FusedDecoder(native)

@@ -1,0 +1,196 @@
+"""The fused native decode step (model/fused_decode.py) against the per-op path it replaces.
+
+Both paths call the same native kernels (kernel_table.h), so hidden states, logits and the K/V
+written to the cache must be bit-identical, not merely close; greedy generations must be equal
+token for token. The fallback conditions keep every other model on the per-op path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanoserve import LLM, SamplingParams
+from nanoserve.model import fused_decode
+from nanoserve.model.attention import StepLayout
+from nanoserve.model.fused_decode import FusedDecoder, make_fused_decoder
+
+pytestmark = pytest.mark.skipif(fused_decode.load_fused_decode() is None, reason="fused decode not built")
+
+
+def _runner(path, **kw):
+    llm = LLM(model=str(path), dtype=kw.pop("dtype", "bfloat16"), enable_prefix_caching=False, **kw)
+    return llm, llm.llm_engine.runner
+
+
+def _need_fused(runner) -> FusedDecoder:
+    fused = runner.model.model.fused_decode
+    if fused is None:  # e.g. a CPU without avx512_bf16: nothing to compare
+        why = fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels)
+        pytest.skip(f"no fused path: {why}")
+    return fused
+
+
+def _decode_layout(runner, ctx_lens: list[int]) -> StepLayout:
+    """One decode per sequence; sequence i owns its own blocks, in a scrambled order."""
+    bs, num_blocks = runner.block_size, runner.cache_config.num_blocks
+    gen = torch.Generator().manual_seed(1)
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    tables, slots, used = [], [], 0
+    for ctx in ctx_lens:
+        n = -(-ctx // bs)
+        table = order[used : used + n]
+        used += n
+        tables.append(table)
+        slots.append(table[(ctx - 1) // bs] * bs + (ctx - 1) % bs)
+    return StepLayout(list(range(len(ctx_lens) + 1)), ctx_lens, tables, slots, bs)
+
+
+def _step_both_ways(runner, ctx_lens: list[int], seed: int = 0):
+    """(hidden, logits, kv cache) of one decode step op by op, then fused, from the same random cache."""
+    model, fused = runner.model, _need_fused(runner)
+    gen = torch.Generator().manual_seed(seed)
+    vocab = runner.model_config.vocab_size
+    ids = torch.randint(0, vocab, (len(ctx_lens),), generator=gen)
+    positions = torch.tensor([c - 1 for c in ctx_lens])
+    layout = _decode_layout(runner, ctx_lens)
+    runner.kv_cache.copy_(torch.randn(runner.kv_cache.shape, generator=gen))  # the earlier tokens' K/V
+    start = runner.kv_cache.clone()
+    results = []
+    with torch.inference_mode():
+        for path in (None, fused):
+            runner.kv_cache.copy_(start)
+            model.model.fused_decode = path
+            meta = runner.attention_backend.build_metadata(layout)
+            assert fused.applies(meta)
+            hidden = model(ids, positions, meta)
+            results.append((hidden, model.compute_logits(hidden), runner.kv_cache.clone()))
+    model.model.fused_decode = fused
+    return results
+
+
+# GQA groups 2 and 4 (MQA), tied and untied embeddings, llama3 rope, Qwen2's q/k/v biases; odd sizes:
+# head_dim 24 (the generic attention loop), intermediate 100 and vocab 128 (partial 64-row blocks),
+# hidden 72 with 6 heads over 2 kv heads (G = 3).
+CASES = [
+    ("llama", {}),
+    ("llama_mqa", {}),
+    ("llama_tied", {}),
+    ("llama3_rope", {}),
+    ("mistral", {}),
+    ("qwen2", {}),
+    ("qwen2", {"tie_word_embeddings": False, "intermediate_size": 100}),
+    ("llama", {"hidden_size": 144, "num_attention_heads": 6, "num_key_value_heads": 2,
+               "intermediate_size": 100}),
+    ("llama", {"hidden_size": 72, "num_attention_heads": 3, "num_key_value_heads": 1, "mlp_bias": True,
+               "attention_bias": True, "num_hidden_layers": 3}),
+]
+
+
+@pytest.mark.parametrize("variant, options", CASES)
+def test_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, tiny_model):
+    _, runner = _runner(tiny_model(variant, **options))
+    for ctx_lens in ([1], [37], [5, 130, 17, 64]):
+        (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, ctx_lens)
+        assert torch.equal(h0, h1), (ctx_lens, (h0.float() - h1.float()).abs().max())
+        assert torch.equal(l0, l1)
+        assert torch.equal(kv0, kv1)  # the new tokens' K/V went to the same slots with the same values
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "llama_tied"])
+def test_greedy_generation_is_the_same_with_and_without_the_fused_path(variant, tiny_model, monkeypatch):
+    prompts = ["hello world", "abc", "sort 5 3 9 1 =", "x" * 40]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    llm, runner = _runner(tiny_model(variant))
+    _need_fused(runner)
+    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    llm_ref, runner_ref = _runner(tiny_model(variant))
+    assert runner_ref.model.model.fused_decode is None
+    assert [o.outputs[0].token_ids for o in llm_ref.generate(prompts, params, use_tqdm=False)] == fused
+
+
+def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
+    _, runner = _runner(tiny_model("llama"))
+    fused = _need_fused(runner)
+    bs = runner.block_size
+    mixed = StepLayout([0, 1, 6], [9, 5], [[0], [1]], [8, bs, bs + 1, bs + 2, bs + 3, bs + 4], bs)
+    assert not fused.applies(runner.attention_backend.build_metadata(mixed))
+    prefill = StepLayout([0, 3], [3], [[2]], [2 * bs, 2 * bs + 1, 2 * bs + 2], bs)
+    assert not fused.applies(runner.attention_backend.build_metadata(prefill))
+    decodes = StepLayout([0, 1, 2], [9, 5], [[0], [1]], [8, bs + 4], bs)
+    assert fused.applies(runner.attention_backend.build_metadata(decodes))
+
+
+@pytest.mark.parametrize(
+    "variant, engine_args, why",
+    [
+        ("llama", {"dtype": "float32"}, "not a bf16 model"),
+        ("qwen3", {}, "q/k norms"),
+        ("llama", {"quantization": "int8"}, "not a packed bf16 FastLinear"),
+        ("llama", {"cpu_linear": "torch"}, "not a packed bf16 FastLinear"),
+        ("llama", {"attention_backend": "torch"}, "attention backend"),
+    ],
+)
+def test_models_the_fused_path_cannot_serve_keep_the_per_op_path(variant, engine_args, why, tiny_model):
+    llm, runner = _runner(tiny_model(variant), **engine_args)
+    assert runner.model.model.fused_decode is None
+    assert why in fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels)
+    out = llm.generate(["hello"], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
+
+
+def test_the_environment_switch_and_a_quantized_kv_cache_turn_it_off(tiny_model, monkeypatch):
+    _, runner = _runner(tiny_model("llama"))
+    _need_fused(runner)
+    attn = runner.model.model.layers[0].self_attn
+    attn.k_cache = attn.k_cache.to(torch.int8)  # what a quantized KV cache would bind
+    assert "KV cache" in fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels)
+    assert make_fused_decoder(runner.model, runner.kernels) is None
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    assert "NANOSERVE_DISABLE_FUSED_DECODE" in fused_decode.fused_decode_unavailable_reason(
+        runner.model, runner.kernels
+    )
+
+
+def _demo_prompts(n_per_task: int) -> list[str]:
+    from nanoserve.demo_tasks import TASKS, held_out_problems
+
+    return [p.prompt for task in TASKS for p in held_out_problems(task, n_per_task)]
+
+
+def test_demo_model_greedy_output_is_identical_on_100_problems(monkeypatch):
+    from nanoserve.demo import default_model
+
+    prompts = _demo_prompts(25)
+    params = SamplingParams(temperature=0, max_tokens=24)
+    llm, runner = _runner(default_model())
+    _need_fused(runner)
+    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    llm_ref, _ = _runner(default_model())
+    per_op = [o.outputs[0].token_ids for o in llm_ref.generate(prompts, params, use_tqdm=False)]
+    assert per_op == fused
+    # batch 1 as well: every step then is a single decode
+    for prompt in prompts[::25]:
+        one = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+        assert one == per_op[prompts.index(prompt)]
+
+
+def test_smollm2_chat_answers_are_identical(smollm2, monkeypatch):
+    conversations = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Write a haiku about the sea."}],
+        [{"role": "user", "content": "List three prime numbers."}],
+    ]
+    params = SamplingParams(temperature=0, max_tokens=32)
+    llm, runner = _runner(smollm2)
+    _need_fused(runner)
+    fused = [o.outputs[0].token_ids for o in llm.chat(conversations, params, use_tqdm=False)]
+    one = llm.chat(conversations[:1], params, use_tqdm=False)[0].outputs[0].token_ids  # batch 1
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    llm_ref, _ = _runner(smollm2)
+    per_op = [o.outputs[0].token_ids for o in llm_ref.chat(conversations, params, use_tqdm=False)]
+    assert per_op == fused
+    assert one == per_op[0]
+    assert "Paris" in llm.get_tokenizer().decode(fused[0])

@@ -2,8 +2,9 @@
 
 Every rank holds the same number of blocks (the scheduler's block ids are global) but only its own KV
 heads (model/parallel_layers.shard_heads). With fewer KV heads than ranks, heads are replicated, so the
-ranks together hold more than the full model's KV heads; with a count not divisible by the ranks, one
-rank holds more than its 1/N. Sizing by the full model's bytes per token would then overrun the budget.
+ranks together hold more than the full model's KV heads; with a count not divisible by the ranks, or q
+heads split unevenly (3 q heads on 2 ranks: 2 + 1), ranks hold different numbers of KV heads and one
+holds more than its 1/N. Sizing by the full model's bytes per token would then overrun the budget.
 The budget is for all ranks together (CPU: one RAM; CUDA: one GPU's free memory × N), so the pool is
 sized as if every rank held as many KV heads as the largest one: N × max over ranks of local KV heads.
 """

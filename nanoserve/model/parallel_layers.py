@@ -7,9 +7,10 @@
 - embedding: vocab-parallel (`VocabParallelEmbedding`): each rank looks up the token ids in its range
   of the vocabulary, zeros elsewhere, then one all-reduce. lm_head (`ParallelLMHead`): each rank's
   vocab rows, the logits gathered on rank 0. A vocabulary not divisible by N is padded with zero rows.
-- heads: q heads split evenly (a count not divisible by N is an error naming both numbers). KV heads
-  follow the q heads each rank holds: sharded when N divides them, replicated on several ranks when
-  there are fewer KV heads than ranks or when a rank's q heads straddle KV groups (`shard_heads`).
+- heads: q heads split as evenly as can be (the first num_heads % N ranks one more; o's input columns
+  follow them). KV heads follow the q heads each rank holds: sharded when N divides them, replicated on
+  several ranks when there are fewer KV heads than ranks or when a rank's q heads straddle KV groups, so
+  ranks may hold different numbers of KV heads (`shard_heads`).
 
 Every sharded parameter says which slice of its checkpoint tensor it holds (`checkpoint_slice`), so
 the loader reads only that slice. With tensor_parallel_size 1 none of these layers is built.
@@ -17,7 +18,6 @@ the loader reads only that slice. With tensor_parallel_size 1 none of these laye
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,18 +55,23 @@ def split_range(total: int, world_size: int, rank: int) -> tuple[int, int]:
 def shard_heads(num_heads: int, num_kv_heads: int, world_size: int, rank: int) -> tuple[int, int, list[int]]:
     """(first q head, q heads, the KV heads in local order) of `rank`.
 
-    Local q head i uses local KV head i // g with g = gcd(q heads per KV head, local q heads): runs of
-    g q heads never straddle a KV group, so grouped attention stays uniform on every rank.
+    The q heads split as evenly as can be (`split_range`: the first num_heads % N ranks one more).
+    Local q head i uses local KV head i // g, g the largest divisor of the local q heads whose runs
+    never straddle a KV group: grouped attention stays uniform on every rank, and a run that would
+    straddle gets KV slots of its own (a KV head then repeated in the local list). Ranks may so hold
+    different numbers of KV slots; the pool is sized by the largest (distributed/kv_sizing.py).
     """
-    if num_heads % world_size:
+    if num_heads < world_size:  # a rank without a q head would have nothing to attend with
         raise ModelLoadError(
-            f"{num_heads} attention heads cannot be split evenly over tensor_parallel_size {world_size}"
+            f"{num_heads} attention heads cannot be split over tensor_parallel_size {world_size}: "
+            "every rank needs at least one"
         )
-    local = num_heads // world_size
+    first, local = split_range(num_heads, world_size, rank)
     group = num_heads // num_kv_heads
-    g = math.gcd(group, local)
-    first = rank * local
-    return first, local, [(first + i * g) // group for i in range(local // g)]
+    kv_of = [(first + i) // group for i in range(local)]  # the full model's KV head of each local q head
+    g = max(g for g in range(1, local + 1)
+            if local % g == 0 and all(kv_of[i] == kv_of[i - i % g] for i in range(local)))
+    return first, local, kv_of[::g]
 
 
 def _merge(ranges: Ranges) -> Ranges:

@@ -22,6 +22,10 @@ def model_config(num_heads: int, num_kv_heads: int) -> ModelConfig:
     (4, 1, 2, [1, 1]),  # one KV head, replicated on both ranks: twice the full model's
     (6, 3, 2, [3, 3]),  # 3 q heads a rank straddle KV groups: one KV slot per q head (shard_heads)
     (8, 2, 4, [1, 1, 1, 1]),
+    (3, 1, 2, [1, 1]),  # q heads split 2 + 1, the one KV head on both ranks
+    (3, 3, 2, [2, 1]),  # q heads split 2 + 1: ranks hold different KV heads
+    (5, 5, 2, [3, 2]),
+    (12, 2, 3, [1, 2, 1]),  # only the middle rank's q heads straddle a KV group
 ])
 def test_the_pool_fits_the_budget_with_what_every_rank_allocates(heads, kv_heads, tp, per_rank):
     mc = model_config(heads, kv_heads)
@@ -32,7 +36,13 @@ def test_the_pool_fits_the_budget_with_what_every_rank_allocates(heads, kv_heads
     per_head_token_bytes = 2 * mc.num_layers * mc.head_dim * mc.dtype_bytes  # K and V of every layer
     allocated = sum(blocks * BLOCK_SIZE * h * per_head_token_bytes for h in per_rank)
     assert allocated <= budget
-    assert allocated > budget - tp * BLOCK_SIZE * max(per_rank) * per_head_token_bytes  # and uses it
+    # Sized as if every rank held the largest rank's KV heads: that bound uses the budget (all of it
+    # when the ranks hold the same number, as with q heads split evenly).
+    bound = blocks * BLOCK_SIZE * tp * max(per_rank) * per_head_token_bytes
+    assert allocated <= bound <= budget
+    assert bound > budget - tp * BLOCK_SIZE * max(per_rank) * per_head_token_bytes
+    if len(set(per_rank)) == 1:
+        assert allocated == bound
     full_model_blocks = make_cache_config(args, mc, budget).num_blocks
     if sum(per_rank) > kv_heads:  # the full model's bytes per token would have overrun the budget
         assert sum(full_model_blocks * BLOCK_SIZE * h * per_head_token_bytes for h in per_rank) > budget

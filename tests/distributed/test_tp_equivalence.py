@@ -4,6 +4,8 @@ through chunked prefill, prefix caching and forced preemption."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -17,6 +19,14 @@ SHAPES = {
     # and an intermediate size of 130 (split 65 + 65).
     "llama_3kv_odd_vocab": ("llama", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3,
                                       "vocab_size": 131, "intermediate_size": 130}),
+    # q heads not divisible by 2 (split 2 + 1 and 3 + 2; o_proj's input columns follow), head_dim 16:
+    # one KV head on both ranks; as many KV heads as q heads (ranks hold 2 + 1 and 3 + 2 KV heads).
+    "llama_3q_1kv": ("llama", {"hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1}),
+    "llama_3q_3kv": ("llama", {"hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 3}),
+    "llama_5q_5kv_odd_vocab": ("llama", {"hidden_size": 80, "num_attention_heads": 5,
+                                         "num_key_value_heads": 5, "vocab_size": 131,
+                                         "intermediate_size": 130}),
+    "qwen2_3q_bias": ("qwen2", {"hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1}),
     "llama_tied": ("llama_tied", {}),
     "qwen2_bias_tied": ("qwen2", {}),
     "qwen3_qk_norm": ("qwen3", {}),
@@ -63,7 +73,10 @@ def test_tp2_matches_tp1(shape, tiny_model, make_llm):
     engine = dict(max_num_batched_tokens=16, block_size=4, num_gpu_blocks_override=20,
                   enable_prefix_caching=True)
     one = _run(make_llm(path, 1, **engine))
-    two = _run(make_llm(path, 2, **engine))
+    llm2 = make_llm(path, 2, **engine)
+    heads = json.loads((path / "config.json").read_text())["num_attention_heads"]
+    assert llm2.llm_engine.runner.model.attention_layers()[0].num_heads == -(-heads // 2)  # rank 0's share
+    two = _run(llm2)
     assert one["preemptions"] > 0 and two["preemptions"] > 0
     assert one["prefix_hits"] > 0
     assert two["greedy"] == one["greedy"]

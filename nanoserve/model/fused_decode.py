@@ -111,7 +111,8 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
         if type(attn.backend) is not CpuNativeAttentionBackend:
             return f"attention backend {type(attn.backend).__name__}"
         caches = (attn.k_cache, attn.v_cache)
-        if any(c is None or c.dtype != torch.bfloat16 for c in caches):
+        # A quantized cache (attention/kv_cache.QuantizedKV: codes + scales) is not a tensor.
+        if any(not isinstance(c, torch.Tensor) or c.dtype != torch.bfloat16 for c in caches):
             return "a KV cache that is not bf16"
         if attn.head_dim != attn.k_cache.shape[-1] or attn.num_heads % attn.num_kv_heads:
             return "attention shapes the decode kernel does not take"

@@ -13,6 +13,7 @@ import torch
 from nanoserve import LLM, SamplingParams
 from nanoserve.model import fused_decode
 from nanoserve.model.attention import StepLayout
+from nanoserve.model.attention.torch_backend import DECODE_ROWS_MAX_QUERY_LEN
 from nanoserve.model.fused_decode import FusedDecoder, make_fused_decoder
 
 pytestmark = pytest.mark.skipif(fused_decode.load_fused_decode() is None, reason="fused decode not built")
@@ -46,25 +47,28 @@ def _decode_layout(runner, ctx_lens: list[int]) -> StepLayout:
     return StepLayout(list(range(len(ctx_lens) + 1)), ctx_lens, tables, slots, bs)
 
 
-def _step_both_ways(runner, ctx_lens: list[int], seed: int = 0):
+def _step_both_ways(runner, ctx_lens: list[int], seed: int = 0, layout=None, positions=None):
     """(hidden, logits, kv cache) of one decode step op by op, then fused, from the same random cache."""
     model, fused = runner.model, _need_fused(runner)
     gen = torch.Generator().manual_seed(seed)
     vocab = runner.model_config.vocab_size
-    ids = torch.randint(0, vocab, (len(ctx_lens),), generator=gen)
-    positions = torch.tensor([c - 1 for c in ctx_lens])
-    layout = _decode_layout(runner, ctx_lens)
-    runner.kv_cache.copy_(torch.randn(runner.kv_cache.shape, generator=gen))  # the earlier tokens' K/V
-    start = runner.kv_cache.clone()
+    positions = torch.tensor([c - 1 for c in ctx_lens]) if positions is None else positions
+    ids = torch.randint(0, vocab, (len(positions),), generator=gen)
+    layout = _decode_layout(runner, ctx_lens) if layout is None else layout
+    caches = [c for kv in runner.kv_caches for c in kv]  # every layer's k and v (model dtype: fused only)
+    for c in caches:
+        c.copy_(torch.randn(c.shape, generator=gen))  # the earlier tokens' K/V
+    start = [c.clone() for c in caches]
     results = []
     with torch.inference_mode():
         for path in (None, fused):
-            runner.kv_cache.copy_(start)
+            for c, s in zip(caches, start, strict=True):
+                c.copy_(s)
             model.model.fused_decode = path
             meta = runner.attention_backend.build_metadata(layout)
             assert fused.applies(meta)
             hidden = model(ids, positions, meta)
-            results.append((hidden, model.compute_logits(hidden), runner.kv_cache.clone()))
+            results.append((hidden, model.compute_logits(hidden), torch.stack([c.clone() for c in caches])))
     model.model.fused_decode = fused
     return results
 
@@ -114,12 +118,20 @@ def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
     _, runner = _runner(tiny_model("llama"))
     fused = _need_fused(runner)
     bs = runner.block_size
-    mixed = StepLayout([0, 1, 6], [9, 5], [[0], [1]], [8, bs, bs + 1, bs + 2, bs + 3, bs + 4], bs)
+    n = DECODE_ROWS_MAX_QUERY_LEN + 2  # a chunk longer than the backend turns into decode rows
+    chunk_slots = [bs + i for i in range(n)]
+    mixed = StepLayout([0, 1, 1 + n], [9, n], [[0], [1, 2]], [8, *chunk_slots], bs)
     assert not fused.applies(runner.attention_backend.build_metadata(mixed))
-    prefill = StepLayout([0, 3], [3], [[2]], [2 * bs, 2 * bs + 1, 2 * bs + 2], bs)
+    prefill = StepLayout([0, n], [n], [[1, 2]], chunk_slots, bs)
     assert not fused.applies(runner.attention_backend.build_metadata(prefill))
     decodes = StepLayout([0, 1, 2], [9, 5], [[0], [1]], [8, bs + 4], bs)
     assert fused.applies(runner.attention_backend.build_metadata(decodes))
+    # A short chunk over a cached context (a speculative verify) is decode rows, one per token: fused too.
+    verify = StepLayout([0, 1, 4], [9, 7], [[0], [1]], [8, bs + 4, bs + 5, bs + 6], bs)
+    assert fused.applies(runner.attention_backend.build_metadata(verify))
+    (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, [], layout=verify,
+                                                   positions=torch.tensor([8, 4, 5, 6]))
+    assert torch.equal(h0, h1) and torch.equal(l0, l1) and torch.equal(kv0, kv1)
 
 
 @pytest.mark.parametrize(
@@ -130,6 +142,8 @@ def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
         ("llama", {"quantization": "int8"}, "not a packed bf16 FastLinear"),
         ("llama", {"cpu_linear": "torch"}, "not a packed bf16 FastLinear"),
         ("llama", {"attention_backend": "torch"}, "attention backend"),
+        ("llama", {"kv_cache_dtype": "int8"}, "KV cache that is not bf16"),
+        ("llama", {"kv_cache_dtype": "fp8_e4m3"}, "KV cache that is not bf16"),
     ],
 )
 def test_models_the_fused_path_cannot_serve_keep_the_per_op_path(variant, engine_args, why, tiny_model):

@@ -31,9 +31,10 @@ QUANTIZATION_METHODS = ("int8", "int4", "w8a8")
 # fp8_e4m3 = one byte per element plus a float32 scale per (token, kv head) for K and for V.
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3")
 KV_SCALE_BYTES = 4
-# Pre-quantized checkpoint formats, recognised from config.json's quantization_config with no flag; naming
+# Pre-quantized checkpoint formats, recognised from config.json's quantization_config (gguf: from a .gguf
+# file's quantized decoder linears, model/quantization/gguf_checkpoint.py) with no flag; naming
 # one with --quantization only checks that the checkpoint is in it (model/quantization/checkpoint_formats.py).
-CHECKPOINT_QUANTIZATION_FORMATS = ("gptq", "awq", "compressed-tensors")
+CHECKPOINT_QUANTIZATION_FORMATS = ("gptq", "awq", "compressed-tensors", "gguf")
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 CPU_KV_FRACTION_OF_AVAILABLE = 0.25
@@ -118,8 +119,9 @@ class EngineArgs:
         default=None,
         metadata={"help": "quantize the decoder's linear layers at load: int8 (weights per channel), int4 "
                   "(weights per group), w8a8 (int8 weights and per-token int8 activations); the "
-                  "embedding and lm_head stay in the model dtype. GPTQ, AWQ and compressed-tensors "
-                  "checkpoints are recognised without it (naming their format here is allowed)",
+                  "embedding and lm_head stay in the model dtype. GPTQ, AWQ, compressed-tensors and "
+                  "quantized GGUF checkpoints are recognised without it (naming their format here is "
+                  "allowed)",
                   "choices": (None, *QUANTIZATION_METHODS, *CHECKPOINT_QUANTIZATION_FORMATS)},
     )
     quantization_group_size: int = field(

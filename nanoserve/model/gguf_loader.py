@@ -5,6 +5,9 @@ weights are read with the `gguf` package's reader and dequantized (gguf.quants.d
 model dtype (`gguf_tensors`). `gguf_weights` instead keeps the decoder linears' quantized blocks as
 our own integer format (QuantizedWeight, read by quantization/gguf_quant.py: Q8_0, Q4_0/1, Q5_0/1,
 Q2_K..Q6_K) and dequantizes only the rest (embedding, norms, the head, F32/F16/BF16 linears).
+Both read through `GGUFFile`, which opens the file once and reads each tensor only when asked; the loader
+uses it to read a quantized GGUF's decoder linears into QuantLinears (ModelConfig.quantization "gguf",
+quantization/gguf_checkpoint.py) and everything else as floats.
 
 llama.cpp's converter permutes the rows of Llama's q_proj/k_proj (from HF's rotate-half rotary layout
 to interleaved pairs); `unpermute_qk` undoes it, as transformers' GGUF loader does.
@@ -12,6 +15,7 @@ to interleaved pairs); `unpermute_qk` undoes it, as transformers' GGUF loader do
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -134,48 +138,98 @@ def unpermute_qk_quantized(w: QuantizedWeight, num_heads: int) -> QuantizedWeigh
 def gguf_tensors(path: str | Path, hf_config: dict[str, Any]):
     """Yield (Hugging Face name, float32 tensor) for every tensor of the file, dequantized and with
     Llama's q/k un-permuted. Unknown tensors and unsupported quant types are ModelLoadErrors."""
-    yield from _read_tensors(path, hf_config, keep_quantized=False)
+    file = GGUFFile(path, hf_config)
+    for name in file.names():
+        yield name, file.read_float(name)
 
 
 def gguf_weights(path: str | Path, hf_config: dict[str, Any]):
     """Like `gguf_tensors`, but a decoder linear's weight (QUANTIZED_LINEARS) stored in a quantized type
     comes as (name, QuantizedWeight [out, in]) read from its blocks, never through floats; every other
     tensor as (name, float32 tensor). q/k rows are un-permuted either way."""
-    yield from _read_tensors(path, hf_config, keep_quantized=True)
+    file = GGUFFile(path, hf_config)
+    for name in file.names():
+        yield name, file.read_quantized(name) if file.keeps_quantized(name) else file.read_float(name)
 
 
-def _read_tensors(path: str | Path, hf_config: dict[str, Any], keep_quantized: bool):
+def quantized_linear_names(path: str | Path, hf_config: dict[str, Any]) -> list[str]:
+    """The weights of the decoder linears the file stores in a type `gguf_weights` keeps quantized
+    (from the header alone: no tensor is read)."""
+    file = GGUFFile(path, hf_config)
+    return [name for name in file.names() if file.keeps_quantized(name)]
+
+
+@functools.lru_cache(maxsize=1)
+def _reader(path: str, mtime_ns: int, size: int) -> Any:
+    """gguf.GGUFReader of the file, kept for the next caller (keyed on its path, time and size): parsing
+    the header's metadata (a 49k-token vocabulary is ~300k small fields) takes seconds, and one load opens
+    the file three times (quantization check, quantized plan, float tensors)."""
     import gguf
 
-    path = Path(path)
-    _check_file(path)
-    reader = gguf.GGUFReader(str(path))
-    permute = hf_config.get("model_type") in PERMUTED_QK
-    heads = {"q_proj": int(hf_config["num_attention_heads"]),
-             "k_proj": int(hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"])}
-    for t in reader.tensors:
-        kind = t.tensor_type.name
-        if kind not in SUPPORTED_TENSOR_TYPES:
-            raise ModelLoadError(
-                f"tensor {t.name!r} of {path.name} is {kind}, which nanoserve cannot load; "
-                f"supported: {', '.join(SUPPORTED_TENSOR_TYPES)}"
-            )
-        name = hf_name(t.name)
-        if name is None:
-            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path.name}")
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest first
+    return gguf.GGUFReader(path)
+
+
+class GGUFFile:
+    """A .gguf file's tensors by Hugging Face name, each read only when asked (the file is memory-mapped,
+    so the loader can read one module's tensors at a time). Every tensor's type and name is checked
+    when the file is opened: unknown tensors and unsupported quant types are ModelLoadErrors."""
+
+    def __init__(self, path: str | Path, hf_config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        _check_file(self.path)
+        stat = self.path.stat()
+        reader = _reader(str(self.path.resolve()), stat.st_mtime_ns, stat.st_size)
+        self._permute = hf_config.get("model_type") in PERMUTED_QK
+        self._heads = {
+            "q_proj": int(hf_config["num_attention_heads"]),
+            "k_proj": int(hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"]),
+        }
+        self._tensors: dict[str, Any] = {}  # HF name -> gguf ReaderTensor, in the file's order
+        for t in reader.tensors:
+            kind = t.tensor_type.name
+            if kind not in SUPPORTED_TENSOR_TYPES:
+                raise ModelLoadError(
+                    f"tensor {t.name!r} of {self.path.name} is {kind}, which nanoserve cannot load; "
+                    f"supported: {', '.join(SUPPORTED_TENSOR_TYPES)}"
+                )
+            name = hf_name(t.name)
+            if name is None:
+                raise ModelLoadError(f"unexpected tensor {t.name!r} in {self.path.name}")
+            self._tensors[name] = t
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(self._tensors[name].shape))  # GGUF lists dims fastest first
+
+    def tensor_type(self, name: str) -> str:
+        return self._tensors[name].tensor_type.name
+
+    def keeps_quantized(self, name: str) -> bool:
+        """Whether `read_quantized` reads it: a decoder linear's weight in a type with an integer mapping."""
         proj = name.split(".")[-2]
-        if keep_quantized and kind in READERS and proj in QUANTIZED_LINEARS and name.endswith(".weight"):
-            weight = read_gguf_linear(kind, t.data, shape)  # [out, in] codes, scales (and zeros)
-            if permute and proj in heads:
-                weight = unpermute_qk_quantized(weight, heads[proj])
-            yield name, weight
-            continue
-        # [rows, cols] float32 (F16/BF16/quantized blocks expanded)
+        return self.tensor_type(name) in READERS and proj in QUANTIZED_LINEARS and name.endswith(".weight")
+
+    def read_float(self, name: str) -> torch.Tensor:
+        """The tensor as float32 (F16/BF16/quantized blocks expanded by the gguf package), q/k un-permuted."""
+        import gguf
+
+        t = self._tensors[name]
         values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         if not values.flags.writeable:  # an F32 tensor is a view of the read-only memory map
             values = values.copy()
-        tensor = torch.from_numpy(values.reshape(shape))
-        if permute and proj in heads:
-            tensor = unpermute_qk(tensor, heads[proj])
-        yield name, tensor
+        tensor = torch.from_numpy(values.reshape(self.shape(name)))  # [rows, cols]
+        proj = name.split(".")[-2]
+        if self._permute and proj in self._heads:
+            tensor = unpermute_qk(tensor, self._heads[proj])
+        return tensor
+
+    def read_quantized(self, name: str) -> QuantizedWeight:
+        """A `keeps_quantized` weight as QuantizedWeight [out, in] read from its blocks, q/k un-permuted."""
+        t = self._tensors[name]
+        weight = read_gguf_linear(t.tensor_type.name, t.data, self.shape(name))  # codes, scales (and zeros)
+        proj = name.split(".")[-2]
+        if self._permute and proj in self._heads:
+            weight = unpermute_qk_quantized(weight, self._heads[proj])
+        return weight

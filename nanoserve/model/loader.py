@@ -5,7 +5,8 @@ and the tokenizer (transformers' AutoTokenizer); a .gguf file goes through model
 named real model (`nanoserve fetch`) is first resolved to its cached folder (models_cache.py).
 Anything we cannot load or honour is a ModelLoadError that names the problem: never a silently wrong model.
 A checkpoint with a `quantization_config` (GPTQ, AWQ, compressed-tensors) is recognised with no flag: its
-quantized linears are read straight into QuantLinears (model/quantization/checkpoint_load.py).
+quantized linears are read straight into QuantLinears (model/quantization/checkpoint_load.py); so are a
+quantized .gguf file's decoder linears (quantization "gguf", model/quantization/gguf_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ def load_model_config(args: EngineArgs) -> ModelConfig:
     else:
         cfg = read_hf_config(model)
     quantization = make_quantization_config(args)
-    if not gguf_loader.is_gguf(model):  # a bad quantization_config fails here, before anything is built
+    if gguf_loader.is_gguf(model):  # quantized linears are read as such ("gguf"), with no flag
+        from nanoserve.model.quantization.gguf_checkpoint import gguf_quantization
+
+        quantization = gguf_quantization(args, model, cfg)
+    else:  # a bad quantization_config fails here, before anything is built
         from nanoserve.model.quantization.checkpoint_load import checkpoint_quantization
 
         quantization = checkpoint_quantization(args, cfg)
@@ -405,10 +410,34 @@ class _QuantizedCheckpoint:
         load_checkpoint_linears(model, self.qc, self.plan, self.layers, self.read)
 
 
+class _GGUFCheckpoint(_QuantizedCheckpoint):
+    """The quantized decoder linears of a .gguf file (quantization "gguf"): read from their blocks, one
+    module at a time, by the GPTQ/AWQ path's planner and builder (quantization/gguf_checkpoint.py)."""
+
+    def __init__(self, mc: ModelConfig, model: LlamaForCausalLM) -> None:
+        from nanoserve.model.quantization.checkpoint_load import plan_checkpoint_linears
+        from nanoserve.model.quantization.gguf_checkpoint import GGUFLinears, complete_stacks
+
+        self.qc = GGUFLinears()  # type: ignore[assignment]
+        self.file = gguf_loader.GGUFFile(mc.model, mc.hf_config)
+        quantized = [name for name in self.file.names() if self.file.keeps_quantized(name)]
+        self.layers = complete_stacks(model, self.qc.layer_tensors(quantized))
+        self.names = {name for names in self.layers.values() for name in names}
+        self.plan = plan_checkpoint_linears(model, self.layers)
+
+    def read(self, name: str) -> Any:  # a QuantizedWeight
+        return self.file.read_quantized(name)
+
+    def skips(self, name: str, expected: dict[str, torch.Tensor], read: Callable[[], torch.Tensor]) -> bool:
+        return name in self.names
+
+
 def _quantized_checkpoint(mc: ModelConfig, model: LlamaForCausalLM) -> _QuantizedCheckpoint | None:
     quant = mc.quantization
-    if quant is None or quant.method not in CHECKPOINT_QUANTIZATION_FORMATS or gguf_loader.is_gguf(mc.model):
+    if quant is None or quant.method not in CHECKPOINT_QUANTIZATION_FORMATS:
         return None
+    if gguf_loader.is_gguf(mc.model):
+        return _GGUFCheckpoint(mc, model)
     return _QuantizedCheckpoint(mc, model)
 
 
@@ -427,9 +456,10 @@ def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
     """(file name, tensor name, shape, read the tensor) for every tensor of the checkpoint; a safetensors
     tensor is read only after its name and shape are checked."""
     if gguf_loader.is_gguf(mc.model):
-        file_name = Path(mc.model).name
-        for name, tensor in gguf_loader.gguf_tensors(mc.model, mc.hf_config):
-            yield file_name, name, tuple(tensor.shape), lambda *run, t=tensor: t.narrow(*run) if run else t
+        file_name, gguf_file = Path(mc.model).name, gguf_loader.GGUFFile(mc.model, mc.hf_config)
+        for name in gguf_file.names():  # dequantized only when read: a quantized linear never is
+            read = lambda *run, n=name: _narrow(gguf_file.read_float(n), run)  # noqa: E731
+            yield file_name, name, gguf_file.shape(name), read
         return
     from safetensors import safe_open
 
@@ -438,6 +468,10 @@ def _checkpoint_items(mc: ModelConfig) -> Iterator[CheckpointItem]:
             for name in f.keys():
                 shape = tuple(f.get_slice(name).get_shape())
                 yield file.name, name, shape, lambda *run, f=f, name=name: _read(f, name, run)
+
+
+def _narrow(tensor: torch.Tensor, run: tuple[int, ...]) -> torch.Tensor:
+    return tensor.narrow(*run) if run else tensor
 
 
 def _read(f: Any, name: str, run: tuple[int, ...]) -> torch.Tensor:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from nanoserve.errors import ModelLoadError
+from nanoserve.model.quantization.common_form import common_form
 from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 
 
@@ -65,12 +66,13 @@ def group_columns(g_idx: torch.Tensor, group_size: int, layer: str) -> torch.Ten
 def stack_linears(parts: list[CheckpointLinear], layer: str) -> CheckpointLinear:
     """Projections that share an input (q/k/v, gate/up) as one linear: their rows stacked along N.
 
-    They must agree on bits, group size, activation quantization and input order; GPTQ's act-order
-    gives q, k and v the same order because they see the same inputs."""
+    They must agree on activation quantization and input order (GPTQ's act-order gives q, k and v the
+    same order because they see the same inputs); parts of different bits or group sizes (a GGUF's Q4_K
+    q/k beside a Q6_K v) are first brought to one form that dequantizes identically (common_form.py)."""
     first = parts[0]
     for part in parts[1:]:
         w, f = part.weight, first.weight
-        if (w.bits, w.group_size, w.act_quant, w.shape[1]) != (f.bits, f.group_size, f.act_quant, f.shape[1]):
+        if (w.act_quant, w.shape[1]) != (f.act_quant, f.shape[1]):
             raise ModelLoadError(f"{layer}: the stacked projections are quantized differently "
                                  f"({w.bits}-bit group {w.group_size} vs {f.bits}-bit group {f.group_size})")
         same_perm = (part.input_perm is None and first.input_perm is None) or (
@@ -80,7 +82,10 @@ def stack_linears(parts: list[CheckpointLinear], layer: str) -> CheckpointLinear
         if not same_perm:
             raise ModelLoadError(f"{layer}: the stacked projections have different act-order (g_idx) "
                                  "column orders; they cannot share one input")
-    weights = [p.weight for p in parts]
+    try:
+        weights = common_form([p.weight for p in parts])
+    except ValueError as e:
+        raise ModelLoadError(f"{layer}: the stacked projections are quantized differently: {e}") from e
     if all(w.zeros is None for w in weights):
         zeros = None
     else:  # one explicit zero point for all: parts without one use the default code
@@ -89,9 +94,9 @@ def stack_linears(parts: list[CheckpointLinear], layer: str) -> CheckpointLinear
         qweight=torch.cat([w.qweight for w in weights]),  # [sum N, K]
         scales=torch.cat([w.scales for w in weights]),  # [sum N, G]
         zeros=zeros,
-        bits=first.weight.bits,
-        group_size=first.weight.group_size,
-        act_quant=first.weight.act_quant,
+        bits=weights[0].bits,
+        group_size=weights[0].group_size,
+        act_quant=weights[0].act_quant,
     )
     return CheckpointLinear(stacked, first.input_perm)
 

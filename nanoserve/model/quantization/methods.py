@@ -148,6 +148,10 @@ register_method(QuantMethod(
     "model dtype", None,
 ))
 register_method(QuantMethod(
+    "gguf", "GGUF files (llama.cpp): Q8_0, Q4_0/1, Q5_0/1 and Q2_K..Q6_K decoder linears as 8/4-bit weights "
+    "per group of 16 or 32, activations in the model dtype", None,
+))
+register_method(QuantMethod(
     "compressed-tensors", "compressed-tensors checkpoints (llm-compressor): pack-quantized W4A16/W8A16 and "
     "int-quantized W8A8 (activations int8 per token)", None,
 ))

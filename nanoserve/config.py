@@ -170,6 +170,12 @@ class EngineArgs:
                   "to the least loaded (with prefix-cache affinity); CPU threads are split between them",
                   "aliases": ("-dp",)},
     )
+    quantization_lm_head: bool = field(
+        default=False,
+        metadata={"help": "with quantization int8|int4|w8a8, quantize the lm_head too (as llama.cpp's GGUFs "
+                  "do; a tied embedding keeps its float copy for the token lookup): on large vocabularies "
+                  "the lm_head is a third of a small model's bytes per decoded token"},
+    )
 
     @classmethod
     def add_cli_args(
@@ -261,6 +267,13 @@ class EngineArgs:
                 f"(got quantization={self.quantization!r}; int8 and w8a8 are symmetric per output channel)",
                 "quantization",
             )
+        if self.quantization_lm_head and self.quantization not in QUANTIZATION_METHODS:
+            raise InvalidRequestError(
+                f"quantization_lm_head needs quantization in {QUANTIZATION_METHODS} (got "
+                f"{self.quantization!r}: a quantized checkpoint says itself whether its lm_head is "
+                "quantized)",
+                "quantization_lm_head",
+            )
         from nanoserve.engine.spec_decode.config import parse_speculative_config
 
         parse_speculative_config(self.speculative_config)  # raises with the reason
@@ -326,12 +339,14 @@ class QuantizationConfig:
     method: str
     group_size: int = 128  # int4: input columns per scale
     zero_point: bool = False  # int4: asymmetric, a zero code per group
+    lm_head: bool = False  # quantize the lm_head too (methods quantized at load only)
 
 
 def make_quantization_config(args: EngineArgs) -> QuantizationConfig | None:
     if args.quantization is None:
         return None
-    return QuantizationConfig(args.quantization, args.quantization_group_size, args.quantization_zero_point)
+    return QuantizationConfig(args.quantization, args.quantization_group_size, args.quantization_zero_point,
+                              args.quantization_lm_head)
 
 
 @dataclass

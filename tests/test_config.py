@@ -125,7 +125,7 @@ def test_every_field_round_trips_through_the_command_line():
         kv_cache_dtype="int8",
         tensor_parallel_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
         master_port=29500,
-        data_parallel_size=2,
+        data_parallel_size=2, quantization_lm_head=True,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]
@@ -199,3 +199,11 @@ def test_a_field_of_a_type_without_a_flag_is_refused():
 
     with pytest.raises(TypeError, match="sizes: no flag for type"):
         _parser(Bad)
+
+
+def test_quantization_lm_head_needs_a_method_quantized_at_load():
+    with pytest.raises(InvalidRequestError, match="quantization_lm_head needs quantization"):
+        EngineArgs(model="m", quantization_lm_head=True)
+    with pytest.raises(InvalidRequestError, match="quantization_lm_head needs quantization"):
+        EngineArgs(model="m", quantization="gptq", quantization_lm_head=True)
+    assert EngineArgs(model="m", quantization="int4", quantization_lm_head=True).quantization_lm_head

@@ -28,7 +28,15 @@ def add_engine_arguments(p: argparse.ArgumentParser, **defaults: Any) -> None:
 
 
 def engine_kwargs(args: argparse.Namespace, model_dir: str, **overrides: Any) -> dict[str, Any]:
-    """LLM(model_dir, **engine_kwargs(...)): the parsed engine flags, validated, `overrides` winning."""
+    """LLM(model_dir, **engine_kwargs(...)): the parsed engine flags, validated, `overrides` winning.
+
+    `--quantization-lm-head` without `--quantization` is kept for the `nanoserve:<method>` rows, which
+    set the method per row (`throughput.nanoserve_method_kwargs`); the engine itself refuses it alone."""
+    head_only = getattr(args, "quantization_lm_head", False) and getattr(args, "quantization", None) is None
+    if head_only:
+        overrides = {"quantization_lm_head": False, **overrides}
     values = asdict(EngineArgs.from_cli_args(args, model=model_dir, **overrides))
     del values["model"]
+    if head_only:
+        values["quantization_lm_head"] = True
     return values

@@ -156,11 +156,16 @@ def run_llamacpp_backend(
 
 
 def nanoserve_method_kwargs(backend: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`nanoserve:<method>`: the engine flags with quantization = method (`none`: unquantized)."""
-    if ":" not in backend:
-        return engine_kwargs
-    method = backend.split(":", 1)[1]
-    return {**engine_kwargs, "quantization": None if method == "none" else method}
+    """`nanoserve:<method>`: the engine flags with quantization = method (`none`: unquantized). An
+    unquantized row drops `quantization_lm_head` (it only qualifies a method), so one command can time
+    bf16 beside int8 with its lm_head quantized."""
+    kwargs = dict(engine_kwargs)
+    if ":" in backend:
+        method = backend.split(":", 1)[1]
+        kwargs["quantization"] = None if method == "none" else method
+    if kwargs.get("quantization") is None:
+        kwargs.pop("quantization_lm_head", None)
+    return kwargs
 
 
 def _threads() -> int:

@@ -1,7 +1,9 @@
 """Quantize a loaded model's decoder linears in place, one layer at a time, and prepare their kernels.
 
 Only the decoder layers' linears (qkv, o, gate_up, down) are quantized: the embedding and the lm_head
-stay in the model dtype (as vLLM's and llama.cpp's common formats keep them), and so do the norms.
+stay in the model dtype (as vLLM's common formats keep them), and so do the norms; with
+`quantization_lm_head` the lm_head is quantized too (as llama.cpp's GGUFs do), while a tied embedding
+keeps its float weight for the token lookup.
 Each FastLinear is replaced by its QuantLinear as soon as it is quantized, so its float weight is freed
 before the next one is made: the peak stays at the float model plus one linear's temporaries.
 """
@@ -41,6 +43,8 @@ def quantize_model(model: nn.Module, config: QuantizationConfig) -> None:
             if isinstance(linear, FastLinear):
                 setattr(parent, attr, QuantLinear.from_linear(linear, lambda w: method.quantize(w, config)))
         # this layer's float weights go with their modules here, before the next layer is quantized
+    if config.lm_head:
+        model.lm_head = QuantLinear.from_linear(model.lm_head, lambda w: method.quantize(w, config))
 
 
 def prepare_quant_linears(model: nn.Module, backend: str, dtype: torch.dtype = torch.bfloat16) -> None:

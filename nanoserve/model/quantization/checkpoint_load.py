@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanoserve.config import CHECKPOINT_QUANTIZATION_FORMATS, EngineArgs, QuantizationConfig
+from nanoserve.config import (
+    CHECKPOINT_QUANTIZATION_FORMATS,
+    EngineArgs,
+    QuantizationConfig,
+    make_quantization_config,
+)
 from nanoserve.errors import ModelLoadError
 from nanoserve.model.cpu_linear import FastLinear
 from nanoserve.model.quantization.checkpoint_formats import (
@@ -56,9 +61,7 @@ def checkpoint_quantization(args: EngineArgs, hf_config: dict[str, Any]) -> Quan
                 "quantization_config: this is a float checkpoint (quantize it at load with int8, int4 or "
                 "w8a8)"
             )
-        if requested is None:
-            return None
-        return QuantizationConfig(requested, args.quantization_group_size, args.quantization_zero_point)
+        return make_quantization_config(args)
     fmt = checkpoint_format(qc)
     if requested not in (None, fmt):
         raise ModelLoadError(

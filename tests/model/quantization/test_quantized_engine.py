@@ -37,21 +37,26 @@ def dequantized_llm(path: str, config: QuantizationConfig) -> LLM:
 
 CASES = [
     ("llama", QuantizationConfig("int8")),
+    ("qwen2", QuantizationConfig("int8", lm_head=True)),  # tied: the embedding keeps its float weight
     ("llama", QuantizationConfig("int4", group_size=32)),
     ("qwen2", QuantizationConfig("int4", group_size=48, zero_point=True)),  # K % 48 != 0, q/k/v bias, tied
     ("qwen2", QuantizationConfig("w8a8")),
 ]
 
 
-@pytest.mark.parametrize("variant,config", CASES, ids=["int8", "int4-g32", "int4-g48-zp", "w8a8"])
+@pytest.mark.parametrize("variant,config", CASES,
+                         ids=["int8", "int8-lm-head", "int4-g32", "int4-g48-zp", "w8a8"])
 def test_quantized_greedy_equals_the_dequantized_reference_under_pressure(variant, config, tiny_model):
     path = str(tiny_model(variant))
     # 16 blocks x 16 tokens for ~560 prompt tokens: preemption; 32-token steps: chunked prefill.
     llm = LLM(path, dtype="float32", quantization=config.method, quantization_group_size=config.group_size,
-              quantization_zero_point=config.zero_point, num_gpu_blocks_override=16, block_size=16,
-              max_num_batched_tokens=32, enable_prefix_caching=True)
-    linears = [m for m in llm.llm_engine.runner.model.modules() if isinstance(m, QuantLinear)]
-    assert len(linears) == 4 * 2  # qkv, o, gate_up, down of both layers; the lm_head stays float
+              quantization_zero_point=config.zero_point, quantization_lm_head=config.lm_head,
+              num_gpu_blocks_override=16, block_size=16, max_num_batched_tokens=32,
+              enable_prefix_caching=True)
+    model = llm.llm_engine.runner.model
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear) and m is not model.lm_head]
+    assert len(linears) == 4 * 2  # qkv, o, gate_up, down of both layers
+    assert isinstance(model.lm_head, QuantLinear) == config.lm_head  # float unless asked otherwise
     assert all(q.group_size == (config.group_size if config.method == "int4" else q.in_features)
                for q in linears)
     ps = prompts()
@@ -61,6 +66,9 @@ def test_quantized_greedy_equals_the_dequantized_reference_under_pressure(varian
     llm.llm_engine.check_all_blocks_free()
 
     ref = dequantized_llm(path, config)
+    if config.lm_head:  # the oracle's head: the same formula over the (tied) head weight
+        ref_model = ref.llm_engine.runner.model
+        ref_model.lm_head = oracle_linear(ref_model.lm_head.weight.detach(), None, config)
     ref_outs = ref.generate([{"prompt_token_ids": p} for p in ps], GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref_outs]
     # ...and the quantization did change the model (the oracle is not just the float model)

@@ -1,4 +1,4 @@
-"""`nanoserve bench throughput | serve | latency | roofline | linear | calibrate`.
+"""`nanoserve bench throughput | serve | latency | roofline | linear | calibrate | spec | tp`.
 
 Each benchmark is its own module with `add_arguments(parser)` and `run(args) -> int`. The modules
 import torch / transformers / the engine only inside their functions, so building the parser is
@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "linear": ("nanoserve.bench.linear", "the decode step's linear layers, CPU paths compared"),
     "calibrate": ("nanoserve.bench.calibrate", "time engine steps by batch shape: a profile for simulate"),
     "spec": ("nanoserve.bench.spec", "speculative decoding over k and proposers, measured vs the planner"),
+    "tp": ("nanoserve.bench.tensor_parallel", "TP=1 against TP=2: tok/s, collectives, bytes vs planner"),
 }
 
 

@@ -51,12 +51,17 @@ _ext_error: str | None = None
 _ext_lock = threading.Lock()
 
 
-def cpu_has_avx512_bf16() -> bool:
+def cpu_has_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists `flag` (e.g. "avx512_bf16", "avx512_vnni"); False where unreadable."""
     try:
         with open("/proc/cpuinfo") as f:
-            return "avx512_bf16" in f.read()
+            return flag in f.read().split()
     except OSError:
         return False
+
+
+def cpu_has_avx512_bf16() -> bool:
+    return cpu_has_flag("avx512_bf16")
 
 
 def load_avx512_kernel() -> ModuleType | None:

@@ -44,7 +44,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from nanoserve.model.cpu_linear import cpu_has_avx512_bf16
+from nanoserve.model.cpu_linear import cpu_has_avx512_bf16, cpu_has_flag
 from nanoserve.model.native_build import load_extension
 from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 
@@ -66,11 +66,7 @@ _ext_lock = threading.Lock()
 
 
 def cpu_has_avx512_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vnni" in f.read()
-    except OSError:
-        return False
+    return cpu_has_flag("avx512_vnni")
 
 
 def load_quant_kernels() -> ModuleType | None:

@@ -94,6 +94,18 @@ def start_server(model_dir: Path, log_path: Path, *args: str) -> ServerProcess:
     return server
 
 
+def launch_main_and_victim(
+    server_model: Path, long_model: Path, logs: Path, name: str, main_args: tuple[str, ...],
+    parallel_args: tuple[str, ...],
+) -> dict[str, ServerProcess]:
+    """Two servers started together so their start-ups overlap: "main" (the core tests) and "victim" (a
+    long-context model whose worker or replica a test kills), both with `parallel_args` (-tp 2, -dp 2)."""
+    victim_args = (*parallel_args, "--shutdown-grace-s", "1", "--max-model-len", str(BUSY_MAX_MODEL_LEN),
+                   "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64))
+    return {"main": ServerProcess(server_model, logs / f"{name}_main.log", *main_args),
+            "victim": ServerProcess(long_model, logs / f"{name}_victim.log", *victim_args)}
+
+
 def metric_values(url: str) -> dict[str, float]:
     """GET /metrics as {"name{label=value,...}": value} plus {"name": value} for unlabelled lookups.
 

@@ -26,6 +26,7 @@ from server_process import (
     LONG_MAX_TOKENS,
     MAX_MODEL_LEN,
     ServerProcess,
+    launch_main_and_victim,
     metric_values,
     replica_metric_values,
 )
@@ -154,10 +155,7 @@ def _dp_launched(server_model, tiny_model, tmp_path_factory) -> dict[str, Server
     """Both dp=2 servers, launched together so their start-ups overlap."""
     logs = tmp_path_factory.mktemp("dp_servers")
     long_model = tiny_model("llama", max_position_embeddings=BUSY_MAX_MODEL_LEN)
-    procs = {"main": ServerProcess(server_model, logs / "dp_main.log", *DP_ARGS),
-             "victim": ServerProcess(long_model, logs / "dp_victim.log", "-dp", "2",
-                                     "--shutdown-grace-s", "1", "--max-model-len", str(BUSY_MAX_MODEL_LEN),
-                                     "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64))}
+    procs = launch_main_and_victim(server_model, long_model, logs, "dp", DP_ARGS, ("-dp", "2"))
     yield procs
     for proc in procs.values():
         proc.stop()

@@ -19,6 +19,7 @@ from server_process import (
     LONG_MAX_TOKENS,
     MAX_MODEL_LEN,
     ServerProcess,
+    launch_main_and_victim,
     metric_values,
 )
 from test_data_parallel import LongStream, assert_gone, complete, replica_pids
@@ -36,10 +37,7 @@ def _tp_launched(server_model, tiny_model, tmp_path_factory) -> dict[str, Server
     """Both tp=2 servers, launched together so their start-ups overlap."""
     logs = tmp_path_factory.mktemp("tp_servers")
     long_model = tiny_model("llama", max_position_embeddings=BUSY_MAX_MODEL_LEN)
-    procs = {"main": ServerProcess(server_model, logs / "tp_main.log", *TP_ARGS),
-             "victim": ServerProcess(long_model, logs / "tp_victim.log", "-tp", "2",
-                                     "--shutdown-grace-s", "1", "--max-model-len", str(BUSY_MAX_MODEL_LEN),
-                                     "--num-gpu-blocks-override", str(2 * BUSY_MAX_MODEL_LEN // 16 + 64))}
+    procs = launch_main_and_victim(server_model, long_model, logs, "tp", TP_ARGS, ("-tp", "2"))
     yield procs
     for proc in procs.values():
         proc.stop()

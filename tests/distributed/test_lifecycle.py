@@ -33,6 +33,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
@@ -102,8 +106,10 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT to the process group (Ctrl-C)"])
 def test_workers_exit_with_their_engine_process(how, tiny_llama):
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # Start as a terminal would: a shell's background job (`make test &`, CI runners) inherits SIGINT
+    # ignored, and a Python started that way never turns Ctrl-C into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-c", ENGINE_SCRIPT, str(tiny_llama)], stdout=subprocess.PIPE,
-                            env=env, start_new_session=True, text=True)
+                            env=env, start_new_session=True, text=True, preexec_fn=_default_sigint)
     try:
         pids = json.loads(proc.stdout.readline())
         assert pids and all(_alive(p) for p in pids)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from types import ModuleType
 
 import torch
@@ -32,27 +31,16 @@ from nanoserve.model.attention import AttentionMetadata, CpuNativeAttentionBacke
 from nanoserve.model.cpu_linear import FastLinear, load_avx512_kernel
 from nanoserve.model.kernels import Kernels, NativeCpuKernels
 from nanoserve.model.layers import GatedMLP, RMSNorm
-from nanoserve.model.native_build import load_extension
+from nanoserve.model.native_build import LazyExtension
 
 log = logging.getLogger(__name__)
 
-_ext: ModuleType | None = None
-_ext_error: str | None = None
-_lock = threading.Lock()
+_EXTENSION = LazyExtension("nanoserve_fused_decode", ["fused_decode.cpp"], label="fused decode")
 
 
 def load_fused_decode() -> ModuleType | None:
     """Build (first call only; cached on disk) and return the extension, or None (reason logged)."""
-    global _ext, _ext_error
-    with _lock:
-        if _ext is not None or _ext_error is not None:
-            return _ext
-        try:
-            _ext = load_extension("nanoserve_fused_decode", ["fused_decode.cpp"])
-        except Exception as e:  # no compiler, missing headers...
-            _ext_error = f"fused decode build failed: {type(e).__name__}: {str(e)[:300]}"
-            log.info("fused decode unavailable (%s); decoding op by op", _ext_error)
-        return _ext
+    return _EXTENSION.load()
 
 
 class FusedDecoder:
@@ -127,7 +115,7 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
     reason = fused_decode_unavailable_reason(model, kernels)
     ext = None if reason else load_fused_decode()
     if ext is None:
-        log.info("fused decode off (%s); decoding op by op", reason or _ext_error)
+        log.info("fused decode off (%s); decoding op by op", reason or _EXTENSION.reason)
         return None
     decoder = model.model
     first = decoder.layers[0].self_attn

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -138,3 +139,33 @@ def _say_still_compiling(name: str, started: float, done: threading.Event) -> No
     """Log a line every PROGRESS_EVERY_S while the foreground build runs (it only logs)."""
     while not done.wait(PROGRESS_EVERY_S):
         log.warning("still compiling %s… %.0f s", name, time.perf_counter() - started)
+
+
+class LazyExtension:
+    """One extension, built on first `load()` (then cached on disk) and at most once per process.
+
+    `load()` returns the module, or None with the reason in `.reason` (logged once) when `check()`
+    names why this machine cannot use it (e.g. a missing CPU feature, a disabling variable) or the build
+    fails (no compiler, old gcc, sandbox without headers)."""
+
+    def __init__(self, name: str, sources: list[str], extra_cflags: list[str] = (),
+                 check: Callable[[], str | None] | None = None, label: str | None = None) -> None:
+        self.name, self.sources, self.extra_cflags = name, sources, list(extra_cflags)
+        self.check, self.label = check, label or name
+        self.module: ModuleType | None = None
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> ModuleType | None:
+        with self._lock:
+            if self.module is not None or self.reason is not None:
+                return self.module
+            self.reason = self.check() if self.check is not None else None
+            if self.reason is None:
+                try:
+                    self.module = load_extension(self.name, self.sources, self.extra_cflags)
+                except Exception as e:  # noqa: BLE001 - any build failure means "not available"
+                    self.reason = f"build failed: {type(e).__name__}: {str(e)[:300]}"
+            if self.reason is not None:
+                log.info("%s unavailable (%s)", self.label, self.reason)
+            return self.module

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoserve.model.cpu_linear import cpu_has_avx512_bf16, cpu_has_flag
-from nanoserve.model.native_build import load_extension
+from nanoserve.model.native_build import LazyExtension
 from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 
 log = logging.getLogger(__name__)
@@ -60,42 +59,35 @@ W8A8_HYBRID_MIN_ROWS = 8  # w8a8: from this many rows on, VNNI and vdpbf16ps sha
 W8A8_MAX_K = 65_000  # (q + 128) * w summed over K stays below 2**31: 255 * 128 * K
 METHODS = ("w8a16", "w4a16", "w8a8")
 
-_ext: ModuleType | None = None
-_ext_error: str | None = None
-_ext_lock = threading.Lock()
+def _why_not() -> str | None:
+    if os.environ.get("NANOSERVE_DISABLE_NATIVE_LINEAR") == "1":
+        return "disabled by NANOSERVE_DISABLE_NATIVE_LINEAR=1"
+    if not (cpu_has_avx512_bf16() and cpu_has_avx512_vnni()):
+        return "CPU has no avx512_bf16 or no avx512_vnni"
+    return None
 
 
 def cpu_has_avx512_vnni() -> bool:
     return cpu_has_flag("avx512_vnni")
 
 
+_EXTENSION = LazyExtension(
+    "nanoserve_quant_linear", ["quant_linear.cpp"],
+    ["-march=native", "-mavx512f", "-mavx512bf16", "-mavx512bw", "-mavx512vnni"],
+    check=_why_not, label="quantized linear kernels",
+)
+
+
 def load_quant_kernels() -> ModuleType | None:
     """Build (first call only, cached on disk after) and return the native kernels, or None.
 
     None, with the reason in `quant_kernels_unavailable_reason()`, when the CPU lacks AVX-512 bf16 or
-    VNNI, the build fails, or NANOSERVE_DISABLE_NATIVE_LINEAR=1.
-    """
-    global _ext, _ext_error
-    with _ext_lock:
-        if _ext is not None or _ext_error is not None:
-            return _ext
-        if os.environ.get("NANOSERVE_DISABLE_NATIVE_LINEAR") == "1":
-            _ext_error = "disabled by NANOSERVE_DISABLE_NATIVE_LINEAR=1"
-        elif not (cpu_has_avx512_bf16() and cpu_has_avx512_vnni()):
-            _ext_error = "CPU has no avx512_bf16 or no avx512_vnni"
-        else:
-            try:
-                flags = ["-march=native", "-mavx512f", "-mavx512bf16", "-mavx512bw", "-mavx512vnni"]
-                _ext = load_extension("nanoserve_quant_linear", ["quant_linear.cpp"], flags)
-            except Exception as e:  # no compiler, old gcc, sandbox without headers...
-                _ext_error = f"native kernel build failed: {type(e).__name__}: {str(e)[:300]}"
-        if _ext_error:
-            log.info("quant_kernels: native path unavailable (%s)", _ext_error)
-        return _ext
+    VNNI, the build fails, or NANOSERVE_DISABLE_NATIVE_LINEAR=1."""
+    return _EXTENSION.load()
 
 
 def quant_kernels_unavailable_reason() -> str | None:
-    return _ext_error
+    return _EXTENSION.reason
 
 
 @dataclass

@@ -9,6 +9,7 @@ machine and every asset (KaTeX included) is served from static/.
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from fastapi.templating import Jinja2Templates
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, render
-from nanoserve.workbook.checker import check, design_shuffle
-from nanoserve.workbook.progress import Progress
+from nanoserve.workbook.chapters import chapter_notes
+from nanoserve.workbook.checker import check, design_shuffle, trace_order
+from nanoserve.workbook.progress import FIXED_REVEAL_FORGET_S, Progress
+from nanoserve.workbook.teaching import hints, reveal
 
 HERE = Path(__file__).parent
 DEFAULT_PROFILE = "learner"
@@ -84,9 +87,17 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         r = render(e, max(0, v))
         nxt = bank.next_after(e.id)
         profile = profile_of(request)
+        # Trace options are shuffled per showing; the attempt sends the seed back and the grader maps it.
+        shuffle = secrets.randbelow(2**31)
+        trace = [(i, r.options[i]) for i in trace_order(e, max(0, v), shuffle)] if e.type == "trace" else []
+        all_hints = hints(e, max(0, v))
+        used, revealed = progress.aids(profile, e.id, max(0, v))
         return page(request, "exercise.html", e=e, r=r, variant=max(0, v), next_id=nxt.id if nxt else None,
                     shuffled=design_shuffle(e, v) if e.type == "design" else [],
-                    solved=progress.is_mastered(profile, e.id))
+                    solved=progress.is_mastered(profile, e.id), shuffle=shuffle, trace_options=trace,
+                    n_hints=len(all_hints), shown_hints=all_hints[:used], revealed=revealed,
+                    chapter_key=f"{e.seed}-{e.chapter}",
+                    has_notes=chapter_notes(f"{e.seed}-{e.chapter}") is not None)
 
     @app.post("/api/attempt")
     async def attempt(request: Request) -> JSONResponse:
@@ -110,14 +121,74 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
             return JSONResponse({"correct": False, "counts": False, "message": msg})
         profile = profile_of(request)
         out = verdict.to_dict()
+        if not verdict.correct:     # the answer is earned by a right answer or forfeited by a reveal
+            out.update(expected="", derivation="", explanation="")
         if verdict.counts:
-            o = progress.record_attempt(profile, e.id, variant, verdict.answer_text, verdict.correct)
+            o = progress.record_attempt(profile, e.id, variant, verdict.answer_text, verdict.correct,
+                                        elapsed_s=_elapsed_s(body), forget_after_s=_forget_after(e))
             out.update(streak=o.streak, best_streak=o.best_streak, rating=o.rating,
-                       due=o.due.isoformat() if o.due else None, newly_mastered=o.newly_mastered)
+                       due=o.due.isoformat() if o.due else None, newly_mastered=o.newly_mastered,
+                       hints_used=o.hints, revealed=o.revealed)
         out.update(header(profile))
         out["chapter_done"], out["chapter_total"] = progress.mastery(
             profile, {"c": chapter_ids[f"{e.seed}-{e.chapter}"]})["c"]
         return JSONResponse(out)
+
+    def aid_target(body: Any) -> tuple[Any, int]:
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the body must be a JSON object", "body")
+        e = bank.get(str(body.get("id", "")))
+        try:
+            variant = int(body.get("variant", 0))
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidRequestError("variant must be an integer", "variant") from None
+        if not 0 <= variant < 2**31:
+            raise InvalidRequestError("variant must be ≥ 0", "variant")
+        return e, variant
+
+    @app.post("/api/hint")
+    async def hint(request: Request) -> JSONResponse:
+        """The next hint (or hint n); recorded, so the attempt after it is rated as helped."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidRequestError("the body must be JSON", "body") from None
+        e, variant = aid_target(body)
+        all_hints = hints(e, variant)
+        if not all_hints:
+            return JSONResponse({"hint": "", "n": 0, "total": 0})
+        profile = profile_of(request)
+        used = progress.aids(profile, e.id, variant)[0]
+        n = min(len(all_hints), used + 1)
+        progress.use_hint(profile, e.id, variant, n)
+        return JSONResponse({"hint": all_hints[n - 1], "n": n, "total": len(all_hints)})
+
+    @app.post("/api/reveal")
+    async def reveal_(request: Request) -> JSONResponse:
+        """The answer and its working, on demand; forfeits this variant's credit (recorded)."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidRequestError("the body must be JSON", "body") from None
+        e, variant = aid_target(body)
+        try:
+            shown = reveal(e, variant)
+        except BankError as ex:
+            return JSONResponse({"error": {"message": f"this exercise is broken: {ex}", "param": "id"}},
+                                status_code=400)
+        profile = profile_of(request)
+        rating = progress.reveal(profile, e.id, variant)
+        return JSONResponse({**shown, "rating": rating, "revealed": True})
+
+    @app.get("/chapter/{key}", response_class=HTMLResponse)
+    def chapter(request: Request, key: str) -> HTMLResponse:
+        notes = chapter_notes(key)
+        seed, _, ch = key.partition("-")
+        exs = chapters.get((seed, ch))
+        if notes is None or not exs:
+            raise InvalidRequestError(f"no chapter notes for {key!r}", "chapter")
+        return page(request, "chapter.html", key=key, notes=notes, exercises=exs,
+                    seed_title=SEEDS.get(seed, seed), done=progress.mastered(profile_of(request)))
 
     @app.get("/review", response_class=HTMLResponse)
     def review(request: Request) -> HTMLResponse:
@@ -166,3 +237,18 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         return JSONResponse({"imported": name, "attempts": len(progress.attempts(name))})
 
     return app
+
+
+def _elapsed_s(body: dict[str, Any]) -> float | None:
+    """Seconds since the exercise was opened, as the page measured it (Easy needs it); None if absent."""
+    try:
+        ms = float(body.get("elapsed_ms"))
+    except (TypeError, ValueError):
+        return None
+    return ms / 1000 if 0 <= ms < 1e10 else None
+
+
+def _forget_after(e: Any) -> float | None:
+    """Exercises with variants forfeit a revealed variant for good (there are fresh ones); exercises with
+    one fixed answer count again a day after the reveal."""
+    return None if e.variants or e.type == "design" else FIXED_REVEAL_FORGET_S

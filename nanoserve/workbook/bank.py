@@ -136,6 +136,7 @@ class Exercise:
     options: list[str] = field(default_factory=list)
     correct: int | None = None
     reasoning: str = ""
+    why: list[str] = field(default_factory=list)   # per option: why it is wrong ("" for the right one)
     # build
     function: str = ""
     signature: str = ""
@@ -287,6 +288,8 @@ def validate(e: Exercise) -> None:
         if len(e.options) < 2 or e.correct is None or not 0 <= e.correct < len(e.options) or not e.reasoning:
             raise BankError(f"{where}: a trace exercise needs ≥2 options, a valid correct index "
                             "and reasoning")
+        if e.why and len(e.why) != len(e.options):
+            raise BankError(f"{where}: `why` needs one entry per option")
     if e.type == "build":
         if not (e.function and e.starter and e.tests and e.solution):
             raise BankError(f"{where}: a build exercise needs function, starter, solution and tests")

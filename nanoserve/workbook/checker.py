@@ -14,6 +14,7 @@ from typing import Any
 from nanoserve.workbook.bank import Exercise, build_cases, render, solve
 from nanoserve.workbook.grading import _fmt, grade_number
 from nanoserve.workbook.sandbox import grade_function
+from nanoserve.workbook.slips import name_slips
 
 
 @dataclass
@@ -42,14 +43,38 @@ def design_shuffle(e: Exercise, variant: int) -> list[str]:
     return steps
 
 
+def trace_order(e: Exercise, variant: int, shuffle: int) -> list[int]:
+    """Display position → option index: the options in an order fixed by (variant, attempt seed)."""
+    order = list(range(len(e.options)))
+    random.Random(f"{e.id}:trace:{variant}:{shuffle}").shuffle(order)
+    return order
+
+
+def fixed_code(e: Exercise) -> str:
+    """A debug exercise's code with its bug fixed (what the tests accept)."""
+    lines = list(e.code)
+    lines[e.bug_line - 1] = e.fix.rstrip("\n")
+    return "\n".join(lines) + "\n"
+
+
+def debug_function(e: Exercise) -> str:
+    """The function a debug exercise's tests call: the first `def` in its code."""
+    for line in e.code:
+        if line.lstrip().startswith("def "):
+            return line.split("def ", 1)[1].split("(", 1)[0].strip()
+    return ""
+
+
 def check(e: Exercise, variant: int, payload: dict[str, Any]) -> Verdict:
     if e.type == "derive":
         return _derive(e, variant, str(payload.get("answer", "")))
     if e.type == "trace":
-        return _trace(e, variant, payload.get("choice"))
+        return _trace(e, variant, payload.get("choice"), payload.get("shuffle"))
     if e.type == "build":
         return _build(e, str(payload.get("code", "")))
     if e.type == "debug":
+        if "code" in payload and e.tests:
+            return _debug_fix(e, str(payload.get("code", "")))
         return _debug(e, payload.get("line"))
     return _design(e, payload.get("order"))
 
@@ -58,23 +83,34 @@ def _derive(e: Exercise, variant: int, answer: str) -> Verdict:
     sol = solve(e, variant)
     g = grade_number(answer, sol.value, e.unit, e.tolerance, integer=e.integer)
     shown = f"{_fmt(sol.value)} {e.unit}"
-    if g.given is None:
+    if g.given is None or not g.counts:
         return Verdict(False, g.message, counts=False, answer_text=answer)
-    return Verdict(g.correct, g.message, True, answer, shown, sol.explain(), e.explanation)
+    message = g.message
+    if not g.correct:
+        slips = name_slips(e, sol, render(e, variant).params, g.given)
+        if slips:
+            message = f"Not quite: {_fmt(g.given)} {e.unit}. Likely slip: " + "; or ".join(slips) + "."
+    return Verdict(g.correct, message, True, answer, shown, sol.explain(), e.explanation)
 
 
-def _trace(e: Exercise, variant: int, choice: Any) -> Verdict:
+def _trace(e: Exercise, variant: int, choice: Any, shuffle: Any = None) -> Verdict:
     r = render(e, variant)
     try:
-        idx = int(choice)
-        if not 0 <= idx < len(r.options):
+        shown = int(choice)
+        if not 0 <= shown < len(r.options):
             raise ValueError
     except (TypeError, ValueError):
         msg = f"pick one of the {len(r.options)} options"
         return Verdict(False, msg, counts=False, answer_text=str(choice))
+    # With an attempt seed the page showed the options shuffled: map the picked position back.
+    try:
+        idx = trace_order(e, variant, int(shuffle))[shown] if shuffle is not None else shown
+    except (TypeError, ValueError, OverflowError):
+        idx = shown
     ok = idx == e.correct
     derivation = solve(e, variant).explain() if e.steps else ""
-    msg = "Correct." if ok else f"Not this one: option {chr(65 + idx)} is wrong."
+    why = e.why[idx] if idx < len(e.why) and e.why[idx] else ""
+    msg = "Correct." if ok else f"Not this one: “{r.options[idx]}”" + (f" — {why}" if why else " is wrong.")
     return Verdict(ok, msg, True, str(idx), f"{chr(65 + e.correct)}. {r.options[e.correct]}", derivation,
                    e.reasoning)
 
@@ -100,6 +136,20 @@ def _debug(e: Exercise, line: Any) -> Verdict:
     ok = n == e.bug_line
     msg = "Correct: that is the buggy line." if ok else f"Line {n} is fine; look again."
     return Verdict(ok, msg, True, str(n), f"line {e.bug_line} → {e.fix.strip()}", "", e.explanation)
+
+
+def _debug_fix(e: Exercise, code: str) -> Verdict:
+    if not code.strip():
+        return Verdict(False, "fix the code first", counts=False)
+    res = grade_function(code, debug_function(e), build_cases(e))
+    details = [{"args": c.args, "expected": c.expected, "got": c.got, "passed": c.passed, "error": c.error}
+               for c in res.cases]
+    msg = res.message.replace("hidden tests", "tests")
+    if res.ok:
+        msg = f"Fixed: {msg}"
+    return Verdict(res.ok, msg, counts=not res.refused, answer_text=code,
+                   expected=f"line {e.bug_line} → {e.fix.strip()}", derivation=fixed_code(e),
+                   explanation=e.explanation, details=details)
 
 
 def _design(e: Exercise, order: Any) -> Verdict:

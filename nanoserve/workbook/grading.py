@@ -102,6 +102,7 @@ class Grade:
     given: float | None = None      # the learner's number in the expected unit (None when unparseable)
     expected: float | None = None
     rel_error: float | None = None
+    counts: bool = True             # False: a unit slip or a form error, told but not graded as a miss
 
 
 def normalize_unit(unit: str) -> str:
@@ -153,6 +154,7 @@ def parse_number(text: str) -> tuple[float, str]:
         if den == 0:
             raise InvalidRequestError("division by zero in your answer", "answer")
         return float(frac.group(1)) / den, ""
+    _reject_decimal_comma(s, text)
     m = _NUMBER.match(s)
     if not m:
         raise InvalidRequestError(f"{text!r} is not a number; type digits such as 17.5 or 1.75e10", "answer")
@@ -168,6 +170,16 @@ def parse_number(text: str) -> tuple[float, str]:
     if not math.isfinite(value):
         raise InvalidRequestError(f"{text!r} is not a finite number", "answer")
     return value, rest
+
+
+def _reject_decimal_comma(s: str, text: str) -> None:
+    """'17,5' may be a decimal comma or a typo; a comma is read only as a thousands separator."""
+    lead = re.match(r"\s*[+-]?\s*\$?\s*(\d[\d,]*)", s)
+    if lead and "," in lead.group(1) and not re.fullmatch(r"\d{1,3}(,\d{3})+", lead.group(1)):
+        guess = lead.group(1).replace(",", ".", 1) if lead.group(1).count(",") == 1 else None
+        hint = f" Did you mean {guess}? Type a dot for decimals" if guess else " Type a dot for decimals"
+        raise InvalidRequestError(f"{text!r}: is the comma a decimal point?{hint}; commas only group "
+                                  "thousands (17,500).", "answer")
 
 
 def parse_quantity(text: str, expected_unit: str) -> Quantity:
@@ -219,6 +231,12 @@ def grade_number(
     except InvalidRequestError as e:
         return Grade(False, e.message, None, expected)
     given = q.value
+    if integer and abs(given - round(given)) > 1e-9:
+        return Grade(False, f"{_fmt(given)} must be a whole number: round to the count you would really "
+                            "need (usually up).", given, expected, None, counts=False)
+    slip = _unit_label_slip(q, expected, unit, rel_tol)
+    if slip:
+        return Grade(False, slip, q.value, expected, None, counts=False)
     err = abs(given - expected) / abs(expected) if expected else abs(given)
     if integer:
         ok = abs(given - round(given)) < 1e-9 and round(given) == round(expected)
@@ -230,7 +248,8 @@ def grade_number(
     if dimension_of(unit) == "ratio" and normalize_unit(unit) == "fraction" and expected:
         if abs(given / 100 - expected) <= rel_tol * abs(expected):
             return Grade(False, f"unit slip: {shown} looks like a percentage; this asks for a fraction "
-                                f"between 0 and 1 (or type it with a % sign)", given, expected, err)
+                                f"between 0 and 1 (or type it with a % sign)", given, expected, err,
+                         counts=False)
     for factor, name in ((1e3, "a factor of 1,000"), (1e-3, "a factor of 1,000"), (1e6, "a factor of 10⁶"),
                          (1e-6, "a factor of 10⁶"), (1e9, "a factor of 10⁹"), (1e-9, "a factor of 10⁹"),
                          (1.073741824, "GB vs GiB"), (1 / 1.073741824, "GB vs GiB"),
@@ -241,6 +260,20 @@ def grade_number(
     direction = "high" if given > expected else "low"
     msg = f"Not quite: {shown} {unit} is too {direction} ({err:.0%} off)."
     return Grade(False, msg, given, expected, err)
+
+
+def _unit_label_slip(q: Quantity, expected: float, unit: str, rel_tol: float) -> str:
+    """The right number under another unit of the same dimension ('17.5 GiB' when 17.5 GB is right)."""
+    typed = normalize_unit(q.typed_unit)
+    if not typed or typed == normalize_unit(unit) or not expected:
+        return ""
+    if abs(q.typed_value - expected) > rel_tol * abs(expected):
+        return ""
+    if abs(q.value - expected) <= rel_tol * abs(expected):
+        return ""      # the unit changes nothing here (e.g. 'GPUs' on a count): not a slip
+    return (f"unit slip: you typed {_fmt(q.typed_value)} {q.typed_unit.strip()}, but this asks for {unit}; "
+            f"{_fmt(q.typed_value)} {q.typed_unit.strip()} = {_fmt(q.value)} {unit}. Check which unit your "
+            "number is in (not counted as a miss).")
 
 
 def _fmt(v: float) -> str:

@@ -37,9 +37,10 @@ def test_derive_wrong_then_right_updates_mastery_and_streak(client):
     assert not r["counts"] and "not a number" in r["message"] and r["streak"] == 0
     r = client.post("/api/attempt", json={"id": e.id, "variant": 0, "answer": f"{right * 1.2} GB"}).json()
     assert r["counts"] and not r["correct"] and r["mastered"] == 0 and r["streak"] == 1
-    assert "17.5 GB" in r["expected"] and "bytes_per_param" in r["derivation"]
+    assert r["expected"] == "" and r["derivation"] == ""     # a miss does not earn the answer (issue #18)
     r = client.post("/api/attempt", json={"id": e.id, "variant": 0, "answer": f"{right} GB"}).json()
     assert r["correct"] and r["mastered"] == 1 and r["newly_mastered"] and r["rating"] == "Hard"
+    assert "17.5 GB" in r["expected"] and "bytes_per_param" in r["derivation"]
     assert r["chapter_done"] == 1 and r["chapter_total"] == 5
     assert "000-0.5" in client.get("/review").text or "Coming up" in client.get("/review").text
 

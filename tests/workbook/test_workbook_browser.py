@@ -64,9 +64,12 @@ def test_learner_session(server, page, shots):
     assert page.locator("#mastery-count").inner_text() == "3"
     page.screenshot(path=str(shots / "build_passed.png"), full_page=True)
 
-    # 4. Debug: click the buggy line.
+    # 4. Debug: fix the buggy line in the editor and run the tests.
+    from nanoserve.workbook.checker import fixed_code
+
     page.goto(f"{server}/ex/000-3.6")
-    page.click(f"#debug-code .line[data-line='{bank.get('000-3.6').bug_line}']")
+    page.fill("#code", fixed_code(bank.get("000-3.6")))
+    page.click("#answer-form button")
     page.wait_for_selector("#feedback.right")
     page.screenshot(path=str(shots / "debug_clicked.png"), full_page=True)
 

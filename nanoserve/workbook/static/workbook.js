@@ -9,6 +9,8 @@ function renderMath(el) {
   }
 }
 
+const PAGE_OPENED_MS = Date.now();
+
 function setText(id, value) {
   const el = document.getElementById(id);
   if (el && value !== undefined && value !== null) el.textContent = value;
@@ -24,7 +26,8 @@ async function submitAttempt(payload) {
   try {
     const resp = await fetch("/api/attempt", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify(Object.assign({id: ex.dataset.id, variant: Number(ex.dataset.variant)}, payload)),
+      body: JSON.stringify(Object.assign({id: ex.dataset.id, variant: Number(ex.dataset.variant),
+                                          elapsed_ms: Date.now() - PAGE_OPENED_MS}, payload)),
     });
     data = await resp.json();
     if (!resp.ok) throw new Error((data.error && data.error.message) || resp.statusText);
@@ -46,15 +49,17 @@ async function submitAttempt(payload) {
     }
     fb.appendChild(ul);
   }
-  if (data.counts) {
+  if (data.counts && data.correct) {
     const after = document.getElementById("after");
     after.hidden = false;
-    if (data.correct) after.open = true;
+    after.open = true;
     setText("expected", data.expected ? "Answer: " + data.expected : "");
     setText("derivation", data.derivation || "");
     document.getElementById("derivation").hidden = !data.derivation;
     setText("explanation", data.explanation || "");
     renderMath(after);
+  }
+  if (data.counts) {
     setText("streak", data.streak);
     setText("best-streak", data.best_streak);
     setText("mastery-count", data.mastered);
@@ -106,8 +111,8 @@ function exerciseSetup() {
       if (type === "derive") submitAttempt({answer: document.getElementById("answer").value});
       else if (type === "trace") {
         const picked = form.querySelector("input[name=choice]:checked");
-        submitAttempt({choice: picked ? Number(picked.value) : null});
-      } else if (type === "build") submitAttempt({code: document.getElementById("code").value});
+        submitAttempt({choice: picked ? Number(picked.value) : null, shuffle: Number(ex.dataset.shuffle)});
+      } else if (type === "build" || type === "debug") submitAttempt({code: document.getElementById("code").value});
       else if (type === "design") {
         submitAttempt({order: Array.from(document.querySelectorAll("#design-list li")).map(li => li.dataset.step)});
       }
@@ -132,7 +137,7 @@ function exerciseSetup() {
     if (tag === "input" && ev.target.type === "text" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (ev.key === "n") { const a = document.getElementById("next-link"); if (a) location.href = a.href; }
     if (ev.key === "v") { const a = document.getElementById("variant-link"); if (a) location.href = a.href; }
-    if (ev.key === "h") { const d = document.getElementById("hints"); if (d) d.open = !d.open; }
+    if (ev.key === "h") { const b = document.getElementById("hint-btn"); if (b && !b.disabled) b.click(); }
     if (type === "trace" && /^[1-8a-h]$/.test(ev.key)) {
       const idx = /[1-8]/.test(ev.key) ? Number(ev.key) - 1 : ev.key.charCodeAt(0) - 97;
       const radio = document.querySelectorAll("input[name=choice]")[idx];
@@ -141,6 +146,52 @@ function exerciseSetup() {
     if (type === "trace" && ev.key === "Enter" && tag !== "button") form.requestSubmit();
     if (ev.key === "?") alert("Enter: submit · Esc: leave the answer box · n: next exercise · v: new variant · h: hints\n" +
       "Trace: 1-4 / a-d pick an option · Design: Alt+↑/↓ moves the focused step · Build: Ctrl+Enter runs");
+  });
+}
+
+// Hints one at a time, then an explicit reveal (two clicks: the first says what it costs).
+async function postJSON(url, payload) {
+  const resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                 body: JSON.stringify(payload)});
+  const data = await resp.json();
+  if (!resp.ok) throw new Error((data.error && data.error.message) || resp.statusText);
+  return data;
+}
+
+function hintsSetup() {
+  const ex = document.getElementById("exercise");
+  const btn = document.getElementById("hint-btn");
+  const reveal = document.getElementById("reveal-btn");
+  if (!ex) return;
+  const target = {id: ex.dataset.id, variant: Number(ex.dataset.variant)};
+  if (btn) btn.addEventListener("click", async () => {
+    const data = await postJSON("/api/hint", target);
+    const li = document.createElement("li");
+    li.textContent = data.hint;
+    document.getElementById("hint-list").appendChild(li);
+    renderMath(li);
+    btn.firstChild.textContent = "Next hint (h) ";
+    setText("hint-count", data.n + "/" + data.total);
+    if (data.n >= data.total) btn.disabled = true;
+  });
+  if (reveal) reveal.addEventListener("click", async () => {
+    if (!reveal.dataset.armed) {
+      reveal.dataset.armed = "1";
+      reveal.textContent = "Reveal and forfeit the credit for this variant?";
+      return;
+    }
+    const data = await postJSON("/api/reveal", target);
+    const after = document.getElementById("after");
+    after.hidden = false;
+    after.open = true;
+    setText("expected", data.expected ? "Answer: " + data.expected : "");
+    setText("derivation", data.derivation || "");
+    document.getElementById("derivation").hidden = !data.derivation;
+    setText("explanation", data.explanation || "");
+    renderMath(after);
+    reveal.disabled = true;
+    reveal.textContent = "Answer revealed";
+    setText("reveal-note", "Revealed: a right answer on this variant earns no mastery; try a new variant.");
   });
 }
 
@@ -162,5 +213,6 @@ function importSetup() {
 document.addEventListener("DOMContentLoaded", () => {
   renderMath(document.body);
   exerciseSetup();
+  hintsSetup();
   importSetup();
 });

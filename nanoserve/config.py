@@ -176,6 +176,14 @@ class EngineArgs:
                   "do; a tied embedding keeps its float copy for the token lookup): on large vocabularies "
                   "the lm_head is a third of a small model's bytes per decoded token"},
     )
+    # CUDA graphs for decode steps (nanoserve/engine/cuda_graph.py); vLLM's names. CPU runs are always eager.
+    enforce_eager: bool = field(
+        default=False, metadata={"help": "on CUDA, run every step eagerly (no CUDA graphs for decode steps)"}
+    )
+    max_seq_len_to_capture: int = field(
+        default=8192,
+        metadata={"help": "the longest context a CUDA-graph decode step serves; longer ones run eagerly"}
+    )
 
     @classmethod
     def add_cli_args(
@@ -257,6 +265,7 @@ class EngineArgs:
         if self.nnodes > 1 and self.master_port is None:
             raise InvalidRequestError("nnodes > 1 needs master_port (the same on every node)", "master_port")
         _check_positive("data_parallel_size", self.data_parallel_size)
+        _check_positive("max_seq_len_to_capture", self.max_seq_len_to_capture)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidRequestError(f"device must be auto, cpu or cuda[:N], got {self.device!r}", "device")
         _check_positive("quantization_group_size", self.quantization_group_size)

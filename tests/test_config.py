@@ -125,7 +125,7 @@ def test_every_field_round_trips_through_the_command_line():
         kv_cache_dtype="int8",
         tensor_parallel_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
         master_port=29500,
-        data_parallel_size=2, quantization_lm_head=True,
+        data_parallel_size=2, quantization_lm_head=True, enforce_eager=True, max_seq_len_to_capture=1024,
     )
     changed = [f.name for f in dataclasses.fields(EngineArgs)
                if getattr(wanted, f.name) != f.default and f.name != "model"]

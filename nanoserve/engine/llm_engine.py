@@ -94,6 +94,7 @@ class LLMEngine:
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         import torch
 
+        from nanoserve.engine.cuda_graph import cuda_graph_config
         from nanoserve.engine.model_runner import ModelRunner
         from nanoserve.model.loader import load_model, load_model_config, load_tokenizer, resolve_device
 
@@ -135,7 +136,9 @@ class LLMEngine:
 
             cache_args, budget = split_kv_budget(args, budget, model_config, draft.model_config)
         cache_config = make_cache_config(cache_args, model_config, budget, scheduler_config.max_num_seqs)
-        runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend)
+        graphs = cuda_graph_config(args, device, scheduler_config.max_num_seqs, model_config.max_model_len)
+        runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend,
+                             cuda_graphs=graphs)
         quant = model_config.quantization
         logger.info(
             "model %s: weights %.1f MiB (%s%s), KV cache %d bytes per token",

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from nanoserve.config import CacheConfig, ModelConfig
+from nanoserve.engine.cuda_graph import CudaGraphConfig, CudaGraphRunner
+from nanoserve.engine.host_tensor import host_tensor
 from nanoserve.engine.sampler import Sampler, SamplingMetadata, child_seed, make_generator
 from nanoserve.engine.scheduler import SchedulerOutput
 from nanoserve.engine.sequence import Sequence
@@ -85,6 +87,8 @@ class StepInputs:
     prompt_targets: torch.Tensor | None  # [R] int64: that next prompt token
     prompt_chunks: list[PromptLogprobsChunk]  # which sequence each run of prompt_rows belongs to
     drafts: list[list[int]] = field(default_factory=list)  # per sample_seqs entry: its drafts verified
+    # A step the CUDA-graph runner serves: input_ids, positions and meta are then None (not built).
+    graph_plan: StepPlan | None = None
 
 
 @dataclass
@@ -109,9 +113,11 @@ class ModelRunner:
         attention_backend: str = "auto",
         kernels: Kernels | None = None,
         step_sink: Any = None,
+        cuda_graphs: CudaGraphConfig | None = None,
     ) -> None:
         """step_sink: tensor-parallel rank 0's executor (distributed/executor.py): sent every StepPlan,
-        and runs each step (so a dead worker becomes a typed error); None in a single process."""
+        and runs each step (so a dead worker becomes a typed error); None in a single process.
+        cuda_graphs: pure-decode steps through captured CUDA graphs (engine/cuda_graph.py); None: eager."""
         self.model = model
         self.step_sink = step_sink
         self.model_config = model_config
@@ -130,8 +136,10 @@ class ModelRunner:
         first = model.attention_layers()[0]
         num_heads, num_kv_heads = first.num_heads, first.num_kv_heads
         # The whole pool, allocated once: (k, v) per layer, in the model's dtype or quantized (kv_cache.py).
+        # With CUDA graphs, one block more than the block manager knows of: padding rows write there.
+        pool_blocks = cache_config.num_blocks + (cuda_graphs is not None)
         self.kv_caches = allocate_kv_caches(
-            mc.num_layers, num_kv_heads, cache_config.num_blocks, self.block_size, mc.head_dim, dtype,
+            mc.num_layers, num_kv_heads, pool_blocks, self.block_size, mc.head_dim, dtype,
             cache_config.cache_dtype, device,
         )
         # Memory truth: the weights as held (quantized, packed) and the KV pool's cost of one token.
@@ -146,6 +154,18 @@ class ModelRunner:
             attn.backend = self.attention_backend
         # Decode steps of a bf16 CPU model in one native call when every layer allows it (else None).
         model.model.fused_decode = make_fused_decoder(model, self.kernels)
+        self.graphs = self._graph_runner(cuda_graphs) if cuda_graphs is not None else None
+
+    def _graph_runner(self, config: CudaGraphConfig) -> CudaGraphRunner | None:
+        """The CUDA-graph runner, start-up buckets captured; None where the backend has no graph metadata."""
+        try:
+            graphs = CudaGraphRunner(self.model, self.attention_backend, config, self.block_size,
+                                     self.cache_config.num_blocks, self.device)
+        except NotImplementedError as e:
+            logger.info("CUDA graphs off (%s); decode steps run eagerly", e)
+            return None
+        graphs.capture_startup()
+        return graphs
 
     # ---- step --------------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None = None) -> StepResult:
@@ -184,7 +204,11 @@ class ModelRunner:
     @torch.inference_mode()
     def _execute(self, out: SchedulerOutput, token_bitmask: TokenBitmask | None) -> StepResult:
         inputs = self.prepare(out)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
+        if inputs.graph_plan is not None:
+            plan = inputs.graph_plan
+            hidden = self.graphs.run(plan.input_ids, plan.positions, plan.layout)  # [T, hidden]
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         prompt_logprobs = self._prompt_logprobs(hidden, inputs) if inputs.prompt_chunks else []
         if not inputs.sample_seqs:
             return StepResult([], [], [], prompt_logprobs)
@@ -296,22 +320,25 @@ class ModelRunner:
         inputs.sample_seqs = sample_seqs
         inputs.drafts = drafts
         if prompt_chunks:
-            inputs.prompt_targets = torch.tensor(prompt_targets, dtype=torch.int64, device=self.device)
+            inputs.prompt_targets = host_tensor(prompt_targets, torch.int64, self.device)
             inputs.prompt_chunks = prompt_chunks
         return inputs
 
     def _tensors(self, plan: StepPlan) -> StepInputs:
         """The plan's tensors; the Sequence-side fields are left empty for `prepare` to fill."""
         dev = self.device
+        graphs = self.graphs
+        if graphs is not None and graphs.applies(plan.input_ids, plan.layout, bool(plan.prompt_rows)):
+            rows = host_tensor(plan.logits_rows, torch.int64, dev)
+            return StepInputs(None, None, None, rows, [], None, None, [], graph_plan=plan)
         return StepInputs(
-            input_ids=torch.tensor(plan.input_ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(plan.positions, dtype=torch.int64, device=dev),
+            input_ids=host_tensor(plan.input_ids, torch.int64, dev),
+            positions=host_tensor(plan.positions, torch.int64, dev),
             meta=self.attention_backend.build_metadata(plan.layout),
-            logits_rows=torch.tensor(plan.logits_rows, dtype=torch.int64, device=dev),
+            logits_rows=host_tensor(plan.logits_rows, torch.int64, dev),
             sample_seqs=[],
             # Only steps that score prompt tokens pay for these two tensors.
-            prompt_rows=(torch.tensor(plan.prompt_rows, dtype=torch.int64, device=dev)
-                         if plan.prompt_rows else None),
+            prompt_rows=host_tensor(plan.prompt_rows, torch.int64, dev) if plan.prompt_rows else None,
             prompt_targets=None,
             prompt_chunks=[],
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoserve.engine.host_tensor import host_tensor
 from nanoserve.engine.structured_output.bitmask import TokenBitmask, apply_token_bitmask
 from nanoserve.model.kernels import Kernels, TorchKernels
 from nanoserve.sampling_params import SAMPLING_EPS, SamplingParams
@@ -96,7 +97,7 @@ class Sampler:
         probs = torch.softmax(logits, dim=-1)  # [B, V]
         sampled = _draw(probs, meta.generators, greedy)  # [B]
         if any(greedy):
-            token_ids = torch.where(torch.tensor(greedy, device=device), logits.argmax(dim=-1), sampled)
+            token_ids = torch.where(host_tensor(greedy, device=device), logits.argmax(dim=-1), sampled)
         else:
             token_ids = sampled
         logprobs = _logprobs(logits, token_ids, params) if want_logprobs else [None] * num_rows
@@ -119,8 +120,8 @@ class Sampler:
         if all(greedy):
             return logits
         # Greedy rows keep temperature 1 so their (reported) distribution is the penalised softmax.
-        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
-                             device=logits.device)  # [B]
+        temps = host_tensor([1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
+                            device=logits.device)  # [B]
         logits.div_(temps.unsqueeze(1))
         _apply_top_k_top_p(logits, params, greedy)
         _apply_min_p(logits, params, greedy)
@@ -163,7 +164,9 @@ def _apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> Non
                 cols.append(tok)
                 values.append(bias)
     if rows:  # (row, col) pairs are distinct: a dict's keys per row
-        logits[rows, cols] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+        dev = logits.device
+        logits[host_tensor(rows, torch.int64, dev), host_tensor(cols, torch.int64, dev)] += host_tensor(
+            values, logits.dtype, dev)
 
 
 def _mask_stop_tokens_before_min(logits: torch.Tensor, meta: SamplingMetadata) -> None:
@@ -182,14 +185,13 @@ def _mask_stop_tokens_before_min(logits: torch.Tensor, meta: SamplingMetadata) -
                 rows.append(row)
                 cols.append(tok)
     if rows:
-        kept = logits[rows, cols]  # [N]
-        logits[rows, cols] = -torch.inf
+        at = (host_tensor(rows, torch.int64, logits.device), host_tensor(cols, torch.int64, logits.device))
+        kept = logits[at]  # [N]
+        logits[at] = -torch.inf
         # A grammar may allow only a stop token (its output is complete): the grammar wins, else the
-        # row would have nothing to sample.
-        dead = torch.isneginf(logits[rows]).all(dim=-1).tolist()  # [N]
-        if any(dead):
-            back = [i for i, d in enumerate(dead) if d]
-            logits[[rows[i] for i in back], [cols[i] for i in back]] = kept[back]
+        # row would have nothing to sample. On the device, so a GPU step needs no host sync here.
+        dead = torch.isneginf(logits[at[0]]).all(dim=-1)  # [N]
+        logits[at] = torch.where(dead, kept, torch.full_like(kept, -torch.inf))
 
 
 def _apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> None:
@@ -219,9 +221,9 @@ def _apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> None:
         reps.append(rep)
     width = max(len(ids) for ids in rows_ids)
     # Pad each row by repeating its first entry: a duplicate index scattered with the same value.
-    ids = torch.tensor([r + r[:1] * (width - len(r)) for r in rows_ids], device=logits.device)  # [B, U]
-    sub = torch.tensor([r + r[:1] * (width - len(r)) for r in rows_sub], device=logits.device)  # [B, U]
-    rep = torch.tensor(reps, device=logits.device).unsqueeze(1)  # [B, 1]
+    ids = host_tensor([r + r[:1] * (width - len(r)) for r in rows_ids], device=logits.device)  # [B, U]
+    sub = host_tensor([r + r[:1] * (width - len(r)) for r in rows_sub], device=logits.device)  # [B, U]
+    rep = host_tensor(reps, device=logits.device).unsqueeze(1)  # [B, 1]
     seen = logits.gather(1, ids)  # [B, U]
     seen = torch.where(seen > 0, seen / rep, seen * rep) - sub
     logits.scatter_(1, ids, seen)
@@ -247,23 +249,27 @@ def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams], greed
     # row's nucleus turns out wider.
     max_k = max((k for k in ks if k < vocab), default=0)
     width = min(vocab, max(max_k, _TOP_P_CANDIDATES if need_p else 0))
-    candidates = logits.topk(width, dim=-1).values  # [B, W], descending
+    if device.type == "cpu":
+        candidates = logits.topk(width, dim=-1).values  # [B, W], descending
+    else:  # a GPU sorts a whole vocabulary in microseconds: one width, no host sync to learn whether
+        width = vocab  # the candidates sufficed
+        candidates = logits.sort(dim=-1, descending=True).values  # [B, V]
     # Rows whose top-k survivors all lie among the candidates (no ties with the k-th value beyond them).
     inside = torch.full((num_rows,), width == vocab, device=device)  # [B]
     if need_k:
-        k = torch.tensor([min(k, width) for k in ks], device=device).unsqueeze(1)  # [B, 1]
-        k_on = torch.tensor([k < vocab for k in ks], device=device).unsqueeze(1)  # [B, 1]
+        k = host_tensor([min(k, width) for k in ks], device=device).unsqueeze(1)  # [B, 1]
+        k_on = host_tensor([k < vocab for k in ks], device=device).unsqueeze(1)  # [B, 1]
         kth = torch.where(k_on, candidates.gather(1, k - 1), -torch.inf)  # [B, 1]
         inside |= (k_on & (candidates[:, -1:] < kth)).squeeze(1)
         logits.masked_fill_(logits < kth, -torch.inf)
         candidates.masked_fill_(candidates < kth, -torch.inf)
     if not need_p:
         return
-    p_on = torch.tensor([x < 1.0 for x in ps], device=device)  # [B]
-    p = torch.tensor(ps, device=device).unsqueeze(1)  # [B, 1]
+    p_on = host_tensor([x < 1.0 for x in ps], device=device)  # [B]
+    p = host_tensor(ps, device=device).unsqueeze(1)  # [B, 1]
     # Normaliser over the top-k survivors; from the candidates alone when they hold every survivor
-    # (a full-row logsumexp is several passes over [B, V]).
-    if bool((inside | ~p_on).all()):
+    # (a full-row logsumexp is several passes over [B, V]). All of them do when width == vocab.
+    if width == vocab or bool((inside | ~p_on).all()):
         log_total = torch.logsumexp(candidates, dim=-1, keepdim=True)  # [B, 1]
     else:
         log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, 1]
@@ -287,7 +293,7 @@ def _apply_min_p(logits: torch.Tensor, params: list[SamplingParams], greedy: lis
     if not any(m > 0.0 for m in min_ps):
         return
     probs = torch.softmax(logits, dim=-1)  # [B, V]
-    min_p = torch.tensor(min_ps, device=logits.device).unsqueeze(1)  # [B, 1]
+    min_p = host_tensor(min_ps, device=logits.device).unsqueeze(1)  # [B, 1]
     floor = probs.max(dim=-1, keepdim=True).values * min_p  # [B, 1]
     logits.masked_fill_(probs < floor, -torch.inf)
 
@@ -306,7 +312,7 @@ def _draw(probs: torch.Tensor, generators: list[torch.Generator | None], skip: l
     if len(unseeded) == num_rows:
         u = torch.rand(num_rows, device=device)
     elif unseeded:
-        u[unseeded] = torch.rand(len(unseeded), device=device)
+        u[host_tensor(unseeded, torch.int64, device)] = torch.rand(len(unseeded), device=device)
     for row, gen in enumerate(generators):
         if gen is not None and not skip[row]:
             u[row] = torch.rand(1, generator=gen, device=gen.device).to(device)[0]
@@ -327,7 +333,8 @@ def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor,
     logprobs = torch.log_softmax(logits[rows], dim=-1)  # [R, V]
     top_n = max(params[r].logprobs for r in rows)
     top_vals, top_ids = logprobs.topk(min(top_n, logprobs.shape[1]), dim=-1)  # [R, N]
-    chosen = logprobs.gather(1, token_ids[rows].unsqueeze(1)).squeeze(1)  # [R]
+    picked = token_ids[host_tensor(rows, torch.int64, token_ids.device)]  # [R]
+    chosen = logprobs.gather(1, picked.unsqueeze(1)).squeeze(1)  # [R]
     top_vals, top_ids, chosen = top_vals.tolist(), top_ids.tolist(), chosen.tolist()
     ids = token_ids.tolist()
     for i, row in enumerate(rows):

@@ -86,3 +86,32 @@ class AttentionBackend(ABC):
         kv_cache.py). Writes k/v to the caches at meta.slot_mapping first (kv_cache.write_kv); k/v None
         means the caller already did (the fused native rope_cache kernel).
         """
+
+    def graph_metadata(self, max_batch: int, max_blocks: int, block_size: int) -> GraphMetadata:
+        """Static buffers for CUDA-graph decode steps (engine/cuda_graph.py) of up to `max_batch` rows over
+        block tables up to `max_blocks` wide. A backend without them runs every step eagerly."""
+        raise NotImplementedError(f"the {self.name} attention backend has no CUDA-graph metadata")
+
+
+class GraphMetadata(ABC):
+    """A backend's attention metadata for pure-decode steps, in buffers whose addresses never change.
+
+    A CUDA graph replays kernels on the addresses it was captured with, so each step's layout is copied
+    into these buffers (`fill`) rather than built as new tensors. A graph of `batch` rows over tables
+    `blocks` wide is captured with `view(batch, blocks)`; rows past the step's sequences are padding:
+    they write their K/V to a scratch block no sequence owns and attend only to it, and their output is
+    ignored.
+    """
+
+    # True: the backend's decode cost does not grow with the table width (it reads context lengths), so
+    # one width (the widest) serves every step; False: widths are bucketed (engine/cuda_graph.py).
+    fixed_width: bool = False
+
+    @abstractmethod
+    def view(self, batch: int, blocks: int) -> AttentionMetadata:
+        """What a graph of `batch` decode rows over tables `blocks` wide reads: views of the buffers."""
+
+    @abstractmethod
+    def fill(self, layout: StepLayout, batch: int, blocks: int, scratch_block: int) -> None:
+        """Copy a pure-decode step (one new token per sequence, at most `batch` sequences, contexts within
+        `blocks` blocks) into the buffers `view(batch, blocks)` reads; pad the rest with `scratch_block`."""

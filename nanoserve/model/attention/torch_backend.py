@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, StepLayout
+from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, GraphMetadata, StepLayout
 from nanoserve.model.attention.kv_cache import KVStore, gather_kv, write_kv
 
 # A prefill chunk whose attention scores (queries x heads per kv head x context) exceed this goes
@@ -108,6 +108,11 @@ class TorchAttentionBackend(AttentionBackend):
             bias.masked_fill_(torch.from_numpy(masked), float("-inf"))
             bias = bias.unsqueeze(1).to(self.device)
         return TorchAttentionMetadata(self._slots(layout), batch, bias)
+
+    def graph_metadata(self, max_batch: int, max_blocks: int, block_size: int) -> GraphMetadata:
+        from nanoserve.model.attention.torch_graph import TorchGraphMetadata
+
+        return TorchGraphMetadata(max_batch, max_blocks, block_size, self.dtype, self.device)
 
     def _slots(self, layout: StepLayout) -> torch.Tensor:
         return torch.tensor(layout.slot_mapping, dtype=torch.int64, device=self.device)  # [T]

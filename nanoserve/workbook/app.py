@@ -8,14 +8,17 @@ machine and every asset (KaTeX included) is served from static/.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -24,6 +27,7 @@ from nanoserve.errors import InvalidRequestError
 from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, render
 from nanoserve.workbook.chapters import chapter_notes
 from nanoserve.workbook.checker import check, design_shuffle, trace_order
+from nanoserve.workbook.limits import BodyLimitMiddleware, loads_bounded, same_site_path, variant_number
 from nanoserve.workbook.progress import FIXED_REVEAL_FORGET_S, Progress
 from nanoserve.workbook.teaching import hints, reveal
 
@@ -35,6 +39,8 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     bank = bank or default_bank()
     progress = Progress(db_path)
     app = FastAPI(title="nanoserve workbook", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimitMiddleware)
+    import_key = secrets.token_bytes(32)      # signs import confirmations; a restart voids them
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     app.state.bank, app.state.progress = bank, progress
@@ -42,7 +48,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     chapter_ids = {f"{s}-{c}": [e.id for e in exs] for (s, c), exs in chapters.items()}
 
     def profile_of(request: Request) -> str:
-        name = request.cookies.get("profile") or DEFAULT_PROFILE
+        name = unquote(request.cookies.get("profile") or "") or DEFAULT_PROFILE   # quoted: any Unicode name
         try:
             progress.profile_id(name)
         except InvalidRequestError:
@@ -58,11 +64,16 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
 
     def page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
         profile = profile_of(request)
-        return templates.TemplateResponse(request, name, {**header(profile), **ctx})
+        head = header(profile)
+        # A page variable named like a header field would replace it in base.html (the Review
+        # badge once printed the due exercises' repr, answers included).
+        assert not head.keys() & ctx.keys(), f"page variables shadow the header: {head.keys() & ctx.keys()}"
+        return templates.TemplateResponse(request, name, {**head, **ctx})
 
     @app.exception_handler(InvalidRequestError)
     async def bad_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
-        return JSONResponse({"error": {"message": exc.message, "param": exc.param}}, status_code=400)
+        return JSONResponse({"error": {"message": exc.message, "param": exc.param,
+                                       "type": "invalid_request_error"}}, status_code=400)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:
@@ -84,6 +95,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     @app.get("/ex/{exercise_id}", response_class=HTMLResponse)
     def exercise(request: Request, exercise_id: str, v: int = 0) -> HTMLResponse:
         e = bank.get(exercise_id)
+        v = variant_number(max(0, v))
         r = render(e, max(0, v))
         nxt = bank.next_after(e.id)
         profile = profile_of(request)
@@ -101,21 +113,14 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
 
     @app.post("/api/attempt")
     async def attempt(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequestError("the body must be JSON", "body") from None
+        body = loads_bounded(await request.body())
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object", "body")
-        e = bank.get(str(body.get("id", "")))
+        e = bank.get(str(body.get("id", ""))[:200])
+        variant = variant_number(body.get("variant", 0))
         try:
-            variant = int(body.get("variant", 0))
-        except (TypeError, ValueError):
-            raise InvalidRequestError("variant must be an integer", "variant") from None
-        if variant < 0:
-            raise InvalidRequestError("variant must be ≥ 0", "variant")
-        try:
-            verdict = check(e, variant, body)
+            # Builds run a subprocess for up to seconds and answers are parsed: off the event loop.
+            verdict = await run_in_threadpool(check, e, variant, body)
         except BankError as ex:   # a bank entry the planner cannot solve yet: say so, keep serving
             msg = f"this exercise is broken: {ex}"
             return JSONResponse({"correct": False, "counts": False, "message": msg})
@@ -126,8 +131,9 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         if verdict.counts:
             o = progress.record_attempt(profile, e.id, variant, verdict.answer_text, verdict.correct,
                                         elapsed_s=_elapsed_s(body), forget_after_s=_forget_after(e))
+            # `next_review`, not `due`: header()'s `due` (the count of due reviews) shares this dict.
             out.update(streak=o.streak, best_streak=o.best_streak, rating=o.rating,
-                       due=o.due.isoformat() if o.due else None, newly_mastered=o.newly_mastered,
+                       next_review=o.due.isoformat() if o.due else None, newly_mastered=o.newly_mastered,
                        hints_used=o.hints, revealed=o.revealed)
         out.update(header(profile))
         out["chapter_done"], out["chapter_total"] = progress.mastery(
@@ -137,23 +143,12 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     def aid_target(body: Any) -> tuple[Any, int]:
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object", "body")
-        e = bank.get(str(body.get("id", "")))
-        try:
-            variant = int(body.get("variant", 0))
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidRequestError("variant must be an integer", "variant") from None
-        if not 0 <= variant < 2**31:
-            raise InvalidRequestError("variant must be ≥ 0", "variant")
-        return e, variant
+        return bank.get(str(body.get("id", ""))[:200]), variant_number(body.get("variant", 0))
 
     @app.post("/api/hint")
     async def hint(request: Request) -> JSONResponse:
         """The next hint (or hint n); recorded, so the attempt after it is rated as helped."""
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequestError("the body must be JSON", "body") from None
-        e, variant = aid_target(body)
+        e, variant = aid_target(loads_bounded(await request.body()))
         all_hints = hints(e, variant)
         if not all_hints:
             return JSONResponse({"hint": "", "n": 0, "total": 0})
@@ -166,11 +161,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     @app.post("/api/reveal")
     async def reveal_(request: Request) -> JSONResponse:
         """The answer and its working, on demand; forfeits this variant's credit (recorded)."""
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequestError("the body must be JSON", "body") from None
-        e, variant = aid_target(body)
+        e, variant = aid_target(loads_bounded(await request.body()))
         try:
             shown = reveal(e, variant)
         except BankError as ex:
@@ -197,7 +188,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         due = [(bank.by_id[i], d) for i, d in progress.due_reviews(profile, now) if i in bank.by_id]
         upcoming = [(bank.by_id[i], d) for i, d in progress.next_due(profile)
                     if i in bank.by_id and d > now][:20]
-        return page(request, "review.html", due=due, upcoming=upcoming, now=now)
+        return page(request, "review.html", due_now=due, upcoming=upcoming, now=now)
 
     @app.get("/profile", response_class=HTMLResponse)
     def profile_page(request: Request) -> HTMLResponse:
@@ -215,8 +206,8 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
         name = str(form.get("name", "")).strip()
         progress.profile_id(name)           # creates it; raises a clear 400 for a bad name
-        resp = RedirectResponse(str(form.get("back") or "/profile"), status_code=303)
-        resp.set_cookie("profile", name, samesite="strict", max_age=10 * 365 * 86400)
+        resp = RedirectResponse(same_site_path(form.get("back")), status_code=303)
+        resp.set_cookie("profile", quote(name, safe=""), samesite="strict", max_age=10 * 365 * 86400)
         return resp
 
     @app.get("/api/export")
@@ -224,17 +215,27 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         profile = profile_of(request)
         progress.profile_id(profile)
         data = json.dumps(progress.export_json(profile), indent=1)
+        safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in profile)
         return Response(data, media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="workbook-{profile}.json"'})
+                        headers={"Content-Disposition": f'attachment; filename="workbook-{safe_name}.json"'})
 
     @app.post("/api/import")
-    async def import_(request: Request) -> JSONResponse:
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequestError("the file is not JSON", "file") from None
-        name = progress.import_json(data, profile_of(request))
-        return JSONResponse({"imported": name, "attempts": len(progress.attempts(name))})
+    async def import_(request: Request, confirm: str = "") -> JSONResponse:
+        """Two steps: without `confirm`, validate the whole file and answer with a preview (what it
+        replaces) and a confirmation token; with that token, apply it in one transaction."""
+        raw = await request.body()
+        data = loads_bounded(raw, "file", max_int_digits=1000)
+        profile = profile_of(request)
+        plan = await run_in_threadpool(progress.plan_import, data, profile)
+        token = hmac.new(import_key, profile.encode() + b"\0" + hashlib.sha256(raw).digest(),
+                         "sha256").hexdigest()
+        if not confirm:
+            return JSONResponse({"applied": False, "preview": plan.preview(), "confirm": token})
+        if not hmac.compare_digest(confirm.encode(errors="replace"), token.encode()):
+            raise InvalidRequestError("the confirmation does not match this file and profile; "
+                                      "import it again", "confirm")
+        name = await run_in_threadpool(progress.apply_import, plan)
+        return JSONResponse({"applied": True, "imported": name, "attempts": len(progress.attempts(name))})
 
     return app
 

@@ -77,6 +77,9 @@ COUNT_WORDS = {
     "width",
 }
 
+MAX_ANSWER_CHARS = 200     # a longer answer is refused before any parsing (its cost grows with length)
+MAX_EXPONENT = 400         # |exponent| beyond this is infinite or zero for a float anyway
+
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 _NUMBER = re.compile(
     r"""^\s*(?P<sign>[+-]?)\s*(?P<dollar>\$?)\s*
@@ -147,7 +150,11 @@ def parse_number(text: str) -> tuple[float, str]:
     """'1.75e10 bytes' → (1.75e10, 'bytes'); '3/4' → (0.75, ''); raises on anything that is not a number."""
     if text is None or not str(text).strip():
         raise InvalidRequestError("type a number (for example 17.5 or 17.5 GB)", "answer")
-    s = str(text).strip().translate(_SUPERSCRIPT).replace("−", "-").replace("\u00a0", " ")
+    s = str(text).strip()
+    if len(s) > MAX_ANSWER_CHARS:
+        raise InvalidRequestError(f"your answer is {len(s):,} characters long; type a single number "
+                                  f"(at most {MAX_ANSWER_CHARS} characters)", "answer")
+    s = s.translate(_SUPERSCRIPT).replace("−", "-").replace("\u00a0", " ")
     frac = re.fullmatch(r"\s*([+-]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*", s)
     if frac:
         den = float(frac.group(2))
@@ -159,7 +166,10 @@ def parse_number(text: str) -> tuple[float, str]:
     if not m:
         raise InvalidRequestError(f"{text!r} is not a number; type digits such as 17.5 or 1.75e10", "answer")
     mant = m.group("mant").replace(",", "").replace("_", "")
-    value = float(mant) * 10 ** int(m.group("exp") or 0) * 10 ** int(m.group("pow") or 0)
+    # float("1e400") is inf and cheap; 10 ** int("9999999") is an integer of 10⁷ digits and is not.
+    exponent = int(m.group("exp") or 0) + int(m.group("pow") or 0)
+    exponent = max(-MAX_EXPONENT - len(mant), min(MAX_EXPONENT + len(mant), exponent))
+    value = float(f"{mant}e{exponent}")
     if m.group("sign") == "-":
         value = -value
     rest = m.group("rest")

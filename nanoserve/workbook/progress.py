@@ -114,8 +114,8 @@ class Progress:
     # profiles ---------------------------------------------------------------------------------
     def profile_id(self, name: str, create: bool = True) -> int:
         name = (name or "").strip()
-        if not name or len(name) > 40:
-            raise InvalidRequestError("a profile name is 1 to 40 characters", "profile")
+        if not name or len(name) > 40 or not name.isprintable():
+            raise InvalidRequestError("a profile name is 1 to 40 printable characters", "profile")
         row = self.db.execute("SELECT id FROM profiles WHERE name = ?", (name,)).fetchone()
         if row:
             return int(row["id"])
@@ -304,30 +304,162 @@ class Progress:
         pid = self.profile_id(profile, create=False)
         cards = {r["exercise_id"]: json.loads(r["card"])
                  for r in self.db.execute("SELECT exercise_id, card FROM cards WHERE profile_id=?", (pid,))}
+        aids = [dict(r) for r in self.db.execute(
+            "SELECT exercise_id, variant, hints, revealed_at FROM aids WHERE profile_id=?", (pid,))]
         return {"format": "nanoserve-workbook-progress", "version": 1, "profile": profile,
-                "best_streak": self._best_streak(pid), "attempts": self.attempts(profile), "cards": cards}
+                "best_streak": self._best_streak(pid), "attempts": self.attempts(profile), "cards": cards,
+                "aids": aids}
 
     def import_json(self, data: dict[str, Any], profile: str | None = None) -> str:
-        """Load an export; replaces that profile's history. Returns the profile name used."""
-        if not isinstance(data, dict) or data.get("format") != "nanoserve-workbook-progress":
+        """Load an export; replaces that profile's history. Returns the profile name used.
+
+        The whole export is validated first (InvalidRequestError naming the bad field, nothing
+        changed), then applied in one transaction."""
+        return self.apply_import(self.plan_import(data, profile))
+
+    def plan_import(self, data: Any, profile: str | None = None) -> ImportPlan:
+        """Validate a whole export without touching the database; the plan says what it would replace."""
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise InvalidRequestError("not a nanoserve workbook progress export", "file")
-        name = profile or str(data.get("profile") or "")
-        pid = self.profile_id(name)
+        if data.get("version", 1) != 1 or isinstance(data.get("version"), bool):
+            raise InvalidRequestError("version: only version 1 exports can be imported", "version")
+        name = (profile or _field(data, "profile", str, "profile")).strip()
+        if not 1 <= len(name) <= 40:
+            raise InvalidRequestError("profile: a profile name is 1 to 40 characters", "profile")
+        best = data.get("best_streak", 0)
+        if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best <= MAX_IMPORT_STREAK:
+            raise InvalidRequestError(f"best_streak must be an integer from 0 to {MAX_IMPORT_STREAK}",
+                                      "best_streak")
+        raw_attempts = _field(data, "attempts", list, "attempts")
+        raw_cards = _field(data, "cards", dict, "cards")
+        if len(raw_attempts) > MAX_IMPORT_ROWS or len(raw_cards) > MAX_IMPORT_ROWS:
+            raise InvalidRequestError(f"an export holds at most {MAX_IMPORT_ROWS:,} attempts and cards",
+                                      "attempts")
+        attempts = [_valid_attempt(a, f"attempts[{i}]") for i, a in enumerate(raw_attempts)]
+        cards = [_valid_card(e, c, f"cards[{e!r}]") for e, c in raw_cards.items()]
+        raw_aids = data.get("aids", [])      # absent from exports made before hints and reveals existed
+        if not isinstance(raw_aids, list) or len(raw_aids) > MAX_IMPORT_ROWS:
+            raise InvalidRequestError(f"aids must be a list of at most {MAX_IMPORT_ROWS:,} entries", "aids")
+        aids = [_valid_aid(a, f"aids[{i}]") for i, a in enumerate(raw_aids)]
+        row = self.db.execute("SELECT id FROM profiles WHERE name = ?", (name,)).fetchone()
+        replaces = {"attempts": 0, "cards": 0, "aids": 0}
+        if row:
+            for table in replaces:
+                replaces[table] = self.db.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE profile_id=?", (row["id"],)).fetchone()[0]
+        return ImportPlan(name, best, attempts, cards, replaces, aids)
+
+    def apply_import(self, plan: ImportPlan) -> str:
+        """Replace the plan's profile history with the plan's, in one transaction (all or nothing)."""
+        pid = self.profile_id(plan.profile)
+        with self.db:        # commits at the end, rolls back on any error: the old history survives
+            self.db.execute("DELETE FROM attempts WHERE profile_id=?", (pid,))
+            self.db.execute("DELETE FROM cards WHERE profile_id=?", (pid,))
+            self.db.execute("DELETE FROM aids WHERE profile_id=?", (pid,))
+            self.db.executemany("INSERT INTO attempts (profile_id, exercise_id, variant, answer, correct, "
+                                "at, day, hints, revealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(pid, *a) for a in plan.attempts])
+            self.db.executemany("INSERT INTO aids (profile_id, exercise_id, variant, hints, revealed_at) "
+                                "VALUES (?, ?, ?, ?, ?)", [(pid, *a) for a in plan.aids])
+            self.db.executemany("INSERT INTO cards (profile_id, exercise_id, card, due) VALUES (?, ?, ?, ?)",
+                                [(pid, *c) for c in plan.cards])
+            self.db.execute("UPDATE profiles SET best_streak=? WHERE id=?", (plan.best_streak, pid))
+        return plan.profile
+
+
+EXPORT_FORMAT = "nanoserve-workbook-progress"
+MAX_IMPORT_ROWS = 200_000
+MAX_IMPORT_STREAK = 100_000
+MAX_IMPORT_VARIANT = 1_000_000
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """A validated export, ready to apply: rows without the profile id, and what it would replace."""
+    profile: str
+    best_streak: int
+    # exercise_id, variant, answer, correct, at, day, hints, revealed
+    attempts: list[tuple[str, int, str, int, str, str, int, int]]
+    cards: list[tuple[str, str, str]]                     # exercise_id, card JSON, due
+    replaces: dict[str, int]                              # rows of the profile's current history
+    aids: list[tuple[str, int, int, str | None]] = ()     # exercise_id, variant, hints, revealed_at
+
+    def preview(self) -> dict[str, Any]:
+        return {"profile": self.profile, "replaces": dict(self.replaces),
+                "with": {"attempts": len(self.attempts), "cards": len(self.cards), "aids": len(self.aids)},
+                "best_streak": self.best_streak}
+
+
+def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidRequestError(f"{where} must be a {kind.__name__}", where)
+    return value
+
+
+def _valid_count(a: dict[str, Any], key: str, where: str, default: int = 0, top: int = 1000) -> int:
+    value = a.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise InvalidRequestError(f"{where}.{key} must be an integer from 0 to {top}", f"{where}.{key}")
+    return value
+
+
+def _valid_aid(a: Any, where: str) -> tuple[str, int, int, str | None]:
+    """An `aids` row: hints seen and when the answer was revealed, for one variant."""
+    if not isinstance(a, dict):
+        raise InvalidRequestError(f"{where} must be an object", where)
+    exercise_id = _field(a, "exercise_id", str, f"{where}.exercise_id")
+    if not 1 <= len(exercise_id) <= 200:
+        raise InvalidRequestError(f"{where}.exercise_id must be 1 to 200 characters", f"{where}.exercise_id")
+    variant = _valid_count(a, "variant", where, default=-1, top=MAX_IMPORT_VARIANT)
+    hints = _valid_count(a, "hints", where)
+    revealed_at = a.get("revealed_at")
+    if revealed_at is not None:
         try:
-            attempts = [(pid, str(a["exercise_id"]), int(a["variant"]), str(a["answer"]),
-                         int(bool(a["correct"])), str(a["at"]), date.fromisoformat(str(a["day"])).isoformat())
-                        for a in data["attempts"]]
-            cards = [(pid, str(e), json.dumps(c), Card.from_dict(c).due.isoformat())
-                     for e, c in dict(data["cards"]).items()]
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidRequestError(f"progress export is malformed: {e}", "file") from None
-        self.db.execute("DELETE FROM attempts WHERE profile_id=?", (pid,))
-        self.db.execute("DELETE FROM cards WHERE profile_id=?", (pid,))
-        self.db.executemany("INSERT INTO attempts (profile_id, exercise_id, variant, answer, correct, at, "
-                            "day) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
-        self.db.executemany("INSERT INTO cards (profile_id, exercise_id, card, due) VALUES (?, ?, ?, ?)",
-                            cards)
-        best = int(data.get("best_streak") or 0)
-        self.db.execute("UPDATE profiles SET best_streak=? WHERE id=?", (best, pid))
-        self.db.commit()
-        return name
+            when = _field(a, "revealed_at", str, f"{where}.revealed_at")
+            revealed_at = datetime.fromisoformat(when).isoformat()
+        except ValueError:
+            raise InvalidRequestError(f"{where}.revealed_at must be an ISO date and time or null",
+                                      f"{where}.revealed_at") from None
+    return exercise_id, variant, hints, revealed_at
+
+
+def _valid_attempt(a: Any, where: str) -> tuple[str, int, str, int, str, str, int, int]:
+    if not isinstance(a, dict):
+        raise InvalidRequestError(f"{where} must be an object", where)
+    exercise_id = _field(a, "exercise_id", str, f"{where}.exercise_id")
+    if not 1 <= len(exercise_id) <= 200:
+        raise InvalidRequestError(f"{where}.exercise_id must be 1 to 200 characters", f"{where}.exercise_id")
+    variant = a.get("variant")
+    if isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant <= MAX_IMPORT_VARIANT:
+        raise InvalidRequestError(f"{where}.variant must be an integer from 0 to {MAX_IMPORT_VARIANT}",
+                                  f"{where}.variant")
+    answer = _field(a, "answer", str, f"{where}.answer")
+    correct = a.get("correct")
+    if correct not in (True, False, 0, 1) or isinstance(correct, float):
+        raise InvalidRequestError(f"{where}.correct must be true or false", f"{where}.correct")
+    at = _field(a, "at", str, f"{where}.at")
+    day = _field(a, "day", str, f"{where}.day")
+    try:
+        datetime.fromisoformat(at)
+    except ValueError:
+        raise InvalidRequestError(f"{where}.at must be an ISO date and time", f"{where}.at") from None
+    try:
+        day = date.fromisoformat(day).isoformat()
+    except ValueError:
+        raise InvalidRequestError(f"{where}.day must be an ISO date (YYYY-MM-DD)", f"{where}.day") from None
+    hints = _valid_count(a, "hints", where)         # older exports have neither: unaided, not revealed
+    revealed = a.get("revealed", 0)
+    if revealed not in (True, False, 0, 1) or isinstance(revealed, float):
+        raise InvalidRequestError(f"{where}.revealed must be true or false", f"{where}.revealed")
+    return exercise_id, variant, answer[:2000], int(bool(correct)), at, day, hints, int(bool(revealed))
+
+
+def _valid_card(exercise_id: str, card: Any, where: str) -> tuple[str, str, str]:
+    if not 1 <= len(exercise_id) <= 200 or not isinstance(card, dict):
+        raise InvalidRequestError(f"{where} must be an FSRS card object", where)
+    try:
+        due = Card.from_dict(card).due.isoformat()
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise InvalidRequestError(f"{where} is not an FSRS card: {e}", where) from None
+    return exercise_id, json.dumps(card), due

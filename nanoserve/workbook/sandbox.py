@@ -1,15 +1,21 @@
-"""Run a learner's Python function against hidden test cases, in a subprocess that cannot do harm.
+"""Run a learner's Python function against hidden test cases, in a worker process that cannot do harm.
 
+Choice: learner code runs on the server in a locked-down worker process per run, not in the browser
+(Pyodide): the hidden tests' expected values stay on the server, nothing large is bundled, and every
+layer below is testable here (tests/workbook/test_sandbox_escapes.py is the escape corpus).
 Layers, outermost first:
-1. Static check before anything runs: imports outside a small allow-list (os, socket, subprocess, sys,
-   shutil, pathlib, ctypes, importlib, ... are named and refused) and escape hatches (`__import__`,
-   `open`, `eval`, `exec`, dunder attributes such as `__class__`) are refused with a clear message.
-2. A fresh `python -I` child in its own session, whose cwd is an empty temporary directory, with an
-   empty environment, CPU-time, address-space, file-size and open-file limits (resource.setrlimit),
-   and a wall-clock timeout after which the whole process group is killed (a `while True:` loop).
-3. Inside the child the code runs with a trimmed `__builtins__`, an import hook that enforces the same
-   allow-list, and `socket` replaced so no connection can be opened.
-The child only *computes* the learner's outputs for the given arguments; expected values stay in the
+1. Static check before anything runs: code over MAX_CODE_CHARS, imports outside a small allow-list
+   (os, socket, subprocess, ctypes, importlib, ... are named and refused) and escape hatches
+   (`__import__`, `open`, `eval`, `exec`, dunder attributes) are refused with a clear message.
+2. The worker, `python -I -S sandbox_child.py`, in its own session (the wall-clock timeout kills the
+   whole process group), cwd and HOME a throwaway directory, an empty environment, stdout/stderr files
+   bounded by RLIMIT_FSIZE. Before the learner's code runs it isolates itself: an empty network
+   namespace, rlimits (CPU, memory, file size, open files, no processes/threads, no core files), as
+   root a drop to `nobody`, and an audit hook refusing sockets, subprocesses, exec/fork/kill, ctypes,
+   signals, frame walks, imports outside the allow-list and any `open` outside its directory. See
+   sandbox_child.py for the details and their order.
+3. Inside, the code runs with trimmed `__builtins__` and an import hook enforcing the allow-list.
+The worker only *computes* the learner's outputs for the given arguments; expected values stay in the
 parent (they come from the planner), so the code cannot read them.
 """
 
@@ -19,7 +25,6 @@ import ast
 import json
 import math
 import os
-import resource
 import secrets
 import signal
 import subprocess
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ALLOWED_IMPORTS = frozenset({
@@ -47,6 +53,7 @@ FORBIDDEN_NAMES = frozenset({
 
 DEFAULT_TIME_LIMIT_S = 2.0
 DEFAULT_MEMORY_LIMIT_BYTES = 512 * 2**20
+MAX_CODE_CHARS = 64 * 1024       # longer code is refused before it is parsed
 
 
 @dataclass
@@ -109,63 +116,19 @@ def check_source(code: str, function_name: str) -> None:
         raise SourceRefused(f"define a function named `{function_name}` (found: {found})")
 
 
-# The child: reads {"code", "function", "cases"} from stdin, prints one JSON line with the outputs.
-_CHILD = r'''
-import builtins, json, sys
-ALLOWED = set(%(allowed)r)
-FORBIDDEN = set(%(forbidden)r)
-req = json.loads(sys.stdin.read())
-import socket as _socket
-def _no_network(*a, **k):
-    raise PermissionError("network access is disabled in the workbook sandbox")
-_socket.socket = _no_network
-_socket.create_connection = _no_network
-_real_import = builtins.__import__
-def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if name.split(".")[0] not in ALLOWED:
-        raise ImportError(f"import of {name!r} is refused in the workbook sandbox")
-    return _real_import(name, globals, locals, fromlist, level)
-safe = {k: getattr(builtins, k) for k in dir(builtins) if k not in FORBIDDEN and not k.startswith("_")}
-safe["__import__"] = _guarded_import
-safe["__build_class__"] = builtins.__build_class__
-safe["__name__"] = "learner"
-out = sys.stdout
-g = {"__builtins__": safe, "__name__": "learner"}
-MARK = req["marker"]  # a per-run nonce the learner's code cannot see, so it cannot forge a result line
-def emit(obj):
-    out.write("\n" + MARK + json.dumps(obj) + "\n")
-    out.flush()
-try:
-    exec(compile(req["code"], "<your code>", "exec"), g)
-except BaseException as e:
-    emit({"load_error": f"{type(e).__name__}: {e}"}); sys.exit(0)
-fn = g.get(req["function"])
-if not callable(fn):
-    emit({"load_error": f"{req['function']} is not a function"}); sys.exit(0)
-results = []
-for args in req["cases"]:
+CHILD_PROGRAM = Path(__file__).with_name("sandbox_child.py")
+STARTUP_GRACE_S = 1.0            # wall time for the worker's own start-up, on top of the learner's limit
+FILE_LIMIT_BYTES = 1 << 20       # RLIMIT_FSIZE: the most any one file (stdout included) may grow
+NOBODY_UID_GID = (65534, 65534)
+
+
+def _nobody() -> tuple[int, int]:
     try:
-        v = fn(*args)
-        try:
-            json.dumps(v)
-        except (TypeError, ValueError):
-            v = repr(v)
-        results.append({"value": v})
-    except BaseException as e:
-        results.append({"error": f"{type(e).__name__}: {e}"})
-emit({"results": results})
-'''
-
-
-def _limits(time_limit_s: float, memory_bytes: int):
-    def apply() -> None:
-        cpu = max(1, math.ceil(time_limit_s)) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
+        import pwd
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except (ImportError, KeyError):
+        return NOBODY_UID_GID
 
 
 def run_function(
@@ -176,33 +139,51 @@ def run_function(
     memory_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
 ) -> tuple[list[dict[str, Any]] | None, str, bool, float]:
     """(per-case outputs or None, error message, timed_out, wall_s). Static check first."""
+    if len(code) > MAX_CODE_CHARS:
+        raise SourceRefused(f"your code is {len(code):,} characters; the limit is {MAX_CODE_CHARS:,}")
     check_source(code, function_name)
-    child = _CHILD % {"allowed": sorted(ALLOWED_IMPORTS), "forbidden": sorted(FORBIDDEN_NAMES)}
+    uid, gid = _nobody()
     marker = f"@@RESULT-{secrets.token_hex(8)}@@"
-    payload = json.dumps({"code": code, "function": function_name, "cases": cases, "marker": marker})
+    payload = json.dumps({
+        "code": code, "function": function_name, "cases": cases, "marker": marker,
+        "allowed": sorted(ALLOWED_IMPORTS), "forbidden_names": sorted(FORBIDDEN_NAMES),
+        "cpu_s": max(1, math.ceil(time_limit_s)) + 1, "memory_bytes": memory_bytes,
+        "file_bytes": FILE_LIMIT_BYTES, "uid": uid, "gid": gid})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nanoserve-sandbox-") as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", child],
-            cwd=tmp, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_limits(time_limit_s, memory_bytes),
-        )
-        try:
-            stdout, stderr = proc.communicate(payload.encode(), timeout=time_limit_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            return None, (f"your function did not return within {time_limit_s:g} s and was stopped "
-                          f"(an endless loop?)"), True, time.perf_counter() - t0
+        # The worker may only write in work/ (its cwd and HOME); its stdout and stderr are files the
+        # parent opened, so their size is bounded by RLIMIT_FSIZE, not by the parent's memory.
+        work = Path(tmp) / "work"
+        work.mkdir()
+        if os.geteuid() == 0:
+            os.chmod(tmp, 0o711)
+            os.chown(work, uid, gid)
+        with open(Path(tmp) / "stdout", "w+b") as out, open(Path(tmp) / "stderr", "w+b") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(CHILD_PROGRAM)], cwd=work, stdin=subprocess.PIPE,
+                stdout=out, stderr=err, start_new_session=True,
+                env={"LANG": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work)})
+            try:
+                proc.communicate(payload.encode(), timeout=time_limit_s + STARTUP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.wait()
+                return None, (f"your function did not return within {time_limit_s:g} s and was stopped "
+                              f"(an endless loop?)"), True, time.perf_counter() - t0
+            out.seek(0)
+            stdout = out.read(FILE_LIMIT_BYTES + 1)
+            err.seek(0)
+            stderr = err.read(FILE_LIMIT_BYTES + 1)
     wall = time.perf_counter() - t0
     text = stdout.decode(errors="replace")
     at = text.rfind(marker)
     if at < 0:
         if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             return None, f"your function used more than {time_limit_s:g} s of CPU and was stopped", True, wall
-        err = stderr.decode(errors="replace").strip().splitlines()
-        last = err[-1] if err else f"exit status {proc.returncode}"
+        if len(stdout) >= FILE_LIMIT_BYTES:
+            return None, f"your code wrote more than {FILE_LIMIT_BYTES >> 20} MiB of output", False, wall
+        err_lines = stderr.decode(errors="replace").strip().splitlines()
+        last = err_lines[-1][:500] if err_lines else f"exit status {proc.returncode}"
         if "MemoryError" in last:
             last = f"MemoryError: your code exceeded the {memory_bytes // 2**20} MiB memory limit"
         return None, f"your code crashed: {last}", False, wall
@@ -218,7 +199,7 @@ def run_function(
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 

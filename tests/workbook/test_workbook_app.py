@@ -73,7 +73,10 @@ def test_export_import_and_profiles(client, tmp_path):
     r = client.post("/profile/select", data={"name": "bea"}, follow_redirects=False)
     assert r.status_code == 303 and "profile=bea" in r.headers["set-cookie"]
     client.cookies.set("profile", "bea")
-    assert client.post("/api/import", content=json.dumps(data)).json() == {"imported": "bea", "attempts": 1}
+    preview = client.post("/api/import", content=json.dumps(data)).json()
+    assert preview["applied"] is False and preview["preview"]["with"]["attempts"] == 1
+    r = client.post("/api/import", params={"confirm": preview["confirm"]}, content=json.dumps(data))
+    assert r.json() == {"applied": True, "imported": "bea", "attempts": 1}
     assert "1</b> / " in client.get("/").text.replace("\n", "")
     assert client.post("/api/import", content=b"nope").status_code == 400
     assert client.post("/profile/select", data={"name": ""}).status_code == 400

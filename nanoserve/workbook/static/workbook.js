@@ -201,9 +201,21 @@ function importSetup() {
   input.addEventListener("change", async () => {
     const file = input.files[0];
     if (!file) return;
-    const resp = await fetch("/api/import", {method: "POST", body: await file.text(),
-                                              headers: {"Content-Type": "application/json"}});
-    const data = await resp.json();
+    const body = await file.text();
+    const post = (query) => fetch("/api/import" + query, {method: "POST", body: body,
+                                                         headers: {"Content-Type": "application/json"}});
+    // First a preview (the server validates the whole file and changes nothing), then a confirmation.
+    let resp = await post("");
+    let data = await resp.json();
+    if (resp.ok && !data.applied) {
+      const p = data.preview;
+      const ok = confirm("Replace the history of " + p.profile + " (" + p.replaces.attempts + " attempts, " +
+        p.replaces.cards + " review cards) with this file's " + p.with.attempts + " attempts and " +
+        p.with.cards + " review cards?");
+      if (!ok) { document.getElementById("import-status").textContent = "Import cancelled; nothing changed."; return; }
+      resp = await post("?confirm=" + encodeURIComponent(data.confirm));
+      data = await resp.json();
+    }
     document.getElementById("import-status").textContent = resp.ok
       ? "Imported " + data.attempts + " attempts into " + data.imported + "." : "Import failed: " + data.error.message;
     if (resp.ok) setTimeout(() => location.reload(), 600);

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, render
+from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, parse_variant, render
 from nanoserve.workbook.checker import check, design_shuffle
 from nanoserve.workbook.progress import Progress
 
@@ -79,13 +79,14 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         return page(request, "index.html", seeds=seeds, done=done)
 
     @app.get("/ex/{exercise_id}", response_class=HTMLResponse)
-    def exercise(request: Request, exercise_id: str, v: int = 0) -> HTMLResponse:
+    def exercise(request: Request, exercise_id: str, v: str = "0") -> HTMLResponse:
         e = bank.get(exercise_id)
-        r = render(e, max(0, v))
+        variant = parse_variant(v)      # 1e30, Infinity, -1, abc: a 400 naming `variant`
+        r = render(e, variant)
         nxt = bank.next_after(e.id)
         profile = profile_of(request)
-        return page(request, "exercise.html", e=e, r=r, variant=max(0, v), next_id=nxt.id if nxt else None,
-                    shuffled=design_shuffle(e, v) if e.type == "design" else [],
+        return page(request, "exercise.html", e=e, r=r, variant=variant, next_id=nxt.id if nxt else None,
+                    shuffled=design_shuffle(e, variant) if e.type == "design" else [],
                     solved=progress.is_mastered(profile, e.id))
 
     @app.post("/api/attempt")
@@ -97,12 +98,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object", "body")
         e = bank.get(str(body.get("id", "")))
-        try:
-            variant = int(body.get("variant", 0))
-        except (TypeError, ValueError):
-            raise InvalidRequestError("variant must be an integer", "variant") from None
-        if variant < 0:
-            raise InvalidRequestError("variant must be ≥ 0", "variant")
+        variant = parse_variant(body.get("variant", 0))
         try:
             verdict = check(e, variant, body)
         except BankError as ex:   # a bank entry the planner cannot solve yet: say so, keep serving

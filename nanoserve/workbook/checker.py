@@ -60,7 +60,7 @@ def _derive(e: Exercise, variant: int, answer: str) -> Verdict:
     shown = f"{_fmt(sol.value)} {e.unit}"
     if g.given is None:
         return Verdict(False, g.message, counts=False, answer_text=answer)
-    return Verdict(g.correct, g.message, True, answer, shown, sol.explain(), e.explanation)
+    return Verdict(g.correct, g.message, True, answer, shown, sol.explain(), render(e, variant).explanation)
 
 
 def _trace(e: Exercise, variant: int, choice: Any) -> Verdict:
@@ -76,7 +76,7 @@ def _trace(e: Exercise, variant: int, choice: Any) -> Verdict:
     derivation = solve(e, variant).explain() if e.steps else ""
     msg = "Correct." if ok else f"Not this one: option {chr(65 + idx)} is wrong."
     return Verdict(ok, msg, True, str(idx), f"{chr(65 + e.correct)}. {r.options[e.correct]}", derivation,
-                   e.reasoning)
+                   r.explanation)
 
 
 def _build(e: Exercise, code: str) -> Verdict:

@@ -242,7 +242,7 @@ def fmt(template: str, names: dict[str, Any]) -> str:
             if not field_expr.strip() or conversion:
                 raise BankError(f"template {template[:60]!r}…: empty field or !conversion")
             out.append(_FORMATTER.format_field(evaluate(field_expr, names), spec or ""))
-    except (ValueError, TypeError, ZeroDivisionError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         if isinstance(e, BankError):
             raise
         raise BankError(f"template {template[:60]!r}…: {e}") from None
@@ -466,8 +466,11 @@ def render(e: Exercise, variant: int = 0) -> Rendered:
     p = draw_params(e, variant)
     names = dict(p)
     if e.steps:
-        sol = solve(e, variant, p)
-        names.update(sol.values, answer=sol.value, answer_unit=sol.unit)
+        try:
+            sol = solve(e, variant, p)
+            names.update(sol.values, answer=sol.value, answer_unit=sol.unit)
+        except BankError:   # the planner cannot solve it yet: the page still shows, the attempt says why
+            return Rendered(e, variant, p, fmt(e.prompt, names), list(e.options), _title(e, p))
     try:
         options = [fmt(o, names) for o in e.options] if e.type == "trace" and e.steps else list(e.options)
         text = e.reasoning if e.type == "trace" else e.explanation

@@ -282,3 +282,28 @@ def test_the_app_shows_the_variants_own_text():
     out = client.post("/api/attempt", json={"id": "000-0.5", "variant": v, "answer": repr(sol.value)}).json()
     assert out["correct"] and out["explanation"] == render(e, v).explanation
     assert "17.5" not in out["explanation"]
+
+
+def test_loading_a_bank_with_an_unknown_template_name_fails_naming_the_exercise(tmp_path):
+    from nanoserve.workbook.bank import load_bank
+    entry = """seed: "ext"
+chapter: "t"
+exercises:
+- id: "ext-t.1"
+  type: derive
+  title: "{size_b}B weights"
+  prompt: "A {size_b}B model in FP16: how many GB?"
+  params: {size_b: 70}
+  variants: {size_b: [7, 13]}
+  steps:
+  - call: nanoserve.planner.parallel.tp_weight_memory_per_gpu
+    args: {model: size_b * 1e9, tp: 1, bytes_per_param: 2}
+  unit: GB
+  explanation: "EXPLANATION"
+"""
+    (tmp_path / "a.yaml").write_text(entry.replace("EXPLANATION", "{answer:~} GB for {size_b}B"))
+    b = load_bank(tmp_path)
+    assert b.exercises[0].title == "70B weights" and render(b.exercises[0], 1).explanation.endswith("B")
+    (tmp_path / "a.yaml").write_text(entry.replace("EXPLANATION", "{answer:~} GB for {params_b}B"))
+    with pytest.raises(BankError, match=r"ext-t\.1.*params_b"):
+        load_bank(tmp_path)

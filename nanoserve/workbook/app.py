@@ -24,10 +24,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, render
+from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, parse_variant, render
 from nanoserve.workbook.chapters import chapter_notes
 from nanoserve.workbook.checker import check, design_shuffle, trace_order
-from nanoserve.workbook.limits import BodyLimitMiddleware, loads_bounded, same_site_path, variant_number
+from nanoserve.workbook.limits import BodyLimitMiddleware, loads_bounded, same_site_path
 from nanoserve.workbook.progress import FIXED_REVEAL_FORGET_S, Progress
 from nanoserve.workbook.teaching import hints, reveal
 
@@ -93,18 +93,18 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         return page(request, "index.html", seeds=seeds, done=done)
 
     @app.get("/ex/{exercise_id}", response_class=HTMLResponse)
-    def exercise(request: Request, exercise_id: str, v: int = 0) -> HTMLResponse:
+    def exercise(request: Request, exercise_id: str, v: str = "0") -> HTMLResponse:
         e = bank.get(exercise_id)
-        v = variant_number(max(0, v))
-        r = render(e, max(0, v))
+        v = parse_variant(v)      # 1e30, Infinity, -1, abc: a 400 naming `variant`
+        r = render(e, v)
         nxt = bank.next_after(e.id)
         profile = profile_of(request)
         # Trace options are shuffled per showing; the attempt sends the seed back and the grader maps it.
         shuffle = secrets.randbelow(2**31)
-        trace = [(i, r.options[i]) for i in trace_order(e, max(0, v), shuffle)] if e.type == "trace" else []
-        all_hints = hints(e, max(0, v))
-        used, revealed = progress.aids(profile, e.id, max(0, v))
-        return page(request, "exercise.html", e=e, r=r, variant=max(0, v), next_id=nxt.id if nxt else None,
+        trace = [(i, r.options[i]) for i in trace_order(e, v, shuffle)] if e.type == "trace" else []
+        all_hints = hints(e, v)
+        used, revealed = progress.aids(profile, e.id, v)
+        return page(request, "exercise.html", e=e, r=r, variant=v, next_id=nxt.id if nxt else None,
                     shuffled=design_shuffle(e, v) if e.type == "design" else [],
                     solved=progress.is_mastered(profile, e.id), shuffle=shuffle, trace_options=trace,
                     n_hints=len(all_hints), shown_hints=all_hints[:used], revealed=revealed,
@@ -117,7 +117,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object", "body")
         e = bank.get(str(body.get("id", ""))[:200])
-        variant = variant_number(body.get("variant", 0))
+        variant = parse_variant(body.get("variant", 0))
         try:
             # Builds run a subprocess for up to seconds and answers are parsed: off the event loop.
             verdict = await run_in_threadpool(check, e, variant, body)
@@ -143,7 +143,7 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
     def aid_target(body: Any) -> tuple[Any, int]:
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object", "body")
-        return bank.get(str(body.get("id", ""))[:200]), variant_number(body.get("variant", 0))
+        return bank.get(str(body.get("id", ""))[:200]), parse_variant(body.get("variant", 0))
 
     @app.post("/api/hint")
     async def hint(request: Request) -> JSONResponse:

@@ -7,15 +7,25 @@ after an attempt. Variant 0 is the seed's own parameters; variant n > 0 draws fr
 `variants` ranges with a RNG seeded by (exercise id, n), so a variant number always means the same
 numbers. `seed_answer` is the number printed in the seed, kept only so the tests can check that the
 planner reproduces it.
+
+A variant is whole: its title, prompt, hints and explanation (trace: reasoning) are templates rendered
+from the variant's own numbers, so no text keeps the seed's numbers once a variant changes them. A
+`{field}` is an expression over the parameters, the step values by name (SI units, as the planner
+returns them) and `answer` (in the exercise's unit), with an optional format spec: `{answer:~}` is
+three significant digits written plainly (a whole part is never cut: 1,152), `{answer:~2}` two,
+`{x:,}` thousands separators; a planner dataclass's fields read as `{spec.layers}`. `{{`/`}}` are
+literal braces. Every name a template uses is checked at load (BankError naming the exercise).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import math
 import operator
 import random
+import re
 import string
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,7 +35,7 @@ from typing import Any
 import yaml
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.planner.derivation import Result
+from nanoserve.planner.derivation import Result, derive
 from nanoserve.workbook.grading import convert, dimension_of
 
 BANK_DIR = Path(__file__).with_name("bank")
@@ -101,6 +111,12 @@ def _eval(node: ast.AST, names: dict[str, Any], src: str) -> Any:
         return [_eval(e, names, src) for e in node.elts]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
         return _FUNCS[node.func.id](*[_eval(a, names, src) for a in node.args])
+    if isinstance(node, ast.Attribute):     # a field of a planner dataclass (spec.layers), nothing else
+        obj = _eval(node.value, names, src)
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and \
+                node.attr in {f.name for f in dataclasses.fields(obj)}:
+            return getattr(obj, node.attr)
+        raise BankError(f"no field {node.attr!r} in {src!r}")
     raise BankError(f"unsupported expression {src!r}")
 
 
@@ -152,6 +168,7 @@ class Exercise:
     order: list[str] = field(default_factory=list)
     # provenance
     source: str = ""                # what in the seed this entry stands for (e.g. a Code Lab made a trace)
+    title_template: str = ""        # set at load, not in YAML: the raw title; `title` is the seed's rendering
 
     @property
     def seed_title(self) -> str:
@@ -165,6 +182,9 @@ class Rendered:
     params: dict[str, Any]
     prompt: str
     options: list[str]
+    title: str = ""
+    hints: list[str] = field(default_factory=list)
+    explanation: str = ""           # derive: the explanation; trace: the reasoning
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,8 @@ class Solution:
 
 class _Fmt(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec.startswith("~"):
+            return _plain(float(value), int(format_spec[1:] or 3))
         if not format_spec and isinstance(value, float):
             if value.is_integer() and abs(value) < 1e15:
                 return str(int(value))
@@ -189,14 +211,81 @@ class _Fmt(string.Formatter):
         return super().format_field(value, format_spec)
 
 
+def _plain(x: float, digits: int) -> str:
+    """At most `digits` significant digits, no exponent, whole part kept: 17.5, 0.304, 1,340, 1,152."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    if decimals == 0:
+        return f"{round(x):,}"
+    return f"{round(x, decimals):,.{decimals}f}".rstrip("0").rstrip(".")
+
+
 _FORMATTER = _Fmt()
 
 
-def fmt(template: str, names: dict[str, Any]) -> str:
+def template_fields(template: str) -> list[str]:
+    """The `{expression}` fields of a template (format specs left off)."""
     try:
-        return _FORMATTER.vformat(template, (), names)
-    except (KeyError, IndexError, ValueError) as e:
+        return [f for _, f, _, _ in _FORMATTER.parse(template) if f is not None]
+    except ValueError as e:
         raise BankError(f"template {template[:60]!r}…: {e}") from None
+
+
+def fmt(template: str, names: dict[str, Any]) -> str:
+    """Fill a template: every field is an expression over `names`, then formatted by its spec."""
+    out: list[str] = []
+    try:
+        for literal, field_expr, spec, conversion in _FORMATTER.parse(template):
+            out.append(literal)
+            if field_expr is None:
+                continue
+            if not field_expr.strip() or conversion:
+                raise BankError(f"template {template[:60]!r}…: empty field or !conversion")
+            out.append(_FORMATTER.format_field(evaluate(field_expr, names), spec or ""))
+    except (ValueError, TypeError, ArithmeticError) as e:
+        if isinstance(e, BankError):
+            raise
+        raise BankError(f"template {template[:60]!r}…: {e}") from None
+    return "".join(out)
+
+
+def _names_in(expr: str) -> set[str]:
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as e:
+        raise BankError(f"bad template field {{{expr}}}: {e.msg}") from None
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called - {"True", "False", "None"}
+
+
+def _check_templates(e: Exercise) -> None:
+    """Every name in every template is a parameter, a step, a computed value or `answer`."""
+    known = set(e.params) | set(e.derived) | set(e.computed) | set(_FUNCS)
+    for i, step in enumerate(e.steps):
+        name = step.get("name", f"s{i}")
+        known |= {name, name + "_unit"}
+    if e.steps:
+        known |= {"answer", "answer_unit"}
+    template_names = set(e.params) | set(e.derived) | set(_FUNCS)
+    for f in template_fields(e.title):     # a title is shown in lists too: parameters only
+        if _names_in(f) - template_names:
+            raise BankError(f"exercise {e.id}: title: names unknown parameter(s) "
+                            f"{sorted(_names_in(f) - template_names)} in {{{f}}}")
+    texts = {"prompt": e.prompt}
+    if e.type in ("derive", "trace"):
+        texts |= {"explanation": e.explanation, "reasoning": e.reasoning,
+                  **{f"hint {i + 1}": h for i, h in enumerate(e.hints)}}
+    if e.type == "trace":
+        texts |= {f"option {i + 1}": o for i, o in enumerate(e.options)}
+    for where, text in texts.items():
+        try:
+            for f in template_fields(text):
+                unknown = sorted(_names_in(f) - known)
+                if unknown:
+                    raise BankError(f"names unknown parameter(s) {unknown} in {{{f}}}")
+        except BankError as ex:
+            raise BankError(f"exercise {e.id}: {where}: {ex}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +336,14 @@ def load_bank(directory: Path | str = BANK_DIR) -> Bank:
     bank = Bank(exercises)
     for e in bank.exercises:
         validate(e)
+        e.title_template = e.title
+        e.title = _title(e, draw_params(e, 0))   # lists and headers show the seed's title
     return bank
+
+
+def _title(e: Exercise, params: dict[str, Any]) -> str:
+    template = e.title_template or e.title
+    return fmt(template, params) if "{" in template else template
 
 
 @cache
@@ -256,7 +352,7 @@ def default_bank() -> Bank:
 
 
 def _build(filename: str, raw: dict[str, Any]) -> Exercise:
-    known = set(Exercise.__dataclass_fields__)
+    known = set(Exercise.__dataclass_fields__) - {"title_template"}
     extra = set(raw) - known
     if extra:
         raise BankError(f"{filename}: exercise {raw.get('id')!r} has unknown fields {sorted(extra)}")
@@ -302,13 +398,36 @@ def validate(e: Exercise) -> None:
     for name in e.variants:
         if name not in e.params:
             raise BankError(f"{where}: variant range for unknown parameter {name!r}")
+    _check_templates(e)
 
 
 # ---------------------------------------------------------------------------------------------
+MAX_VARIANT = 1_000_000  # also the most an import accepts (progress.py)
+
+
+def parse_variant(value: Any) -> int:
+    """A variant number from a request (query string, JSON): a whole number 0..MAX_VARIANT, or a 400."""
+    bad = InvalidRequestError(
+        f"variant must be a whole number from 0 to {MAX_VARIANT:,}, got {str(value)[:40]!r}", "variant")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 10):
+            raise bad
+        value = int(text)
+    elif isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise bad
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_VARIANT:
+        raise bad
+    return value
+
+
 def draw_params(e: Exercise, variant: int) -> dict[str, Any]:
     """Variant 0: the seed's parameters. Variant n: fresh values, the same for the same n."""
-    if variant < 0:
-        raise InvalidRequestError("variant must be ≥ 0", "variant")
+    variant = parse_variant(variant)
     if variant == 0 or not e.variants:
         return _with_derived(e, dict(e.params))
     rng = random.Random(f"{e.id}:{variant}")
@@ -345,14 +464,26 @@ def _draw(rng: random.Random, spec: Any, eid: str, name: str) -> Any:
 
 
 def render(e: Exercise, variant: int = 0) -> Rendered:
+    """The variant's page text: every template filled from this variant's own numbers."""
+    variant = parse_variant(variant)
     p = draw_params(e, variant)
     names = dict(p)
-    options = list(e.options)
-    if e.type == "trace" and e.steps:
-        sol = solve(e, variant)
-        names.update(sol.values)
-        options = [fmt(o, names) for o in e.options]
-    return Rendered(e, variant, p, fmt(e.prompt, names), options)
+    if e.steps:
+        try:
+            sol = solve(e, variant, p)
+            names.update(sol.values, answer=sol.value, answer_unit=sol.unit)
+        except BankError:   # the planner cannot solve it yet: the page still shows, the attempt says why
+            return Rendered(e, variant, p, fmt(e.prompt, names), list(e.options), _title(e, p))
+    try:
+        options = [fmt(o, names) for o in e.options] if e.type == "trace" and e.steps else list(e.options)
+        text = e.reasoning if e.type == "trace" else e.explanation
+        if e.type in ("derive", "trace"):
+            hints, explanation = [fmt(h, names) for h in e.hints], fmt(text, names)
+        else:
+            hints, explanation = list(e.hints), text
+        return Rendered(e, variant, p, fmt(e.prompt, names), options, _title(e, p), hints, explanation)
+    except BankError as ex:
+        raise BankError(f"exercise {e.id} variant {variant}: {ex}") from None
 
 
 def _resolve(dotted: str):
@@ -393,6 +524,7 @@ def solve(e: Exercise, variant: int = 0, params: dict[str, Any] | None = None) -
         names[k] = evaluate(expr, names)
     if e.value:
         raw, unit = float(evaluate(e.value, names)), e.value_unit or last.unit
+        results.append(_value_step(e.value, names, raw, unit))   # the derivation ends at the answer
     else:
         raw, unit = last.value, last.unit
     target = e.unit or unit
@@ -401,6 +533,15 @@ def solve(e: Exercise, variant: int = 0, params: dict[str, Any] | None = None) -
     except InvalidRequestError as ex:
         raise BankError(f"exercise {e.id}: {ex.message}") from None
     return Solution(value, target, last, results, {k: v for k, v in names.items() if k not in p})
+
+
+def _value_step(expr: str, names: dict[str, Any], value: float, unit: str) -> Result:
+    """The `value` expression as a derivation step, its names replaced by this variant's numbers."""
+    def number(m: re.Match[str]) -> str:
+        v = names.get(m.group())
+        return _plain(float(v), 4) if isinstance(v, (int, float)) and not isinstance(v, bool) else m.group()
+    substituted = re.sub(r"(?<![\w.])[A-Za-z_]\w*", number, expr)
+    return derive("answer", value, unit, expr, substituted)
 
 
 def planner_calls(e: Exercise) -> list[str]:

@@ -86,11 +86,12 @@ def _derive(e: Exercise, variant: int, answer: str) -> Verdict:
     if g.given is None or not g.counts:
         return Verdict(False, g.message, counts=False, answer_text=answer)
     message = g.message
+    r = render(e, variant)
     if not g.correct:
-        slips = name_slips(e, sol, render(e, variant).params, g.given)
+        slips = name_slips(e, sol, r.params, g.given)
         if slips:
             message = f"Not quite: {_fmt(g.given)} {e.unit}. Likely slip: " + "; or ".join(slips) + "."
-    return Verdict(g.correct, message, True, answer, shown, sol.explain(), e.explanation)
+    return Verdict(g.correct, message, True, answer, shown, sol.explain(), r.explanation)
 
 
 def _trace(e: Exercise, variant: int, choice: Any, shuffle: Any = None) -> Verdict:
@@ -112,7 +113,7 @@ def _trace(e: Exercise, variant: int, choice: Any, shuffle: Any = None) -> Verdi
     why = e.why[idx] if idx < len(e.why) and e.why[idx] else ""
     msg = "Correct." if ok else f"Not this one: “{r.options[idx]}”" + (f" — {why}" if why else " is wrong.")
     return Verdict(ok, msg, True, str(idx), f"{chr(65 + e.correct)}. {r.options[e.correct]}", derivation,
-                   e.reasoning)
+                   r.explanation)
 
 
 def _build(e: Exercise, code: str) -> Verdict:

@@ -76,7 +76,7 @@ def practise(db: str, profile: str, start: str | None = None, review: bool = Fal
         variant = 0
         while True:
             r = render(e, variant)
-            say(f"\n[{e.id}] {e.title} ({e.type}{', variant ' + str(variant) if variant else ''})")
+            say(f"\n[{e.id}] {r.title} ({e.type}{', variant ' + str(variant) if variant else ''})")
             say(r.prompt.strip())
             payload: dict = {}
             if e.type == "trace":

@@ -6,7 +6,7 @@ exponent like 1e9999999) can stall the server:
 - request bodies: MAX_BODY_BYTES (1 MiB), MAX_IMPORT_BYTES (16 MiB) for /api/import → 413;
 - JSON numbers: NaN/Infinity refused, integers of more than MAX_JSON_INT_DIGITS digits and floats that
   are not finite refused (json.loads would otherwise hand `inf` or a huge int to the graders);
-- variant numbers: 0 to MAX_VARIANT;
+- variant numbers: bank.parse_variant (0 to bank.MAX_VARIANT);
 - redirects: same-site relative paths only.
 """
 
@@ -24,7 +24,6 @@ MAX_IMPORT_BYTES = 16 << 20
 BODY_LIMITS_BY_PATH = {"/api/import": MAX_IMPORT_BYTES}
 MAX_JSON_INT_DIGITS = 30
 MAX_JSON_FLOAT_CHARS = 64
-MAX_VARIANT = 1_000_000
 
 
 def error_body(message: str, param: str | None, code: str) -> dict[str, Any]:
@@ -112,19 +111,6 @@ def loads_bounded(raw: bytes | str, what: str = "body", max_int_digits: int = MA
                           parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InvalidRequestError(f"the {what} must be JSON", what) from None
-
-
-def variant_number(value: Any) -> int:
-    """A variant number from a request: an integer from 0 to MAX_VARIANT, else a 400."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidRequestError("variant must be an integer", "variant")
-    try:
-        n = int(value) if not isinstance(value, str) or len(value) <= 20 else None
-    except (TypeError, ValueError, OverflowError):
-        n = None
-    if n is None or not 0 <= n <= MAX_VARIANT:
-        raise InvalidRequestError(f"variant must be an integer from 0 to {MAX_VARIANT:,}", "variant")
-    return n
 
 
 def same_site_path(target: str | None, default: str = "/profile") -> str:

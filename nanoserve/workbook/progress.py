@@ -27,6 +27,7 @@ from typing import Any
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.extras import MissingExtraError
+from nanoserve.workbook.bank import MAX_VARIANT
 
 try:
     from fsrs import Card, Rating, Scheduler
@@ -370,7 +371,7 @@ class Progress:
 EXPORT_FORMAT = "nanoserve-workbook-progress"
 MAX_IMPORT_ROWS = 200_000
 MAX_IMPORT_STREAK = 100_000
-MAX_IMPORT_VARIANT = 1_000_000
+MAX_IMPORT_VARIANT = MAX_VARIANT
 
 
 @dataclass(frozen=True)

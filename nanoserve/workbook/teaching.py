@@ -17,7 +17,7 @@ from nanoserve.workbook.grading import _fmt
 
 def hints(e: Exercise, variant: int = 0) -> list[str]:
     """The hints in the order they are shown."""
-    out = [str(h) for h in e.hints]
+    out = list(render(e, variant).hints)     # the exercise's own, in this variant's numbers
     if e.type == "derive" and e.steps:
         try:
             steps = solve(e, variant).steps
@@ -31,13 +31,13 @@ def hints(e: Exercise, variant: int = 0) -> list[str]:
 
 def reveal(e: Exercise, variant: int = 0) -> dict[str, Any]:
     """The answer and its working for one variant, as the reveal endpoint sends it."""
-    out: dict[str, Any] = {"expected": "", "derivation": "", "explanation": e.explanation}
+    r = render(e, variant)
+    out: dict[str, Any] = {"expected": "", "derivation": "", "explanation": r.explanation}
     if e.type == "derive":
         sol = solve(e, variant)
         out.update(expected=f"{_fmt(sol.value)} {e.unit}", derivation=sol.explain())
     elif e.type == "trace":
-        r = render(e, variant)
-        out.update(expected=r.options[e.correct], explanation=e.reasoning,
+        out.update(expected=r.options[e.correct],
                    derivation=solve(e, variant).explain() if e.steps else "")
     elif e.type == "build":
         out.update(expected="a reference solution:", derivation=e.solution)

@@ -9,11 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nanoserve.workbook.app import create_app
-from nanoserve.workbook.bank import default_bank, solve
+from nanoserve.workbook.bank import default_bank, render, solve
 from nanoserve.workbook.chapters import all_notes
 from nanoserve.workbook.checker import check, fixed_code, trace_order
 from nanoserve.workbook.grading import grade_number
 from nanoserve.workbook.progress import Progress, fsrs_rating
+from nanoserve.workbook.teaching import hints, reveal
 
 
 @pytest.fixture()
@@ -154,3 +155,18 @@ def test_exercise_page_holds_no_answer_before_it_is_earned(client):
     assert e.fix.strip() not in page
     t = default_bank().get("000-0.3")
     assert t.reasoning[:40] not in client.get(f"/ex/{t.id}").text
+
+
+def test_hints_and_reveal_speak_in_the_variants_numbers():
+    """Hints and the reveal come from the rendered variant, never the raw `{template}` text."""
+    checked = 0
+    for e in default_bank().exercises:
+        if not e.variants or e.type != "derive":
+            continue
+        r = render(e, 3)
+        assert hints(e, 3)[: len(r.hints)] == r.hints, e.id
+        shown = reveal(e, 3)
+        assert shown["explanation"] == r.explanation, e.id
+        assert not any("{" in h and "}" in h for h in hints(e, 3)), e.id
+        checked += 1
+    assert checked > 100

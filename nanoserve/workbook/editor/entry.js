@@ -83,7 +83,8 @@ function enhance(textarea) {
   note.textContent = kept !== null && kept !== starter ? "Your code from last time (kept in this browser)."
                                                        : "Your code is kept in this browser.";
   bar.append(reset, note);
-  wrap.after(bar);
+  // A toolbar above the form, not inside it: the form's first button stays its submit button.
+  if (textarea.form) textarea.form.before(bar); else wrap.before(bar);
   textarea._nanoEditor = view;
   return view;
 }

@@ -187,6 +187,7 @@ function exerciseSetup() {
     if (ev.key === "Escape" && document.activeElement) { document.activeElement.blur(); return; }
     const tag = (ev.target.tagName || "").toLowerCase();
     if (tag === "input" && ev.target.type === "text" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.target.isContentEditable) return;      // typing in the code editor, not a shortcut
     if (ev.key === "n") { const a = document.getElementById("next-link"); if (a) location.href = a.href; }
     if (ev.key === "v") { const a = document.getElementById("variant-link"); if (a) location.href = a.href; }
     if (ev.key === "h") { const d = document.getElementById("hints"); if (d) d.open = !d.open; }

@@ -144,7 +144,7 @@ def test_editor_keeps_code_across_a_reload_and_lists_every_failing_test(live, pa
     failing = page.locator("#feedback .case-fail").count()
     assert failing >= 2
     assert f"{failing} of" in page.inner_text("#feedback .cases-head")
-    assert "return 0.5" in page.inner_text(".cm-content")                    # the editor shows the filled code
+    assert "return 0.5" in page.inner_text(".cm-content")          # the editor shows the filled code
     snap(page, shots, "editor_failing_tests.png")
 
 
@@ -167,7 +167,8 @@ def test_390px_layout_has_no_sideways_scroll_and_a_one_line_header(live, page, s
             page.evaluate("document.getElementById('after').open = true")
         width = page.evaluate("document.scrollingElement.scrollWidth")
         assert width <= 390, f"{path} scrolls sideways ({width}px)"
-        header = page.evaluate("""() => { const h = document.querySelector('header.top').getBoundingClientRect();
+        header = page.evaluate("""() => {
+            const h = document.querySelector('header.top').getBoundingClientRect();
             const b = document.querySelector('.brand').getBoundingClientRect();
             const m = document.getElementById('menu-toggle').getBoundingClientRect();
             return {h: h.height, brandTop: b.top, menuTop: m.top, menuH: m.height}; }""")

@@ -24,19 +24,24 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from nanoserve.errors import InvalidRequestError
+from nanoserve.workbook import session
 from nanoserve.workbook.bank import SEEDS, Bank, BankError, default_bank, parse_variant, render
 from nanoserve.workbook.chapters import chapter_notes
 from nanoserve.workbook.checker import check, design_shuffle, trace_order
+from nanoserve.workbook.checklist import ChecklistItem, default_checklist
 from nanoserve.workbook.limits import BodyLimitMiddleware, loads_bounded, same_site_path
-from nanoserve.workbook.progress import FIXED_REVEAL_FORGET_S, Progress
+from nanoserve.workbook.progress import FIXED_REVEAL_FORGET_S, SELF_CHECK_LEVELS, Progress
 from nanoserve.workbook.teaching import hints, reveal
 
 HERE = Path(__file__).parent
 DEFAULT_PROFILE = "learner"
 
 
-def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> FastAPI:
+def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None,
+               checklist: list[ChecklistItem] | None = None) -> FastAPI:
     bank = bank or default_bank()
+    checklist = checklist if checklist is not None else default_checklist()
+    checklist_by_id = {i.id: i for i in checklist}
     progress = Progress(db_path)
     app = FastAPI(title="nanoserve workbook", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimitMiddleware)
@@ -90,22 +95,39 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
                              "done": n_done, "total": len(exs), "pct": round(100 * n_done / len(exs))})
             if rows:
                 seeds.append({"seed": seed, "title": title, "chapters": rows})
-        return page(request, "index.html", seeds=seeds, done=done)
+        return page(request, "index.html", seeds=seeds, done=done, **home_extras(profile))
+
+    def home_extras(profile: str) -> dict[str, Any]:
+        """Home page: where to continue, how many reviews wait, how far the checklist is."""
+        last = progress.last_attempt(profile)
+        resume = None
+        if last and last["exercise_id"] in bank.by_id:
+            e = bank.by_id[last["exercise_id"]]
+            nxt = bank.next_after(e.id) if last["correct"] else None
+            resume = {"last": e, "last_right": bool(last["correct"]), "go": nxt or e}
+        checks = progress.self_checks(profile)
+        sure = sum(checks.get(i.id) == len(SELF_CHECK_LEVELS) - 1 for i in checklist)
+        return {"resume": resume, "first_exercise": bank.exercises[0] if bank.exercises else None,
+                "review_count": len(session.review_queue(progress, bank, profile, limit=10**6)),
+                "checklist_sure": sure, "checklist_total": len(checklist)}
 
     @app.get("/ex/{exercise_id}", response_class=HTMLResponse)
     def exercise(request: Request, exercise_id: str, v: str = "0") -> HTMLResponse:
         e = bank.get(exercise_id)
         v = parse_variant(v)      # 1e30, Infinity, -1, abc: a 400 naming `variant`
-        r = render(e, v)
         nxt = bank.next_after(e.id)
-        profile = profile_of(request)
+        return page(request, "exercise.html", **exercise_context(e, v, profile_of(request)),
+                    next_id=nxt.id if nxt else None)
+
+    def exercise_context(e: Any, v: int, profile: str) -> dict[str, Any]:
+        """What an exercise page shows, on its own page or as a review-session card."""
+        r = render(e, v)
         # Trace options are shuffled per showing; the attempt sends the seed back and the grader maps it.
         shuffle = secrets.randbelow(2**31)
         trace = [(i, r.options[i]) for i in trace_order(e, v, shuffle)] if e.type == "trace" else []
         all_hints = hints(e, v)
         used, revealed = progress.aids(profile, e.id, v)
-        return page(request, "exercise.html", e=e, r=r, variant=v, next_id=nxt.id if nxt else None,
-                    shuffled=design_shuffle(e, v) if e.type == "design" else [],
+        return dict(e=e, r=r, variant=v, shuffled=design_shuffle(e, v) if e.type == "design" else [],
                     solved=progress.is_mastered(profile, e.id), shuffle=shuffle, trace_options=trace,
                     n_hints=len(all_hints), shown_hints=all_hints[:used], revealed=revealed,
                     chapter_key=f"{e.seed}-{e.chapter}",
@@ -188,7 +210,68 @@ def create_app(db_path: str | Path = ":memory:", bank: Bank | None = None) -> Fa
         due = [(bank.by_id[i], d) for i, d in progress.due_reviews(profile, now) if i in bank.by_id]
         upcoming = [(bank.by_id[i], d) for i, d in progress.next_due(profile)
                     if i in bank.by_id and d > now][:20]
-        return page(request, "review.html", due_now=due, upcoming=upcoming, now=now)
+        return page(request, "review.html", due_cards=due, upcoming=upcoming, now=now)
+
+    # review sessions and the checklist -------------------------------------------------------------
+    @app.get("/review/start")
+    def review_start(request: Request, item: str = "") -> RedirectResponse:
+        """Build a queue (every due card, or one checklist item's due and weak exercises) and start it."""
+        profile = profile_of(request)
+        if item:
+            if item not in checklist_by_id:
+                raise InvalidRequestError(f"no checklist item {item[:40]!r}", "item")
+            cards = session.practice_queue(progress, bank, profile, list(checklist_by_id[item].exercise_ids))
+        else:
+            cards = session.review_queue(progress, bank, profile)
+        if not cards:
+            return RedirectResponse("/review", status_code=303)
+        t = int(datetime.now(UTC).timestamp())
+        url = f"/review/session?q={session.encode(cards)}&i=0&t={t}" + (f"&item={item}" if item else "")
+        return RedirectResponse(url, status_code=303)
+
+    @app.get("/review/session", response_class=HTMLResponse)
+    def review_session(request: Request, q: str = "", i: int = 0, t: int = 0, item: str = "") -> HTMLResponse:
+        cards = session.decode(q, bank)
+        if not cards:
+            raise InvalidRequestError("an empty review session", "q")
+        i = min(max(0, i), len(cards))
+        base = f"/review/session?q={q}&t={t}" + (f"&item={item}" if item in checklist_by_id else "")
+        practising = checklist_by_id.get(item)
+        if i == len(cards):
+            results = session.summarize(progress, profile_of(request), cards, session.started_at(t))
+            tally = {k: sum(r.outcome == k for r in results) for k in ("right", "missed", "skipped")}
+            return page(request, "review_done.html", results=results, tally=tally, by_id=bank.by_id,
+                        practising=practising, restart_item=item if practising else "")
+        card = cards[i]
+        e = bank.by_id[card.exercise_id]
+        profile = profile_of(request)
+        return page(request, "review_card.html", **exercise_context(e, card.variant, profile), next_id=None,
+                    card=card, card_index=i, card_total=len(cards), session_base=base, practising=practising)
+
+    @app.get("/checklist", response_class=HTMLResponse)
+    def checklist_page(request: Request) -> HTMLResponse:
+        profile = profile_of(request)
+        checks = progress.self_checks(profile)
+        counts = progress.mastery(profile, {i.id: list(i.exercise_ids) for i in checklist})
+        sections: dict[str, list[dict[str, Any]]] = {}
+        for it in checklist:
+            n, tot = counts[it.id]
+            sections.setdefault(it.section, []).append(
+                {"item": it, "level": checks.get(it.id), "solved": n, "total": tot})
+        return page(request, "checklist.html", sections=sections, levels=SELF_CHECK_LEVELS,
+                    checked=len(checks), item_total=len(checklist))
+
+    @app.post("/api/checklist")
+    async def checklist_set(request: Request) -> JSONResponse:
+        body = loads_bounded(await request.body())
+        if not isinstance(body, dict) or str(body.get("item"))[:200] not in checklist_by_id:
+            raise InvalidRequestError("name a checklist item", "item")
+        level = body.get("level")
+        if not isinstance(level, int) or isinstance(level, bool):
+            raise InvalidRequestError("level must be an integer", "level")
+        profile = profile_of(request)
+        progress.set_self_check(profile, str(body["item"]), level)
+        return JSONResponse({"item": body["item"], "level": level, "label": SELF_CHECK_LEVELS[level]})
 
     @app.get("/profile", response_class=HTMLResponse)
     def profile_page(request: Request) -> HTMLResponse:

@@ -56,6 +56,14 @@ ATTEMPT_COLUMNS = {"hints": "INTEGER NOT NULL DEFAULT 0", "revealed": "INTEGER N
 EASY_WITHIN_S = 60.0          # a first, unaided, right answer this fast is rated Easy
 _UPSERT = "ON CONFLICT (profile_id, exercise_id, variant) DO UPDATE SET"
 FIXED_REVEAL_FORGET_S = 86400.0   # one-answer exercises: a reveal stops counting against you after a day
+# Added after the first release: created on open when missing, so an older database gains it in place.
+SELF_CHECK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS self_checks (
+    profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE, item_id TEXT NOT NULL,
+    level INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (profile_id, item_id));
+"""
+# A learner's own answer to a checklist item's "can you do this from scratch?".
+SELF_CHECK_LEVELS = ("not yet", "with notes", "from scratch")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class Progress:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self.db.executescript(SELF_CHECK_SCHEMA)
         self.scheduler = scheduler or Scheduler(enable_fuzzing=False)
 
     def _migrate(self) -> None:
@@ -299,6 +308,32 @@ class Progress:
         pid = self.profile_id(profile)
         rows = self.db.execute("SELECT exercise_id, due FROM cards WHERE profile_id=? ORDER BY due", (pid,))
         return [(r["exercise_id"], datetime.fromisoformat(r["due"])) for r in rows]
+
+    def last_attempt(self, profile: str) -> dict[str, Any] | None:
+        """The profile's most recent attempt ("continue where you left off"), None before any."""
+        pid = self.profile_id(profile)
+        row = self.db.execute("SELECT exercise_id, variant, correct, at FROM attempts WHERE profile_id=? "
+                              "ORDER BY id DESC LIMIT 1", (pid,)).fetchone()
+        return dict(row) if row else None
+
+    # checklist self-checks --------------------------------------------------------------------
+    def set_self_check(self, profile: str, item_id: str, level: int, now: datetime | None = None) -> None:
+        """Store the learner's own rating of a checklist item (an index into SELF_CHECK_LEVELS)."""
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < len(SELF_CHECK_LEVELS):
+            raise InvalidRequestError(f"level must be 0..{len(SELF_CHECK_LEVELS) - 1}", "level")
+        item_id = str(item_id)
+        if not item_id or len(item_id) > 80:
+            raise InvalidRequestError("a checklist item id is 1 to 80 characters", "item")
+        pid = self.profile_id(profile)
+        self.db.execute("INSERT OR REPLACE INTO self_checks (profile_id, item_id, level, at) "
+                        "VALUES (?, ?, ?, ?)", (pid, item_id, level, (now or _now()).isoformat()))
+        self.db.commit()
+
+    def self_checks(self, profile: str) -> dict[str, int]:
+        """{item id: level} of every item the profile has rated."""
+        pid = self.profile_id(profile)
+        rows = self.db.execute("SELECT item_id, level FROM self_checks WHERE profile_id=?", (pid,))
+        return {r["item_id"]: int(r["level"]) for r in rows}
 
     # export / import --------------------------------------------------------------------------
     def export_json(self, profile: str) -> dict[str, Any]:

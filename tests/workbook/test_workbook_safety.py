@@ -205,8 +205,31 @@ def test_fuzz_attempt_never_500(fuzz_client, eid, extra):
 @FUZZ
 @given(raw=st.one_of(st.binary(max_size=200), json_values.map(json.dumps).map(str.encode)))
 def test_fuzz_raw_bodies_never_500(fuzz_client, raw):
-    for path in ("/api/attempt", "/api/import", "/profile/select"):
+    for path in ("/api/attempt", "/api/import", "/profile/select", "/api/hint", "/api/reveal",
+                 "/api/checklist"):
         assert fuzz_client.post(path, content=raw).status_code < 500, (path, raw)
+
+
+@FUZZ
+@given(eid=st.one_of(st.sampled_from(IDS), st.text(max_size=20)), variant=json_values,
+       item=json_values, level=json_values)
+def test_fuzz_aids_and_checklist_never_500(fuzz_client, eid, variant, item, level):
+    for path in ("/api/hint", "/api/reveal"):
+        r = fuzz_client.post(path, content=json.dumps({"id": eid, "variant": variant}))
+        assert r.status_code < 500, (path, eid, variant, r.text)
+    r = fuzz_client.post("/api/checklist", content=json.dumps({"item": item, "level": level}))
+    assert r.status_code < 500, (item, level, r.text)
+
+
+@FUZZ
+@given(q=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(IDS), max_size=3).map(
+           lambda ids: ",".join(f"{i}~1~f" for i in ids))),
+       i=st.one_of(st.integers(), st.text(max_size=12)), t=st.one_of(st.integers(), st.text(max_size=25)),
+       item=st.text(max_size=20))
+def test_fuzz_review_sessions_never_500(fuzz_client, q, i, t, item):
+    r = fuzz_client.get("/review/session", params={"q": q, "i": i, "t": t, "item": item})
+    assert r.status_code < 500, (q, i, t, item, r.text[:300])
+    assert fuzz_client.get("/review/start", params={"item": item}, follow_redirects=False).status_code < 500
 
 
 @FUZZ
@@ -220,7 +243,7 @@ def test_fuzz_pages_and_forms_never_500(fuzz_client, eid, v, back, name):
         loc = r.headers["location"]
         assert loc.startswith("/") and not loc.startswith("//") and "\\" not in loc
     cookie = "profile=" + name.encode("ascii", "replace").decode().replace("\r", "").replace("\n", "")
-    for path in ("/", "/review", "/profile", "/api/export"):
+    for path in ("/", "/review", "/profile", "/api/export", "/checklist"):
         assert fuzz_client.get(path, headers={"cookie": cookie}).status_code < 500, (path, cookie)
 
 

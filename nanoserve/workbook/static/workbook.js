@@ -38,17 +38,7 @@ async function submitAttempt(payload) {
   }
   fb.className = "feedback " + (data.correct ? "right" : (data.counts ? "wrong" : "invalid"));
   fb.textContent = data.message;
-  if (data.details && data.details.length) {
-    const ul = document.createElement("ul");
-    ul.className = "cases";
-    for (const c of data.details) {
-      const li = document.createElement("li");
-      li.textContent = (c.passed ? "✓ " : "✗ ") + "(" + c.args.map(a => JSON.stringify(a)).join(", ") + ")" +
-        (c.passed ? "" : (c.error ? " → " + c.error : " → " + JSON.stringify(c.got)));
-      ul.appendChild(li);
-    }
-    fb.appendChild(ul);
-  }
+  if (data.details && data.details.length) renderCases(fb, data.details);
   if (data.counts && data.correct) {
     const after = document.getElementById("after");
     after.hidden = false;
@@ -63,6 +53,73 @@ async function submitAttempt(payload) {
     setText("streak", data.streak);
     setText("best-streak", data.best_streak);
     setText("mastery-count", data.mastered);
+  }
+}
+
+// Every hidden test of a build run, failing ones first and each with what went wrong (not only the first).
+function renderCases(fb, details) {
+  const ran = details.some(c => c.passed || c.error || c.got !== null && c.got !== undefined);
+  if (!ran) return;           // nothing ran (a syntax error or a timeout): the message says why
+  const failing = details.filter(c => !c.passed);
+  const head = document.createElement("p");
+  head.className = "cases-head";
+  head.textContent = failing.length ? failing.length + " of " + details.length + " tests failing:"
+                                    : "All " + details.length + " tests passed:";
+  fb.appendChild(head);
+  const ul = document.createElement("ul");
+  ul.className = "cases";
+  for (const c of failing.concat(details.filter(c => c.passed))) {
+    const li = document.createElement("li");
+    li.className = c.passed ? "case-pass" : "case-fail";
+    let text = (c.passed ? "✓ " : "✗ ") + "(" + c.args.map(a => JSON.stringify(a)).join(", ") + ")";
+    if (!c.passed) {
+      text += c.error ? " → " + c.error : " → returned " + JSON.stringify(c.got);
+      if (!c.error && c.expected !== undefined) text += ", expected " + JSON.stringify(c.expected);
+    }
+    li.textContent = text;
+    ul.appendChild(li);
+  }
+  fb.appendChild(ul);
+}
+
+// The CodeMirror bundle is large, so only pages with an editor textarea load it.
+function editorSetup() {
+  if (!document.querySelector("textarea[data-editor]") || window.nanoEditor) return;
+  const s = document.createElement("script");
+  s.src = "/static/editor.js";
+  document.head.appendChild(s);
+}
+
+// Narrow screens: the header's links fold behind a Menu button so the header stays one line.
+function menuSetup() {
+  const btn = document.getElementById("menu-toggle");
+  const top = document.getElementById("top");
+  if (!btn || !top) return;
+  btn.addEventListener("click", () => {
+    const open = top.classList.toggle("open");
+    btn.setAttribute("aria-expanded", String(open));
+  });
+}
+
+// A link to /#ch-… opens that (collapsed) chapter.
+function openHashTarget() {
+  const id = decodeURIComponent(location.hash.slice(1));
+  const el = id && document.getElementById(id);
+  if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView(); }
+}
+
+// Checklist: a self-check is saved as soon as it is picked.
+function checklistSetup() {
+  const status = document.getElementById("checklist-status");
+  for (const item of document.querySelectorAll(".check-item")) {
+    item.addEventListener("change", async ev => {
+      if (ev.target.type !== "radio") return;
+      const resp = await fetch("/api/checklist", {method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({item: item.dataset.item, level: Number(ev.target.value)})});
+      const data = await resp.json();
+      item.dataset.saved = resp.ok ? String(data.level) : "";
+      if (status) status.textContent = resp.ok ? "Saved: " + data.label + "." : "Not saved: " + data.error.message;
+    });
   }
 }
 
@@ -135,6 +192,7 @@ function exerciseSetup() {
     if (ev.key === "Escape" && document.activeElement) { document.activeElement.blur(); return; }
     const tag = (ev.target.tagName || "").toLowerCase();
     if (tag === "input" && ev.target.type === "text" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.target.isContentEditable) return;      // typing in the code editor, not a shortcut
     if (ev.key === "n") { const a = document.getElementById("next-link"); if (a) location.href = a.href; }
     if (ev.key === "v") { const a = document.getElementById("variant-link"); if (a) location.href = a.href; }
     if (ev.key === "h") { const b = document.getElementById("hint-btn"); if (b && !b.disabled) b.click(); }
@@ -227,4 +285,9 @@ document.addEventListener("DOMContentLoaded", () => {
   exerciseSetup();
   hintsSetup();
   importSetup();
+  editorSetup();
+  menuSetup();
+  checklistSetup();
+  openHashTarget();
+  window.addEventListener("hashchange", openHashTarget);
 });

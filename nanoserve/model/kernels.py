@@ -5,6 +5,7 @@ sampler; a forward pass only calls methods of the object it was given, so a run 
 midway and a test can hand in the reference kernels whatever else is loaded in the process.
 
 - `TorchKernels`: the reference PyTorch ops (any device), bit-identical to transformers' graph.
+- `TritonKernels` (triton_kernels.py): Triton kernels on CUDA (NANOSERVE_DISABLE_TRITON_KERNELS=1: off).
 - `NativeCpuKernels`: one native call per op (native_kernels.py) on CPU; inputs it cannot take
   (another device, a non-contiguous tensor) go through the reference op. `rope_cache` into quantized
   caches (attention/kv_cache.QuantizedKV) quantizes each k/v row as it writes it. `.ext` is the extension, for
@@ -14,6 +15,7 @@ midway and a test can hand in the reference kernels whatever else is loaded in t
 from __future__ import annotations
 
 import logging
+import os
 from types import ModuleType
 
 import torch
@@ -116,7 +118,17 @@ Kernels = TorchKernels  # the interface: every implementation subclasses the ref
 
 def select_kernels(device: torch.device) -> Kernels:
     """The kernels a run on `device` uses: native on CPU when they build (compiled in the foreground on a
-    first start) and NANOSERVE_DISABLE_NATIVE_KERNELS is not 1, else the PyTorch reference."""
+    first start) and NANOSERVE_DISABLE_NATIVE_KERNELS is not 1; Triton on CUDA when it can run and
+    NANOSERVE_DISABLE_TRITON_KERNELS is not 1; else the PyTorch reference."""
+    if device.type == "cuda" and os.environ.get("NANOSERVE_DISABLE_TRITON_KERNELS") != "1":
+        from nanoserve.model.triton_support import triton_unusable_reason
+
+        reason = triton_unusable_reason(device)
+        if reason is None:
+            from nanoserve.model.triton_kernels import TritonKernels
+
+            return TritonKernels()
+        log.info("Triton kernels off (%s); using the PyTorch paths", reason)
     if device.type != "cpu":
         return TorchKernels()
     from nanoserve.model import native_kernels

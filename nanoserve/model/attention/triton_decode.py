@@ -66,10 +66,11 @@ def _decode_partition_kernel(
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
 
-    k_base = k_ptr + kv_head * stride_k_h
-    v_base = v_ptr + kv_head * stride_v_h
-    ks_base = k_scale_ptr + kv_head * stride_ks_h
-    vs_base = v_scale_ptr + kv_head * stride_vs_h
+    kv_head_64 = kv_head.to(tl.int64)  # a layer's cache can pass 2**31 elements
+    k_base = k_ptr + kv_head_64 * stride_k_h
+    v_base = v_ptr + kv_head_64 * stride_v_h
+    ks_base = k_scale_ptr + kv_head_64 * stride_ks_h
+    vs_base = v_scale_ptr + kv_head_64 * stride_vs_h
     start = part * PARTITION_TOKENS
     end = tl.minimum(start + PARTITION_TOKENS, ctx)
     n = tl.arange(0, BLOCK_N)
@@ -77,6 +78,7 @@ def _decode_partition_kernel(
         pos = tile + n  # [BLOCK_N] token positions
         n_ok = pos < end
         block = tl.load(row_tables_ptr + row * stride_table + pos // BLOCK_SIZE, mask=n_ok, other=0)
+        block = block.to(tl.int64)  # block * stride can pass 2**31 in a large pool
         offset = pos % BLOCK_SIZE
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + block[:, None] * stride_k_b + offset[:, None] * stride_k_s + d[None, :],

@@ -34,7 +34,7 @@ def _attend_tile(
     """One key tile's contribution to the online softmax of a query tile: (acc, l_i, m_i) updated."""
     pos = tile + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions
     n_ok = pos < ctx
-    block = tl.load(table_row + pos // BLOCK_SIZE, mask=n_ok, other=0)
+    block = tl.load(table_row + pos // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)  # block * stride: > 2**31
     offset = pos % BLOCK_SIZE
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(k_base + block[:, None] * stride_k_b + offset[:, None] * stride_k_s + d[None, :],
@@ -108,10 +108,11 @@ def _prefill_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     table_row = chunk_tables_ptr + chunk * stride_table
-    k_base = k_ptr + kv_head * stride_k_h
-    v_base = v_ptr + kv_head * stride_v_h
-    ks_base = k_scale_ptr + kv_head * stride_ks_h
-    vs_base = v_scale_ptr + kv_head * stride_vs_h
+    kv_head_64 = kv_head.to(tl.int64)  # a layer's cache can pass 2**31 elements
+    k_base = k_ptr + kv_head_64 * stride_k_h
+    v_base = v_ptr + kv_head_64 * stride_v_h
+    ks_base = k_scale_ptr + kv_head_64 * stride_ks_h
+    vs_base = v_scale_ptr + kv_head_64 * stride_vs_h
 
     # Key tiles that end at or before the tile's first query position: every query sees all of them.
     first_pos = ctx - q_len + first

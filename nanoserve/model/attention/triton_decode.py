@@ -19,8 +19,9 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-# Query heads of one kv head go in one tl.dot, whose row count must be at least 16 on a GPU.
-MIN_DOT_ROWS = 16
+# Every tl.dot dimension must be at least 16 on a GPU: query heads of one kv head are padded to it, and
+# so are small head dims and key tiles.
+MIN_DOT = 16
 
 
 @triton.jit
@@ -179,11 +180,11 @@ def paged_decode_attention(
     kvh, _, block_size, head_dim = k_codes.shape
     num_heads = q.shape[1]
     group = num_heads // kvh
-    head_dim_pad = triton.next_power_of_2(head_dim)
+    head_dim_pad = max(MIN_DOT, triton.next_power_of_2(head_dim))
     num_partitions = triton.cdiv(max(max_ctx, 1), partition_tokens)
     split = num_partitions > 1
     quantized = k_scales is not None
-    block_n = min(triton.next_power_of_2(partition_tokens), 64 if head_dim_pad <= 128 else 32)
+    block_n = max(MIN_DOT, min(triton.next_power_of_2(partition_tokens), 64 if head_dim_pad <= 128 else 32))
     if split:
         part_max = torch.empty((num_rows, num_heads, num_partitions), dtype=torch.float32, device=q.device)
         part_sum = torch.empty_like(part_max)
@@ -206,7 +207,7 @@ def paged_decode_attention(
         row_tables.stride(0),
         scale * LOG2E,
         num_partitions,
-        GROUP=group, GROUP_PAD=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
+        GROUP=group, GROUP_PAD=max(MIN_DOT, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, PARTITION_TOKENS=partition_tokens,
         QUANTIZED=quantized, DOT_FP32=dot_fp32, SPLIT=split,

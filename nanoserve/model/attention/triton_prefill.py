@@ -177,7 +177,7 @@ def paged_prefill_attention(
         return
     kvh, _, block_size, head_dim = k_codes.shape
     num_heads = q.shape[1]
-    head_dim_pad = triton.next_power_of_2(head_dim)
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))  # a tl.dot dimension: at least 16 on a GPU
     quantized = k_scales is not None
     k_s = k_scales if quantized else out
     v_s = v_scales if quantized else out

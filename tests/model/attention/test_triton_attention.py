@@ -99,8 +99,10 @@ def test_mixed_step_matches_reference(kv_dtype, dtype):
     _close(seqs, 16, 2, 4, 64, dtype, kv_dtype=kv_dtype, partition_tokens=16)
 
 
-def test_non_power_of_two_head_dim_is_masked():
-    _close([(21, 1), (30, 12)], 16, 2, 2, 80, torch.float32, partition_tokens=16)
+@pytest.mark.parametrize("d", [80, 8])
+def test_padded_head_dims_are_masked(d):
+    """A head dim that is not a power of two (80), or below a tl.dot's 16 (8), is padded and masked."""
+    _close([(21, 1), (30, 12)], 16, 2, 2, d, torch.float32, partition_tokens=16)
 
 
 def test_k_none_means_the_caller_wrote_the_cache():

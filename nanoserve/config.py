@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # cpu_linear's paths for bf16 CPU weights; "torch" is plain F.linear (the reference path).
 CPU_LINEAR_BACKENDS = ("auto", "torch", "mkldnn", "avx512", "hybrid")
-# nanoserve/model/attention's backends; "auto" = cpu_native on CPU when the native kernels load, else torch.
-ATTENTION_BACKENDS = ("auto", "torch", "cpu_native")
+# nanoserve/model/attention's backends; "auto" = cpu_native on CPU when the native kernels load, triton on
+# CUDA when triton is installed, else torch.
+ATTENTION_BACKENDS = ("auto", "torch", "cpu_native", "triton")
 # Methods quantized at load from a float checkpoint (nanoserve/model/quantization/methods.py).
 QUANTIZATION_METHODS = ("int8", "int4", "w8a8")
 # How the KV cache stores K and V (nanoserve/model/attention/kv_cache.py): auto = the model's dtype; int8 and
@@ -111,7 +112,9 @@ class EngineArgs:
         default="auto",
         metadata={
             "help": "paged attention implementation: torch (reference, any device), cpu_native (native C++ "
-            "decode kernel, CPU only); auto = cpu_native on CPU when the native kernels are available",
+            "decode kernel, CPU only), triton (Triton paged decode and prefill kernels, CUDA; needs the "
+            "triton package); auto = cpu_native on CPU when the native kernels are available, triton on "
+            "CUDA when triton is installed, else torch",
             "choices": ATTENTION_BACKENDS,
         },
     )

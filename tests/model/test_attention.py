@@ -18,6 +18,7 @@ from nanoserve.model.attention import (
     StepLayout,
     TorchAttentionBackend,
     make_attention_backend,
+    selector,
     torch_backend,
 )
 
@@ -157,11 +158,13 @@ def test_metadata_holds_only_what_each_backend_reads(monkeypatch):
     assert meta.batch.decode_tables is None and meta.batch.decode_rows is None and meta.decode_bias is None
 
 
-def test_auto_picks_the_native_backend_on_cpu_only_when_the_extension_is_there():
+def test_auto_picks_the_native_backend_on_cpu_only_when_the_extension_is_there(monkeypatch):
     dims = (4, 2, 16, torch.float32)
     cpu = torch.device("cpu")
     assert make_attention_backend("auto", cpu, object(), *dims).name == "cpu_native"
     assert make_attention_backend("auto", cpu, None, *dims).name == "torch"
+    # On CUDA: triton where it can run (test_triton_attention.py), else torch.
+    monkeypatch.setattr(selector, "triton_unusable_reason", lambda device: "needs the triton package")
     assert make_attention_backend("auto", torch.device("cuda"), object(), *dims).name == "torch"
     assert make_attention_backend("torch", cpu, object(), *dims).name == "torch"
     with pytest.raises(InvalidRequestError, match="not loaded"):

@@ -4,6 +4,9 @@
   `StepLayout` (where the step's tokens sit, filled by the runner) and the `AttentionMetadata` base.
 - torch_backend.py: the reference backend, plain PyTorch on any device.
 - cpu_native_backend.py: the reference backend with decodes through the native C++ kernel.
+- triton_backend.py: Triton kernels (CUDA; the CPU interpreter in tests): triton_decode.py (paged
+  decode, split-K) and triton_prefill.py (prefill / chunked prefill over the paged cache). Imports triton
+  only when constructed.
 - selector.py: `make_attention_backend`, from EngineArgs.attention_backend.
 - kv_cache.py: how K/V are stored (EngineArgs.kv_cache_dtype): model dtype, or int8/fp8 codes with a
   scale per (token, kv head) (`QuantizedKV`); `allocate_kv_caches`, `write_kv`, `gather_kv`.
@@ -18,6 +21,7 @@ from nanoserve.model.attention.cpu_native_backend import CpuNativeAttentionBacke
 from nanoserve.model.attention.kv_cache import QuantizedKV, allocate_kv_caches
 from nanoserve.model.attention.selector import make_attention_backend
 from nanoserve.model.attention.torch_backend import TorchAttentionBackend, TorchAttentionMetadata
+from nanoserve.model.attention.triton_backend import TritonAttentionBackend, TritonAttentionMetadata
 
 __all__ = [
     "AttentionBackend",
@@ -28,6 +32,8 @@ __all__ = [
     "StepLayout",
     "TorchAttentionBackend",
     "TorchAttentionMetadata",
+    "TritonAttentionBackend",
+    "TritonAttentionMetadata",
     "allocate_kv_caches",
     "make_attention_backend",
 ]

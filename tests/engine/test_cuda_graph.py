@@ -113,6 +113,27 @@ def test_graph_path_gives_the_eager_tokens_and_logprobs_bit_for_bit(make_llm, mo
     assert (8, 16) in graphs._graphs and not captured
 
 
+def test_triton_backend_graph_path_gives_the_eager_tokens(make_llm, monkeypatch):
+    """The Triton backend's static metadata (one table width, max_row_ctx fixed at that width, so the
+    decode grid is the same every replay) gives the eager tokens and logprobs (Triton's interpreter)."""
+    prompts = _prompts(3, seed=2)
+    kw = dict(device="cpu", attention_backend="triton", max_num_seqs=4, max_model_len=128)
+    eager = _run(make_llm(**kw), prompts, max_tokens=6)
+    _graphs_on_cpu(monkeypatch, [])
+    llm = make_llm(**kw)
+    graphs = llm.llm_engine.runner.graphs
+    assert graphs.meta.fixed_width and len(graphs.widths) == 1
+    before = graphs.replays
+    got = _run(llm, prompts, max_tokens=6)
+    assert graphs.replays - before >= 5
+    for (toks, lps), (toks_e, lps_e) in zip(got, eager, strict=True):
+        assert toks == toks_e
+        for step, step_e in zip(lps, lps_e, strict=True):
+            assert step.keys() == step_e.keys()
+            for t in step:
+                assert abs(step[t] - step_e[t]) < 1e-5
+
+
 def test_padding_rows_write_only_the_scratch_block(make_llm, monkeypatch):
     _graphs_on_cpu(monkeypatch, [])
     llm = make_llm(device="cpu", attention_backend="torch", num_gpu_blocks_override=32)

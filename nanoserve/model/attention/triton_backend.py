@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from nanoserve.errors import InvalidRequestError
-from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, StepLayout
+from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, GraphMetadata, StepLayout
 from nanoserve.model.attention.kv_cache import KVStore, QuantizedKV, write_kv
 from nanoserve.model.attention.torch_backend import DECODE_ROWS_MAX_QUERY_LEN
 from nanoserve.model.triton_support import interpreter_on, triton_unusable_reason
@@ -108,6 +108,11 @@ class TritonAttentionBackend(AttentionBackend):
             widest = max(ctx[i] for i in chunks)
             meta.chunk_tables = self._tables([layout.block_tables[i] for i in chunks], widest, bs)
         return meta
+
+    def graph_metadata(self, max_batch: int, max_blocks: int, block_size: int) -> GraphMetadata:
+        from nanoserve.model.attention.triton_graph import TritonGraphMetadata
+
+        return TritonGraphMetadata(max_batch, max_blocks, block_size, self.device)
 
     def _ints(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=self.device)

@@ -40,6 +40,9 @@ def resolve_model(model: str | None, random_model: str | None, random_layers: in
             raise InvalidRequestError("pass either --model or --random-model, not both", "random_model")
         return str(build_random_model(random_model, layers=random_layers))
     if model:
+        from nanoserve.models_cache import resolve_model as resolve_named
+
+        model = resolve_named(model)  # a named model (`nanoserve fetch smollm2`) is its cached folder
         if not (Path(model) / "config.json").is_file():
             raise InvalidRequestError(f"--model {model}: no config.json in that directory", "model")
         return model

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nanoserve.bench.profile import PHASES
 from nanoserve.cli import main
 
@@ -134,3 +136,17 @@ def test_quantization_reaches_the_engine_and_the_report(tiny_model, tmp_path, ca
     printed = capsys.readouterr().out
     assert "nanoserve weights: int4 decoder linears, bfloat16 rest" in printed
     assert "nanoserve weights: bfloat16," in printed
+
+
+def test_bench_takes_a_named_model_like_serve_does(tmp_path, monkeypatch):
+    """`nanoserve fetch smollm2` then `bench throughput --model smollm2`: the name is the cached folder."""
+    from nanoserve.bench.models import resolve_model
+    from nanoserve.errors import ModelLoadError
+
+    monkeypatch.setenv("NANOSERVE_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="nanoserve fetch"):
+        resolve_model("smollm2", None)
+    folder = tmp_path / "models" / "smollm2-135m-instruct"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert resolve_model("smollm2", None) == str(folder)

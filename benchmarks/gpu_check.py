@@ -253,6 +253,10 @@ def benchmark(
     kv_bytes = (64 << 20) if smoke else (16 << 30)
     llm = make_llm(model_dir, device, dtype, prefill_len + 64, max(batches), kv_bytes)
     runner = llm.llm_engine.runner
+    # Which paths the figures are of (auto on CUDA: the Triton backend and fused ops where triton runs).
+    result["paths"] = {"attention_backend": runner.attention_backend.name,
+                       "kernels": type(runner.kernels).__name__}
+    log(f"{name}: attention {result['paths']['attention_backend']}, kernels {result['paths']['kernels']}")
     graphs = runner.graphs  # toggled off for the eager rows: one load serves both
     modes = [("nanoserve+graphs", graphs), ("nanoserve eager", None)] if graphs is not None else [
         ("nanoserve eager", None)]

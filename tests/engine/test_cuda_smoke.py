@@ -14,6 +14,7 @@ import torch
 
 from nanoserve import SamplingParams
 from nanoserve.model.kernels import TorchKernels
+from nanoserve.model.triton_support import triton_unusable_reason
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -29,17 +30,22 @@ def _greedy(llm, prompts, n=16):
     return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
-def test_greedy_fp32_on_cuda_equals_cpu_with_graphs_on_and_off(make_llm):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_greedy_fp32_on_cuda_equals_cpu_with_graphs_on_and_off(make_llm, backend):
+    """auto on CUDA: the Triton attention backend and fused ops where triton runs; torch: the reference."""
     prompts = _prompts()
     cpu = _greedy(make_llm(device="cpu", attention_backend="torch"), prompts)
-    graphs_llm = make_llm(device="cuda")
+    graphs_llm = make_llm(device="cuda", attention_backend=backend)
     runner = graphs_llm.llm_engine.runner
     assert runner.graphs is not None and runner.kv_caches[0][0].is_cuda
-    assert type(runner.kernels) is TorchKernels and runner.model.model.fused_decode is None
-    assert runner.attention_backend.name != "cpu_native"
+    triton_ok = triton_unusable_reason("cuda") is None
+    assert type(runner.kernels).__name__ == ("TritonKernels" if triton_ok else TorchKernels.__name__)
+    assert runner.model.model.fused_decode is None
+    want_backend = "triton" if backend == "auto" and triton_ok else "torch"
+    assert runner.attention_backend.name == want_backend
     with_graphs = _greedy(graphs_llm, prompts)
     assert runner.graphs.replays > 0
-    eager = _greedy(make_llm(device="cuda", enforce_eager=True), prompts)
+    eager = _greedy(make_llm(device="cuda", attention_backend=backend, enforce_eager=True), prompts)
     assert with_graphs == eager
     assert with_graphs == cpu
 

@@ -19,7 +19,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def live(tmp_path_factory):
+    """(url, app): the workbook app on a free port; the app itself lets a test seed progress directly."""
     import uvicorn
 
     from nanoserve.workbook.app import create_app
@@ -35,9 +36,14 @@ def server(tmp_path_factory):
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started, "workbook server did not start"
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", app
     srv.should_exit = True
     th.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(live) -> str:
+    return live[0]
 
 
 @pytest.fixture(scope="module")

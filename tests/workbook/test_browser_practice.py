@@ -10,44 +10,11 @@ docs/workbook/ (the committed ones come from such a run).
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "workbook"
 PAST = datetime.now(UTC) - timedelta(days=30)      # a card reviewed then is due now
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """The workbook app on a free port, with the app itself so a test can seed progress directly."""
-    import uvicorn
-
-    from nanoserve.workbook.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(tmp_path_factory.mktemp("wbp") / "practice.sqlite")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "workbook server did not start"
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    th.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def server(live):            # overrides conftest's, so its `page` fixture uses this server
-    return live[0]
 
 
 def snap(page, shots: Path, name: str, full_page: bool = True) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -115,3 +116,22 @@ class GraphMetadata(ABC):
     def fill(self, layout: StepLayout, batch: int, blocks: int, scratch_block: int) -> None:
         """Copy a pure-decode step (one new token per sequence, at most `batch` sequences, contexts within
         `blocks` blocks) into the buffers `view(batch, blocks)` reads; pad the rest with `scratch_block`."""
+
+
+def fill_decode_rows(
+    slots: Any, tables: Any, ctx: Any, layout: StepLayout, batch: int, blocks: int, scratch_block: int
+) -> None:
+    """Write a pure-decode step into host arrays (numpy views of a GraphMetadata's pinned buffers):
+    slots [Bmax], tables [Bmax, NBmax], ctx [Bmax]. Rows n..batch-1 are padding: their one token goes to
+    the scratch block, which is also all they attend to (context 1: no all -inf row, no NaN)."""
+    n = layout.num_seqs
+    assert len(layout.slot_mapping) == n <= batch, "a pure-decode step of at most `batch` sequences"
+    slots[:n] = layout.slot_mapping
+    slots[n:batch] = scratch_block * layout.block_size
+    tables[:batch, :blocks] = 0  # eager pads its tables with block 0 too (never read past a context)
+    for i, t in enumerate(layout.block_tables):
+        t = t[:blocks]
+        tables[i, : len(t)] = t
+    tables[n:batch, :blocks] = scratch_block
+    ctx[:n] = layout.context_lens
+    ctx[n:batch] = 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nanoserve.model.attention.backend import GraphMetadata, StepLayout
+from nanoserve.model.attention.backend import GraphMetadata, StepLayout, fill_decode_rows
 from nanoserve.model.attention.triton_backend import TritonAttentionMetadata
 
 
@@ -41,20 +41,10 @@ class TritonGraphMetadata(GraphMetadata):
         )
 
     def fill(self, layout: StepLayout, batch: int, blocks: int, scratch_block: int) -> None:
-        n = layout.num_seqs
-        assert len(layout.slot_mapping) == n <= batch, "a pure-decode step of at most `batch` sequences"
         if self._copied is not None:
             self._copied.synchronize()
-        slots, tables, ctx = self._slots_h.numpy(), self._tables_h.numpy(), self._ctx_h.numpy()
-        slots[:n] = layout.slot_mapping
-        slots[n:batch] = scratch_block * self.block_size
-        tables[:batch, :blocks] = 0  # eager pads its tables with block 0 too (never read past a context)
-        for i, t in enumerate(layout.block_tables):
-            t = t[:blocks]
-            tables[i, : len(t)] = t
-        tables[n:batch, :blocks] = scratch_block
-        ctx[:n] = layout.context_lens
-        ctx[n:batch] = 1  # a padding row attends to its one scratch token
+        fill_decode_rows(self._slots_h.numpy(), self._tables_h.numpy(), self._ctx_h.numpy(), layout, batch,
+                         blocks, scratch_block)
         copy = self.device.type == "cuda"
         self.slots[:batch].copy_(self._slots_h[:batch], non_blocking=copy)
         self.tables[:batch, :blocks].copy_(self._tables_h[:batch, :blocks], non_blocking=copy)

@@ -40,14 +40,7 @@ async function submitAttempt(payload) {
   fb.textContent = data.message;
   if (data.details && data.details.length) renderCases(fb, data.details);
   if (data.counts && data.correct) {
-    const after = document.getElementById("after");
-    after.hidden = false;
-    after.open = true;
-    setText("expected", data.expected ? "Answer: " + data.expected : "");
-    setText("derivation", data.derivation || "");
-    document.getElementById("derivation").hidden = !data.derivation;
-    setText("explanation", data.explanation || "");
-    renderMath(after);
+    showAnswer(data);
   }
   if (data.counts) {
     setText("streak", data.streak);
@@ -57,6 +50,18 @@ async function submitAttempt(payload) {
 }
 
 // Every hidden test of a build run, failing ones first and each with what went wrong (not only the first).
+// The answer panel: opened by a right answer or a reveal, never sent with the page.
+function showAnswer(data) {
+  const after = document.getElementById("after");
+  after.hidden = false;
+  after.open = true;
+  setText("expected", data.expected ? "Answer: " + data.expected : "");
+  setText("derivation", data.derivation || "");
+  document.getElementById("derivation").hidden = !data.derivation;
+  setText("explanation", data.explanation || "");
+  renderMath(after);
+}
+
 function renderCases(fb, details) {
   const ran = details.some(c => c.passed || c.error || c.got !== null && c.got !== undefined);
   if (!ran) return;           // nothing ran (a syntax error or a timeout): the message says why
@@ -239,14 +244,7 @@ function hintsSetup() {
       return;
     }
     const data = await postJSON("/api/reveal", target);
-    const after = document.getElementById("after");
-    after.hidden = false;
-    after.open = true;
-    setText("expected", data.expected ? "Answer: " + data.expected : "");
-    setText("derivation", data.derivation || "");
-    document.getElementById("derivation").hidden = !data.derivation;
-    setText("explanation", data.explanation || "");
-    renderMath(after);
+    showAnswer(data);
     reveal.disabled = true;
     reveal.textContent = "Answer revealed";
     setText("reveal-note", "Revealed: a right answer on this variant earns no mastery; try a new variant.");

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -118,20 +117,50 @@ class GraphMetadata(ABC):
         `blocks` blocks) into the buffers `view(batch, blocks)` reads; pad the rest with `scratch_block`."""
 
 
-def fill_decode_rows(
-    slots: Any, tables: Any, ctx: Any, layout: StepLayout, batch: int, blocks: int, scratch_block: int
-) -> None:
-    """Write a pure-decode step into host arrays (numpy views of a GraphMetadata's pinned buffers):
-    slots [Bmax], tables [Bmax, NBmax], ctx [Bmax]. Rows n..batch-1 are padding: their one token goes to
-    the scratch block, which is also all they attend to (context 1: no all -inf row, no NaN)."""
-    n = layout.num_seqs
-    assert len(layout.slot_mapping) == n <= batch, "a pure-decode step of at most `batch` sequences"
-    slots[:n] = layout.slot_mapping
-    slots[n:batch] = scratch_block * layout.block_size
-    tables[:batch, :blocks] = 0  # eager pads its tables with block 0 too (never read past a context)
-    for i, t in enumerate(layout.block_tables):
-        t = t[:blocks]
-        tables[i, : len(t)] = t
-    tables[n:batch, :blocks] = scratch_block
-    ctx[:n] = layout.context_lens
-    ctx[n:batch] = 1
+class DecodeGraphBuffers(GraphMetadata):
+    """The part of every backend's graph metadata that is the same: a pure-decode batch's slots, block
+    tables and context lengths in static device buffers, refilled each step from pinned host twins (on
+    CUDA the copies are asynchronous; the next fill waits for them before reusing the host side).
+    Rows n..batch-1 are padding: their one token goes to the scratch block, which is also all they attend
+    to (context 1: no all -inf row, no NaN). Subclasses add their own buffers in `_after_copy`."""
+
+    def __init__(
+        self, max_batch: int, max_blocks: int, block_size: int, device: torch.device, index_dtype: torch.dtype
+    ) -> None:
+        self.block_size = block_size
+        self.device = torch.device(device)
+        pin = self.device.type == "cuda"
+        self.slots = torch.zeros(max_batch, dtype=torch.int64, device=device)  # [Bmax]
+        self.tables = torch.zeros(max_batch, max_blocks, dtype=index_dtype, device=device)  # [Bmax, NBmax]
+        self.context_lens = torch.ones(max_batch, dtype=index_dtype, device=device)  # [Bmax]
+        self._slots_h = torch.zeros(max_batch, dtype=torch.int64, pin_memory=pin)
+        self._tables_h = torch.zeros(max_batch, max_blocks, dtype=index_dtype, pin_memory=pin)
+        self._ctx_h = torch.ones(max_batch, dtype=index_dtype, pin_memory=pin)
+        self._copied: torch.cuda.Event | None = None
+
+    def fill(self, layout: StepLayout, batch: int, blocks: int, scratch_block: int) -> None:
+        n = layout.num_seqs
+        assert len(layout.slot_mapping) == n <= batch, "a pure-decode step of at most `batch` sequences"
+        if self._copied is not None:
+            self._copied.synchronize()
+        slots, tables, ctx = self._slots_h.numpy(), self._tables_h.numpy(), self._ctx_h.numpy()
+        slots[:n] = layout.slot_mapping
+        slots[n:batch] = scratch_block * self.block_size
+        tables[:batch, :blocks] = 0  # eager pads its tables with block 0 too (never read past a context)
+        for i, t in enumerate(layout.block_tables):
+            t = t[:blocks]
+            tables[i, : len(t)] = t
+        tables[n:batch, :blocks] = scratch_block
+        ctx[:n] = layout.context_lens
+        ctx[n:batch] = 1
+        copy = self.device.type == "cuda"
+        self.slots[:batch].copy_(self._slots_h[:batch], non_blocking=copy)
+        self.tables[:batch, :blocks].copy_(self._tables_h[:batch, :blocks], non_blocking=copy)
+        self.context_lens[:batch].copy_(self._ctx_h[:batch], non_blocking=copy)
+        self._after_copy(batch, blocks)
+        if copy:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def _after_copy(self, batch: int, blocks: int) -> None:
+        """Device-side buffers derived from the copied ones (the reference backend's mask)."""

@@ -5,7 +5,6 @@ while a build runs or a huge answer is parsed."""
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -297,8 +296,9 @@ def test_server_answers_while_a_build_runs(server):
         r = httpx.post(server + "/api/attempt", json={"id": BUILD.id, "code": LOOP}, timeout=60)
         assert "did not return" in r.json()["message"]
     pings, last_ping, build_end = _ping_while(server, build)
+    print(f"\npings during a build (ms): {[round(p * 1000, 1) for p in pings]}")
     assert last_ping < build_end, "the other requests waited for the build to finish"
-    assert statistics.median(pings) < 0.2, pings
+    assert max(pings) < 0.2, pings  # every other request answers within 200 ms
 
 
 def test_server_answers_while_huge_answers_are_parsed(server):
@@ -307,7 +307,8 @@ def test_server_answers_while_huge_answers_are_parsed(server):
             for answer in ("1e9999999", "9" * (MAX_BODY_BYTES - 100), "1" + " " * 500_000 + "x") * 3:
                 assert c.post("/api/attempt", json={"id": "000-1.1", "answer": answer}).status_code < 500
     pings, _, _ = _ping_while(server, huge)
-    assert statistics.median(pings) < 0.2, pings
+    print(f"\npings while huge answers are parsed (ms): {[round(p * 1000, 1) for p in pings]}")
+    assert max(pings) < 0.2, pings  # every other request answers within 200 ms
 
 
 def test_export_import_keeps_reveals_and_hints(tmp_path):

@@ -344,7 +344,7 @@ class Progress:
             "SELECT exercise_id, variant, hints, revealed_at FROM aids WHERE profile_id=?", (pid,))]
         return {"format": "nanoserve-workbook-progress", "version": 1, "profile": profile,
                 "best_streak": self._best_streak(pid), "attempts": self.attempts(profile), "cards": cards,
-                "aids": aids}
+                "aids": aids, "self_checks": self.self_checks(profile)}
 
     def import_json(self, data: dict[str, Any], profile: str | None = None) -> str:
         """Load an export; replaces that profile's history. Returns the profile name used.
@@ -377,13 +377,24 @@ class Progress:
         if not isinstance(raw_aids, list) or len(raw_aids) > MAX_IMPORT_ROWS:
             raise InvalidRequestError(f"aids must be a list of at most {MAX_IMPORT_ROWS:,} entries", "aids")
         aids = [_valid_aid(a, f"aids[{i}]") for i, a in enumerate(raw_aids)]
+        raw_checks = data.get("self_checks", {})      # absent from exports made before the checklist
+        if not isinstance(raw_checks, dict) or len(raw_checks) > 1000:
+            raise InvalidRequestError("self_checks must be an object of at most 1,000 items", "self_checks")
+        checks = []
+        for item, level in raw_checks.items():
+            where = f"self_checks[{item[:40]!r}]"
+            if not 1 <= len(item) <= 80 or isinstance(level, bool) or not isinstance(level, int) \
+                    or not 0 <= level < len(SELF_CHECK_LEVELS):
+                raise InvalidRequestError(f"{where} must be a level from 0 to {len(SELF_CHECK_LEVELS) - 1}",
+                                          "self_checks")
+            checks.append((item, level))
         row = self.db.execute("SELECT id FROM profiles WHERE name = ?", (name,)).fetchone()
-        replaces = {"attempts": 0, "cards": 0, "aids": 0}
+        replaces = {"attempts": 0, "cards": 0, "aids": 0, "self_checks": 0}
         if row:
             for table in replaces:
                 replaces[table] = self.db.execute(
                     f"SELECT COUNT(*) FROM {table} WHERE profile_id=?", (row["id"],)).fetchone()[0]
-        return ImportPlan(name, best, attempts, cards, replaces, aids)
+        return ImportPlan(name, best, attempts, cards, replaces, aids, checks)
 
     def apply_import(self, plan: ImportPlan) -> str:
         """Replace the plan's profile history with the plan's, in one transaction (all or nothing)."""
@@ -392,6 +403,11 @@ class Progress:
             self.db.execute("DELETE FROM attempts WHERE profile_id=?", (pid,))
             self.db.execute("DELETE FROM cards WHERE profile_id=?", (pid,))
             self.db.execute("DELETE FROM aids WHERE profile_id=?", (pid,))
+            self.db.execute("DELETE FROM self_checks WHERE profile_id=?", (pid,))
+            now = _now().isoformat()
+            self.db.executemany("INSERT INTO self_checks (profile_id, item_id, level, at) "
+                                "VALUES (?, ?, ?, ?)",
+                                [(pid, *check, now) for check in plan.self_checks])
             self.db.executemany("INSERT INTO attempts (profile_id, exercise_id, variant, answer, correct, "
                                 "at, day, hints, revealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [(pid, *a) for a in plan.attempts])
@@ -419,6 +435,7 @@ class ImportPlan:
     cards: list[tuple[str, str, str]]                     # exercise_id, card JSON, due
     replaces: dict[str, int]                              # rows of the profile's current history
     aids: list[tuple[str, int, int, str | None]] = ()     # exercise_id, variant, hints, revealed_at
+    self_checks: list[tuple[str, int]] = ()               # checklist item id, level
 
     def preview(self) -> dict[str, Any]:
         return {"profile": self.profile, "replaces": dict(self.replaces),

@@ -291,14 +291,30 @@ def _ping_while(url: str, slow: callable) -> tuple[list[float], float, float]:
     return pings, box["last_ping"], box["end"]
 
 
+def _all_within_200ms(measure) -> list[list[float]]:
+    """Every ping of a round under 200 ms, in one of two rounds: a server that waits for the slow request
+    fails both (its pings take the whole build or parse, seconds); one scheduler stall on a loaded 2-core
+    box (seen: a single 355 ms ping while a test suite and a training run shared the cores) does not."""
+    rounds = []
+    for _ in range(2):
+        rounds.append(measure())
+        print(f"\npings (ms): {[round(p * 1000, 1) for p in rounds[-1]]}")
+        if max(rounds[-1]) < 0.2:
+            break
+    assert max(rounds[-1]) < 0.2, rounds
+    return rounds
+
+
 def test_server_answers_while_a_build_runs(server):
     def build() -> None:
         r = httpx.post(server + "/api/attempt", json={"id": BUILD.id, "code": LOOP}, timeout=60)
         assert "did not return" in r.json()["message"]
-    pings, last_ping, build_end = _ping_while(server, build)
-    print(f"\npings during a build (ms): {[round(p * 1000, 1) for p in pings]}")
-    assert last_ping < build_end, "the other requests waited for the build to finish"
-    assert max(pings) < 0.2, pings  # every other request answers within 200 ms
+
+    def measure() -> list[float]:
+        pings, last_ping, build_end = _ping_while(server, build)
+        assert last_ping < build_end, "the other requests waited for the build to finish"
+        return pings
+    _all_within_200ms(measure)
 
 
 def test_server_answers_while_huge_answers_are_parsed(server):
@@ -306,9 +322,7 @@ def test_server_answers_while_huge_answers_are_parsed(server):
         with httpx.Client(base_url=server, timeout=60) as c:
             for answer in ("1e9999999", "9" * (MAX_BODY_BYTES - 100), "1" + " " * 500_000 + "x") * 3:
                 assert c.post("/api/attempt", json={"id": "000-1.1", "answer": answer}).status_code < 500
-    pings, _, _ = _ping_while(server, huge)
-    print(f"\npings while huge answers are parsed (ms): {[round(p * 1000, 1) for p in pings]}")
-    assert max(pings) < 0.2, pings  # every other request answers within 200 ms
+    _all_within_200ms(lambda: _ping_while(server, huge)[0])
 
 
 def test_export_import_keeps_reveals_and_hints(tmp_path):

@@ -20,7 +20,14 @@ import json
 import time
 from typing import Any
 
-from nanoserve.bench.spec_analysis import RunMeasure, SpecComparison, compare, markdown, print_comparisons
+from nanoserve.bench.spec_analysis import (
+    RunMeasure,
+    SpecComparison,
+    compare,
+    first_differences,
+    markdown,
+    print_comparisons,
+)
 
 
 def measure_run(llm, prompts: list[dict[str, Any]], params) -> tuple[RunMeasure, list[list[int]]]:  # noqa: ANN001
@@ -73,7 +80,13 @@ def compare_workloads(
         m_on, ids_on = measure_run(on, prompts, params)
         greedy = all(p.temperature == 0 for p in (params if isinstance(params, list) else [params]))
         same = ids_off == ids_on if greedy else None
-        results.append(compare(label, spec_config["method"], k, m_off, m_on, same))
+        r = compare(label, spec_config["method"], k, m_off, m_on, same)
+        if same is False:
+            r.mismatches = first_differences(ids_off, ids_on)
+            print(f"ERROR: {label} {spec_config['method']} k={k}: greedy output differs on/off for "
+                  f"{len(r.mismatches)}/{len(ids_off)} prompts ([prompt, first differing token, tokens off]: "
+                  f"{r.mismatches})")
+        results.append(r)
     del on
     gc.collect()
     return results

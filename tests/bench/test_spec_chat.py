@@ -7,6 +7,7 @@ import json
 import pytest
 
 from nanoserve.bench import spec as spec_bench
+from nanoserve.bench.spec_analysis import first_differences
 from nanoserve.bench.spec_prompts import MISSPELT, PASSAGES, prompt_set, render_chat_prompts
 from nanoserve.cli import main
 from nanoserve.errors import InvalidRequestError
@@ -62,17 +63,32 @@ def test_bench_spec_quote_end_to_end(tiny_llama, tmp_path, capsys):
 
 
 def test_bench_spec_reports_a_greedy_mismatch_as_an_error(tiny_llama, tmp_path, capsys, monkeypatch):
-    real_compare = spec_bench.compare
+    real_measure = spec_bench.measure_run
+    calls = []
 
-    def broken(label, method, k, off, on, identical=None):  # as if the on run's tokens had differed
-        return real_compare(label, method, k, off, on, False if k == 2 else identical)
+    def one_token_off(llm, prompts, params):  # k=1 off, k=1 on, k=2 off, k=2 on: break the last
+        measure, ids = real_measure(llm, prompts, params)
+        calls.append(1)
+        if len(calls) == 4:
+            ids[1] = ids[1][:3] + [ids[1][3] + 1] + ids[1][4:]
+        return measure, ids
 
-    monkeypatch.setattr(spec_bench, "compare", broken)
+    monkeypatch.setattr(spec_bench, "measure_run", one_token_off)
     rc, out, md = _run(tiny_llama, tmp_path)
     assert rc == 1
-    assert json.loads(out.read_text())["greedy_mismatches"] == ["quote ngram k=2"]
-    assert "ERROR: greedy outputs differ" in capsys.readouterr().out
-    assert "| NO |" in md.read_text()
+    res = json.loads(out.read_text())
+    assert res["greedy_mismatches"] == ["quote ngram k=2"]
+    k1, k2 = res["results"]
+    assert k1["identical"] is True and k1["mismatches"] == []
+    assert k2["identical"] is False and k2["mismatches"] == [[1, 3, 12]]  # prompt 1, token 3 of 12
+    text = capsys.readouterr().out
+    assert "ERROR: quote ngram k=2: greedy output differs on/off for 1/3 prompts" in text
+    assert "ERROR: greedy outputs differ" in text
+    assert "| NO (1) |" in md.read_text()
+
+
+def test_first_differences():
+    assert first_differences([[1, 2, 3], [4, 5], [6]], [[1, 2, 3], [4, 7], [6, 8]]) == [[1, 1, 2], [2, 1, 1]]
 
 
 def test_prompt_set_with_random_model_is_refused(capsys):

@@ -4,7 +4,9 @@ For each configuration (method × k) an engine with speculation on is built next
 and every workload runs on both back to back (the same minute on a loaded machine): the demo tasks
 at batch 1 (held-out problems, greedy, to EOS), or with `--random-model` random prompts with
 ignore_eos (n-gram only: a draft model needs the target's vocabulary and a trained one to agree with
-it). The table (bench/spec_analysis.py) gives α, c, the measured decode speed-up and the planner's
+it), or with `--model CHAT_MODEL --prompt-set quote|open` chat prompts (bench/spec_prompts.py) rendered
+through the model's chat template, greedy, to EOS or `--output-len` (n-gram by default there).
+The table (bench/spec_analysis.py) gives α, c, the measured decode speed-up and the planner's
 prediction; `--markdown FILE` writes it for benchmarks/RESULTS.md.
 
 `bench latency|throughput --speculative-config JSON` use `compare_on_off` on their own workload.
@@ -18,7 +20,14 @@ import json
 import time
 from typing import Any
 
-from nanoserve.bench.spec_analysis import RunMeasure, SpecComparison, compare, markdown, print_comparisons
+from nanoserve.bench.spec_analysis import (
+    RunMeasure,
+    SpecComparison,
+    compare,
+    first_differences,
+    markdown,
+    print_comparisons,
+)
 
 
 def measure_run(llm, prompts: list[dict[str, Any]], params) -> tuple[RunMeasure, list[list[int]]]:  # noqa: ANN001
@@ -71,7 +80,13 @@ def compare_workloads(
         m_on, ids_on = measure_run(on, prompts, params)
         greedy = all(p.temperature == 0 for p in (params if isinstance(params, list) else [params]))
         same = ids_off == ids_on if greedy else None
-        results.append(compare(label, spec_config["method"], k, m_off, m_on, same))
+        r = compare(label, spec_config["method"], k, m_off, m_on, same)
+        if same is False:
+            r.mismatches = first_differences(ids_off, ids_on)
+            print(f"ERROR: {label} {spec_config['method']} k={k}: greedy output differs on/off for "
+                  f"{len(r.mismatches)}/{len(ids_off)} prompts ([prompt, first differing token, tokens off]: "
+                  f"{r.mismatches})")
+        results.append(r)
     del on
     gc.collect()
     return results
@@ -113,6 +128,17 @@ def random_workload(model_dir: str, n: int, input_len: int, output_len: int,
     return {"random": ([{"prompt_token_ids": r.prompt_token_ids} for r in reqs], params)}
 
 
+def chat_workload(model_dir: str, prompt_set_name: str, max_tokens: int,
+                  n: int | None = None) -> dict[str, tuple[list[dict[str, Any]], Any]]:
+    """The prompt set's user messages through the model's chat template; greedy, `max_tokens` at most."""
+    from nanoserve import SamplingParams
+    from nanoserve.bench.spec_prompts import prompt_set, render_chat_prompts
+
+    messages = prompt_set(prompt_set_name)[:n] if n else prompt_set(prompt_set_name)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return {prompt_set_name: (render_chat_prompts(model_dir, messages), params)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nanoserve.bench.engine_flags import add_engine_arguments
 
@@ -121,9 +147,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=None,
                    help="the draft_model proposer's checkpoint (default: the demo draft)")
     p.add_argument("--tasks", default="add,sub,sort,reverse", help="demo tasks (ignored with --random-model)")
-    p.add_argument("--num-prompts", type=int, default=12, help="problems per task (or random prompts)")
+    p.add_argument("--prompt-set", default=None, choices=["quote", "open"],
+                   help="chat prompts for a chat --model (e.g. smollm2): quote (answers repeat the prompt) "
+                   "or open (new text); rendered through the model's chat template")
+    p.add_argument("--num-prompts", type=int, default=None,
+                   help="problems per task, random prompts, or the first N of --prompt-set (default 12/all)")
     p.add_argument("--input-len", type=int, default=64, help="--random-model: prompt tokens")
-    p.add_argument("--output-len", type=int, default=32, help="max tokens (random model: exactly)")
+    p.add_argument("--output-len", type=int, default=None,
+                   help="max tokens (random model: exactly); default 32, 96 with --prompt-set")
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--markdown", default=None, metavar="FILE.md", help="append the table here")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
@@ -136,21 +167,30 @@ def run(args: argparse.Namespace) -> int:
     from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model
 
+    if args.prompt_set and args.random_model:
+        print("--prompt-set needs a chat --model, not --random-model")
+        return 2
     if args.num_cpu_threads:
         import torch
 
         torch.set_num_threads(args.num_cpu_threads)
     model_dir = resolve_model(args.model, args.random_model, args.random_layers)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.prompt_set and "draft_model" in methods and not args.draft_model:
+        print("--prompt-set: n-gram only unless --draft-model names a draft sharing the model's tokenizer")
+        methods = [m for m in methods if m != "draft_model"]
     if args.random_model and "draft_model" in methods:
         print("--random-model: n-gram only (no draft model shares a random model's vocabulary)")
         methods = [m for m in methods if m != "draft_model"]
     ks = [int(k) for k in args.ks.split(",")]
-    if args.random_model:
-        workloads = random_workload(model_dir, args.num_prompts, args.input_len, args.output_len, args.seed)
+    output_len = args.output_len or (96 if args.prompt_set else 32)
+    if args.prompt_set:
+        workloads = chat_workload(model_dir, args.prompt_set, output_len, args.num_prompts)
+    elif args.random_model:
+        workloads = random_workload(model_dir, args.num_prompts or 12, args.input_len, output_len, args.seed)
     else:
         tasks = [t.strip() for t in args.tasks.split(",")]
-        workloads = demo_workloads(tasks, args.num_prompts, args.output_len)
+        workloads = demo_workloads(tasks, args.num_prompts or 12, output_len)
     kwargs = engine_kwargs(args, model_dir, speculative_config=None)
     off = LLM(model=model_dir, **kwargs)
     results: list[SpecComparison] = []
@@ -170,8 +210,14 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write(markdown(results))
+    mismatches = [f"{r.label} {r.method} k={r.k}" for r in results if r.identical is False]
     if args.save_result:
         with open(args.save_result, "w") as f:
-            json.dump({"benchmark": "spec", "model": model_dir, "results": [r.as_dict() for r in results]},
-                      f, indent=2)
+            json.dump({"benchmark": "spec", "model": model_dir, "prompt_set": args.prompt_set,
+                       "output_len": output_len, "greedy_mismatches": mismatches,
+                       "results": [r.as_dict() for r in results]}, f, indent=2)
+    if mismatches:
+        # Greedy speculation must reproduce speculation off token for token: anything else is a bug.
+        print(f"ERROR: greedy outputs differ with speculation on vs off: {', '.join(mismatches)}")
+        return 1
     return 0

@@ -60,6 +60,8 @@ class SpecComparison:
     predicted: float  # textbook planner
     predicted_terms: float  # planner with verify_time_s and overhead_s
     identical: bool | None = None  # greedy outputs on == off (None: not checked)
+    # Where they differ: [prompt index, first differing token position, tokens off] per differing prompt.
+    mismatches: list[list[int]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -88,6 +90,16 @@ def fit_alpha(tokens_per_step: float, k: int) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def first_differences(off: list[list[int]], on: list[list[int]]) -> list[list[int]]:
+    """[prompt index, first position where the token lists differ, len(off)] for each prompt that differs."""
+    out = []
+    for i, (a, b) in enumerate(zip(off, on, strict=True)):
+        if a != b:
+            pos = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            out.append([i, pos, len(a)])
+    return out
 
 
 def _per_step(total_s: float, steps: int) -> float:
@@ -142,7 +154,7 @@ def rows(comparisons: list[SpecComparison]) -> list[list[str]]:
             f"{c.overhead_s * 1e3:.2f}", f"{c.off_tok_s:.0f}", f"{c.on_tok_s:.0f}",
             f"{c.measured:.2f}", f"{c.predicted:.2f}", f"{c.ratio:.2f}",
             f"{c.predicted_terms:.2f}", f"{c.ratio_terms:.2f}",
-            "-" if c.identical is None else "yes" if c.identical else "NO",
+            "-" if c.identical is None else "yes" if c.identical else f"NO ({len(c.mismatches) or '?'})",
         ])
     return out
 

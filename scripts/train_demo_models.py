@@ -100,7 +100,9 @@ STAGE2_BATCH = {"add": 80, "sub": 112, "sort": 6, "reverse": 6, "copy": 24}
 # carry (or borrow) into the tens digit (the misses after stage 1: 885+938=1833, 895-829=76); the
 # stage-1 hard problems; the stage-1 mix.
 STAGE2_SOURCES = {"uniform": 0.45, "carry": 0.25, "hard": 0.15, "mix": 0.15}
-STAGE2_STEPS = 2500
+# The bundled models' stage-2 steps (about 45 and 27 minutes here, both at once, one thread each).
+STAGE2_STEPS = 1400
+DRAFT_STAGE2_STEPS = 3000
 STAGE2_WARMUP = 100
 
 
@@ -422,8 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's)")
     ap.add_argument("--stage2-steps", type=int, default=STAGE2_STEPS, help="main model's stage-2 steps "
                     "(0: stage 1 only)")
-    ap.add_argument("--draft-stage2-steps", type=int, default=None, help="draft's stage-2 steps "
-                    "(default: --stage2-steps)")
+    ap.add_argument("--draft-stage2-steps", type=int, default=DRAFT_STAGE2_STEPS,
+                    help="draft's stage-2 steps (its steps cost about a third of the main model's)")
     ap.add_argument("--stage2-minutes", type=float, default=None, help="main model's stage-2 time budget")
     ap.add_argument("--draft-stage2-minutes", type=float, default=None, help="draft's stage-2 time budget")
     ap.add_argument("--stage2-mix", type=_parse_stage2_mix, default=None,
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
             results.append(r)
     elif args.which == "draft":
         steps = None if args.draft_minutes is not None else args.draft_steps
-        steps2 = args.stage2_steps if args.draft_stage2_steps is None else args.draft_stage2_steps
+        steps2 = args.draft_stage2_steps if args.stage2_steps > 0 else 0  # --stage2-steps 0: stage 1 only
         minutes2 = args.draft_stage2_minutes
         results += train_both_stages(DRAFT, args, steps, args.draft_minutes, steps2, minutes2)
         (Path(args.out) / f".{DRAFT.name}.results.json").write_text(json.dumps(results, indent=2))

@@ -85,3 +85,10 @@ def test_evaluation_sets_name_every_task_and_both_distributions():
     assert all(len(ps) == 20 for ps in sets.values())
     with pytest.raises(ValueError, match="distribution"):
         make_problem("add", random.Random(0), "gaussian")
+
+
+def test_the_bundled_models_tasks_are_demo_tasks():
+    from nanoserve.demo_tasks import BUNDLED_MODEL_TASKS
+
+    assert set(BUNDLED_MODEL_TASKS) <= set(TASKS)
+    assert {"add", "sub", "sort", "reverse"} <= set(BUNDLED_MODEL_TASKS)

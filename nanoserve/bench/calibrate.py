@@ -12,13 +12,19 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
 - decode: B requests decoding at context C (B from --decode-batches, C from --contexts; 3 × --repeats
   steps). The B prompts share a (C-1)-token prefix so, with prefix caching on, building the batch
   prefills C tokens once;
-- mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step.
+- mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step;
+- idle: a P-token prompt arriving at an engine that has been idle for G seconds (G from --idle-gaps): a
+  light-load step, slower than the same step run back to back (the cold_start term of the fit).
+
+The process is set up as `nanoserve serve` sets itself up: after loading, everything alive is collected
+once and frozen (gc.freeze), so full collections do not rescan torch's and the model's objects; without
+it a full collection costs ~180 ms on the toy model's process, inside whichever step triggers it.
 
 Each step's shape is read from the scheduler's own output with the simulator's StepShape.of, so the
 profile's features mean exactly what the simulator computes. Each point keeps the median step time of
 --repeats steps. The profile is JSON: {"samples": [{"kind", "decode_batch", "prefill_tokens",
-"context_tokens", "attention_pairs", "prefill_seqs", "prefill_step", "step_s"}, ...], "fit": {...},
-"machine": {...}};
+"context_tokens", "attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "step_s"}, ...],
+"fit": {...}, "machine": {...}};
 sim/step_model.py's CalibratedStepModel.from_file() fits it.
 """
 
@@ -38,16 +44,20 @@ DEFAULT_DECODE_BATCHES = "1,4,16,48"
 DEFAULT_CONTEXTS = "32,512"
 DEFAULT_PREFILL_TOKENS = "16,64,256,1024"
 DEFAULT_PREFILL_BATCHES = "1,8,32"
+DEFAULT_IDLE_GAPS = "0.005,0.02,0.1"
 
 
 @dataclass
 class StepTimer:
     """Wraps one engine's scheduler.schedule (an instance attribute, the class untouched) to read each
-    step's shape, and times engine.step() calls made through `step()`."""
+    step's shape, and times engine.step() calls made through `step()`. A step's idle_s is the time since
+    the previous step returned, when the engine had no request in between (else 0)."""
 
     engine: Any
     samples: list[dict[str, Any]] = field(default_factory=list)
     _last: Any = None
+    _last_end: float = field(default_factory=time.perf_counter)
+    _was_idle: bool = True
 
     def __post_init__(self) -> None:
         sched = self.engine.scheduler
@@ -63,22 +73,31 @@ class StepTimer:
     def detach(self) -> None:
         del self.engine.scheduler.schedule
 
+    def mark_idle(self) -> None:
+        """Call when the engine has no request left: the time until the next step is idle time."""
+        self._was_idle = True
+        self._last_end = time.perf_counter()
+
     def step(self, kind: str = "", record: bool = True) -> list:
         self._last = None
         t0 = time.perf_counter()
+        idle_s = t0 - self._last_end if self._was_idle else 0.0
         outs = self.engine.step()
-        dt = time.perf_counter() - t0
+        self._last_end = t1 = time.perf_counter()
+        self._was_idle = not self.engine.has_unfinished_requests()
         if record and self._last is not None and not self._last.is_empty:
-            self.samples.append({"kind": kind, **shape_features(self._last), "step_s": dt})
+            self.samples.append({"kind": kind, **shape_features(self._last, idle_s), "step_s": t1 - t0})
         return outs
 
 
-def shape_features(out: Any) -> dict[str, float]:
-    """The simulator's StepShape of a SchedulerOutput, plus the number of sequences scheduled."""
+def shape_features(out: Any, idle_s: float = 0.0) -> dict[str, float]:
+    """The simulator's StepShape of a SchedulerOutput (after idle_s of idle engine), by feature name."""
+    from dataclasses import replace
+
     from nanoserve.sim.simulator import Simulator
     from nanoserve.sim.step_model import shape_features as features
 
-    return features(Simulator._shape(out))
+    return features(replace(Simulator._shape(out), idle_s=idle_s))
 
 
 @dataclass
@@ -109,6 +128,7 @@ class Calibrator:
         self.engine.abort_request(ids)
         while self.engine.has_unfinished_requests():
             self.timer.step(record=False)
+        self.timer._was_idle = False  # busy calibrating, not idle, until the next point's first step
 
     def _point(self, kind: str, start: int) -> dict[str, Any]:
         """The median step time over the samples recorded since `start`, with their mean features."""
@@ -133,6 +153,17 @@ class Calibrator:
                 self.timer.step("prefill")
             self._drain(ids)
         return self._point(f"prefill {num_prompts}x P={tokens}", start)
+
+    def after_idle(self, tokens: int, idle_s: float) -> dict[str, Any]:
+        """A prompt arriving after idle_s of idle engine: the first step of a light-load request."""
+        start = len(self.timer.samples)
+        for _ in range(self.repeats):
+            ids = [self._add(self._prompt(tokens), 2)]
+            self.timer.mark_idle()
+            time.sleep(idle_s)
+            self.timer.step("idle")
+            self._drain(ids)
+        return self._point(f"idle {idle_s * 1e3:g} ms P={tokens}", start)
 
     def _decoding_batch(self, batch: int, context: int, extra_steps: int) -> list[str]:
         """`batch` requests that have their first token, prompts of `context` tokens sharing a prefix."""
@@ -173,6 +204,15 @@ class Calibrator:
         return self._point(f"mixed B={batch} C={context} P={tokens}", start)
 
 
+def freeze_startup_objects() -> None:
+    """What `nanoserve serve` does once loaded: collect, then freeze what is alive (torch, the model), so
+    the collector's full passes stay short. Calibration and validation runs match the served engine."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -185,6 +225,7 @@ def calibrate(
     prefill_tokens: list[int],
     prefill_batches: tuple[int, ...] = (1,),
     repeats: int = 5,
+    idle_gaps_s: tuple[float, ...] = (),
     seed: int = 0,
     log: Any = None,
 ) -> list[dict[str, Any]]:
@@ -222,6 +263,11 @@ def calibrate(
         for p in prefill_tokens[1:]:
             if p + b <= sc.max_num_batched_tokens:
                 add(cal.mixed(b, c, min(p, limit)))
+    # Light load: a prompt after the engine sat idle (the first step of a request arriving alone).
+    for gap in idle_gaps_s:
+        for p in prefill_tokens[:2]:
+            if p <= limit:
+                add(cal.after_idle(p, gap))
     cal.timer.detach()
     return points
 
@@ -236,6 +282,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-batches", default=DEFAULT_PREFILL_BATCHES,
                    help="prompts per prefill point (n prompts of P tokens in one step, when they fit)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per point (the median is kept)")
+    p.add_argument("--idle-gaps", default=DEFAULT_IDLE_GAPS,
+                   help="seconds of idle engine before the idle points' prompt step ('' for none)")
     p.add_argument("--output", "-o", default="step_profile.json", metavar="FILE.json")
     add_engine_arguments(p)
 
@@ -250,10 +298,12 @@ def run(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args, model_dir)
     llm = LLM(model=model_dir, **kwargs)
     engine = llm.llm_engine
+    freeze_startup_objects()
     t0 = time.perf_counter()
+    gaps = tuple(float(x) for x in args.idle_gaps.split(",") if x.strip())
     samples = calibrate(engine, vocab_size(model_dir), _ints(args.decode_batches), _ints(args.contexts),
                         _ints(args.prefill_tokens), tuple(_ints(args.prefill_batches)), args.repeats,
-                        args.seed or 0, log=print)
+                        gaps, args.seed or 0, log=print)
     fit = CalibratedStepModel.fit(samples, args.output)
     profile = {
         "benchmark": "calibrate",

@@ -6,7 +6,9 @@ n = 1 Requests, as the engine hands them over after its fan-out); scheduler.sche
 the step-time model says how long it takes; the clock advances; scheduler.update_after_step() runs;
 every sequence whose chunk reached its end gets one token (a deterministic fake id) stamped with the
 clock, and finishes at its output length. When nothing is left to run the clock jumps to the next
-arrival. The policy (budgets, chunking, preemption, prefix caching) is therefore exactly the engine's.
+arrival, and the step after that gap is told how long the engine sat idle (StepShape.idle_s: a cold
+step costs more). The policy (budgets, chunking, preemption, prefix caching) is therefore exactly the
+engine's.
 
 Static batching (`batching="static"`): up to `static_batch_size` arrived requests start together and
 the next batch is admitted only when every one of them has finished (seed 004 exercise 17); the same
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nanoserve.config import SchedulerConfig
 from nanoserve.engine.block_manager import BlockManager
@@ -133,6 +135,7 @@ class Simulator:
         queue: list[SimRequest] = []  # arrived, not yet given to the scheduler (static batching)
         steps: list[StepRecord] = []
         clock, i = 0.0, 0
+        idle_since: float | None = 0.0  # when the engine last ran out of work; None while it has some
         while i < len(arrivals) or queue or sched.has_unfinished():
             while i < len(arrivals) and arrivals[i].arrival_s <= clock:
                 queue.append(arrivals[i])
@@ -148,7 +151,8 @@ class Simulator:
             out = sched.schedule()
             if out.is_empty:
                 raise RuntimeError("the scheduler made no progress with requests pending")
-            dt = self.step_model.step_time_s(self._shape(out))
+            idle_s = 0.0 if idle_since is None else clock - idle_since
+            dt = self.step_model.step_time_s(replace(self._shape(out), idle_s=idle_s))
             start = clock
             clock += dt
             sched.update_after_step(out)
@@ -162,6 +166,7 @@ class Simulator:
                     sched.finish_seq(seq, "length")
             for seq in out.preempted:
                 records[seq.request.request_id].num_preemptions += 1
+            idle_since = None if sched.has_unfinished() else clock
             steps.append(StepRecord(
                 start, dt, [(s.seq.request.request_id, s.num_new_tokens) for s in out.scheduled],
                 [s.request.request_id for s in out.preempted], sched.num_running,

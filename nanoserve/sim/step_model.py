@@ -17,13 +17,19 @@ pairs attended). Two models turn it into seconds:
   per-step host overhead (scheduling, input preparation, sampling). They are not calibrated.
 - CalibratedStepModel, from a JSON profile of measured steps (`nanoserve bench calibrate`): a
   least-squares fit of  step_s = c0 + c_decode · decode_batch + c_prefill · prefill_tokens
-  + c_context · context_tokens [+ c_pairs · attention_pairs + c_seq · num_seqs], the bracketed terms
-  when the profile's samples carry them.
+  + c_context · context_tokens [+ c_pairs · attention_pairs + c_seq · num_seqs + ...], the bracketed
+  terms when the profile's samples carry them, plus a hinge c_k · max(0, decode_batch − k) at every
+  decode batch k the profile measured between its smallest and largest (a matmul's time per row is not
+  constant: the decode curve bends, most at the smallest batches), and a cold-start cost
+  c_cold · (1 − exp(−idle_s / COLD_TAU_S)) for a step that follows an idle engine (the weights and
+  the allocator's pages have left the caches: on the 2-core box, +0.8–1.2 ms per toy step after 20 ms
+  or more of sleep, half that after 5 ms).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +50,7 @@ class StepShape:
     context_tokens: int = 0  # KV entries read: every scheduled sequence's context up to its last new token
     attention_pairs: int = 0  # (query, key) pairs attended, causal: n·start + n(n+1)/2 per sequence
     num_seqs: int = 0  # sequences scheduled (0: unknown, taken as the decodes plus one prompt chunk)
+    idle_s: float = 0.0  # how long the engine sat idle (no request) right before this step
 
     @property
     def num_tokens(self) -> int:
@@ -134,9 +141,19 @@ class AnalyticStepModel:
 PROFILE_FEATURES = ("decode_batch", "prefill_tokens", "context_tokens")
 # Optional terms, fitted when every sample has them (bench calibrate's profiles do): the quadratic
 # attention of prefill chunks, a cost per prompt chunk (its own attention call, first-token output
-# processing) and a fixed cost of any step that carries a prompt chunk (the prefill path's setup).
-EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step")
+# processing), a fixed cost of any step that carries a prompt chunk (the prefill path's setup) and the
+# cold start after an idle engine (fitted only when the samples include steps after idle).
+EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step", "cold_start")
 ALL_FEATURES = PROFILE_FEATURES + EXTRA_FEATURES
+# The cold start's time constant: the extra cost of a step after idle_s of sleep grows as
+# 1 − exp(−idle_s / COLD_TAU_S) (measured on the dev box: half of it after 5 ms, all after ~20 ms).
+COLD_TAU_S = 0.006
+HINGE_PREFIX = "decode_batch_over_"  # coefficient name of the hinge at decode batch k: "decode_batch_over_8"
+
+
+def cold_start(idle_s: float) -> float:
+    """The cold-start feature of a step after `idle_s` seconds of idle engine: 0 (warm) .. 1 (cold)."""
+    return 1.0 - math.exp(-max(0.0, idle_s) / COLD_TAU_S)
 
 
 def shape_features(shape: StepShape) -> dict[str, float]:
@@ -145,7 +162,24 @@ def shape_features(shape: StepShape) -> dict[str, float]:
     prefill_seqs = shape.num_seqs - shape.num_decode_seqs if shape.num_seqs else has_prefill
     return {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
             "context_tokens": shape.context_tokens, "attention_pairs": shape.attention_pairs,
-            "prefill_seqs": prefill_seqs, "prefill_step": has_prefill}
+            "prefill_seqs": prefill_seqs, "prefill_step": has_prefill, "cold_start": cold_start(shape.idle_s)}
+
+
+def _hinge_knots(samples: list[dict]) -> list[int]:
+    """The decode batches measured alone (decode-only samples), without the smallest and largest; a
+    batch within 10% of the previous one (a point whose batch shrank by a few sequences) is the same."""
+    batches: list[int] = []
+    for b in sorted({int(round(float(s["decode_batch"]))) for s in samples
+                     if not s.get("prefill_tokens") and s.get("decode_batch")}):
+        if not batches or b > 1.1 * batches[-1]:
+            batches.append(b)
+    return batches[1:-1]
+
+
+def _feature(features: dict[str, float], name: str) -> float:
+    if name.startswith(HINGE_PREFIX):
+        return max(0.0, features.get("decode_batch", 0) - float(name[len(HINGE_PREFIX):]))
+    return features.get(name, 0)
 
 
 @dataclass
@@ -154,8 +188,9 @@ class CalibratedStepModel:
 
     Profile JSON: {"samples": [{"decode_batch": 8, "prefill_tokens": 0, "context_tokens": 1024,
     "step_s": 0.0123}, ...]} (at least one more sample than features, spanning them; samples that also
-    carry "attention_pairs" and "num_seqs", as `nanoserve bench calibrate` writes, fit those terms too),
-    or the fit itself: {"coefficients": {"intercept_s": ..., "decode_batch": ..., ...}}.
+    carry EXTRA_FEATURES, as `nanoserve bench calibrate` writes, fit those terms too, and then the
+    decode hinges at the profile's inner decode batches), or the fit itself:
+    {"coefficients": {"intercept_s": ..., "decode_batch": ..., "decode_batch_over_8": ..., ...}}.
     """
 
     intercept_s: float
@@ -167,11 +202,14 @@ class CalibratedStepModel:
         import numpy as np
 
         extra = [f for f in EXTRA_FEATURES if samples and all(f in s for s in samples)]
-        features = list(PROFILE_FEATURES) + extra
+        if "cold_start" in extra and max(float(s["cold_start"]) for s in samples) < 0.5:
+            extra.remove("cold_start")  # no step after idle was measured: the term cannot be fitted
+        hinges = [f"{HINGE_PREFIX}{k}" for k in _hinge_knots(samples)] if extra else []
+        features = list(PROFILE_FEATURES) + extra + hinges
         if len(samples) < len(features) + 1:
             raise InvalidRequestError(f"a profile needs at least {len(features) + 1} samples", "profile")
         try:
-            x = np.array([[1.0] + [float(s.get(f, 0)) for f in features] for s in samples])
+            x = np.array([[1.0] + [float(_feature(s, f)) for f in features] for s in samples])
             y = np.array([float(s["step_s"]) for s in samples])
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidRequestError(f"profile sample without a numeric step_s ({e})", "profile") from None
@@ -191,12 +229,14 @@ class CalibratedStepModel:
         if "coefficients" in data:
             c = dict(data["coefficients"])
             return cls(float(c.pop("intercept_s", 0.0)),
-                       {f: float(c[f]) for f in ALL_FEATURES if f in c}, str(path))
+                       {f: float(v) for f, v in c.items() if f in ALL_FEATURES or f.startswith(HINGE_PREFIX)},
+                       str(path))
         return cls.fit(list(data.get("samples", [])), str(path))
 
     def predict_s(self, features: dict[str, float]) -> float:
         """The step time for features by profile name (a missing one counts 0)."""
-        return max(0.0, self.intercept_s + sum(c * features.get(f, 0) for f, c in self.coefficients.items()))
+        terms = (c * _feature(features, f) for f, c in self.coefficients.items())
+        return max(0.0, self.intercept_s + sum(terms))
 
     def step_time_s(self, shape: StepShape) -> float:
         return self.predict_s(shape_features(shape))

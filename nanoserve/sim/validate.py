@@ -9,7 +9,8 @@ with requests added at their arrival times (`bench serve`'s gaps for the same --
 token's time is when the engine.step() that made it returns (after output processing), as a streaming
 server would send it. Both sides are summarised by `bench serve`'s summarize_results, so throughput,
 TTFT, TPOT and ITL mean the same thing. The simulation uses the engine's own resolved configuration
-(pool size, budgets, flags), read from the loaded engine.
+(pool size, budgets, flags), read from the loaded engine. The process freezes its startup objects
+out of the collector's reach once loaded, as `nanoserve serve` (and `bench calibrate`) do.
 """
 
 from __future__ import annotations
@@ -128,11 +129,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = synthetic_workload(args.num_prompts, args.input_len, args.output_len, args.range_ratio,
                                   args.request_rate, args.burstiness, seed, vocab_size(model_dir))
     engine = LLM(model=model_dir, **engine_kwargs(args, model_dir)).llm_engine
+    from nanoserve.bench.calibrate import StepTimer, freeze_startup_objects
+
+    freeze_startup_objects()
     warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1, vocab_size(model_dir))
     replay(engine, [SimRequest("warm-" + r.request_id, 0.0, r.prompt_token_ids, r.output_len) for r in warm])
     simulated, sim_preempt = simulate_like(engine, step_model, workload)
-    from nanoserve.bench.calibrate import StepTimer
-
     timer = StepTimer(engine)
     results, duration, preempt = replay(engine, workload, timer)
     timer.detach()

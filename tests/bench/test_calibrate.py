@@ -12,14 +12,14 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     out = tmp_path / "profile.json"
     rc = main(["bench", "calibrate", "--model", str(tiny_model("llama")), "--decode-batches", "1,3",
                "--contexts", "20", "--prefill-tokens", "8,16,24", "--prefill-batches", "1,2",
-               "--repeats", "2", "--output", str(out)])
+               "--repeats", "2", "--idle-gaps", "0.02", "--output", str(out)])
     assert rc == 0
     profile = json.loads(out.read_text())
     kinds = [s["kind"] for s in profile["samples"]]
     assert kinds == ["prefill 1x P=8", "prefill 1x P=16", "prefill 1x P=24", "prefill 2x P=8",
                      "prefill 2x P=16", "prefill 2x P=24", "decode B=1 C=20", "decode B=3 C=20",
                      "mixed B=1 C=20 P=16", "mixed B=1 C=20 P=24", "mixed B=3 C=20 P=16",
-                     "mixed B=3 C=20 P=24"]
+                     "mixed B=3 C=20 P=24", "idle 20 ms P=8", "idle 20 ms P=16"]
     for s in profile["samples"]:
         assert s["step_s"] > 0 and s["num_steps"] >= 2
         assert set(ALL_FEATURES) <= set(s)
@@ -32,6 +32,10 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     assert prefill["prefill_tokens"] == 48 and prefill["prefill_seqs"] == 2
     assert by_kind["mixed B=3 C=20 P=24"]["decode_batch"] == 3
     assert by_kind["mixed B=3 C=20 P=24"]["prefill_tokens"] == 24
+    # the idle points' step follows 20 ms of idle engine (cold); every other point runs warm
+    idle = by_kind["idle 20 ms P=16"]
+    assert idle["cold_start"] > 0.9 and idle["prefill_tokens"] == 16
+    assert all(s["cold_start"] < 0.2 for s in profile["samples"] if not s["kind"].startswith("idle"))
     model = CalibratedStepModel.from_file(out)
     assert set(model.coefficients) == set(ALL_FEATURES)
     # the fit reproduces its own decode point roughly (tiny steps are noisy; the shape is what matters)

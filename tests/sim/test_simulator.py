@@ -119,3 +119,27 @@ def test_request_too_long_for_the_pool_is_refused():
 
     with pytest.raises(InvalidRequestError):
         _sim([SimRequest("big", 0.0, [1] * 60, 10)], 4, 64)
+
+
+class _RecordingModel:
+    """1 s per step; remembers each step's shape."""
+
+    def __init__(self) -> None:
+        self.shapes = []
+
+    def step_time_s(self, shape):
+        self.shapes.append(shape)
+        return 1.0
+
+    def describe(self) -> dict:
+        return {"kind": "recording"}
+
+
+def test_a_step_after_an_idle_engine_carries_the_idle_time():
+    # r0 runs 3 steps (t 0..3: prompt, 2 decodes); r1 arrives at 10 s to an idle engine; r2 joins r1 busy
+    work = [SimRequest("r0", 0.0, [1, 2, 3], 3), SimRequest("r1", 10.0, [4, 5, 6], 3),
+            SimRequest("r2", 11.5, [7, 8, 9], 1)]
+    model = _RecordingModel()
+    config = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
+    Simulator(config, model, next_token=fake_next_token).run(work)
+    assert [s.idle_s for s in model.shapes] == [0.0, 0.0, 0.0, 7.0, 0.0, 0.0]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from nanoserve.errors import InvalidRequestError
 from nanoserve.planner.hardware import Hardware
 from nanoserve.planner.models import ModelSpec
-from nanoserve.sim.step_model import AnalyticStepModel, CalibratedStepModel, StepShape
+from nanoserve.sim.step_model import COLD_TAU_S, AnalyticStepModel, CalibratedStepModel, StepShape
 
 # 2 layers, hidden 8, 2 query heads and 1 KV head of 4, SwiGLU 16, vocab 10, untied.
 TINY = ModelSpec("tiny", layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=10)
@@ -69,3 +70,64 @@ def test_calibrated_fit_recovers_a_linear_profile(tmp_path):
     assert m.step_time_s(StepShape(3, 100, 5000, 0)) == pytest.approx(truth(3, 100, 5000))
     with pytest.raises(InvalidRequestError):
         CalibratedStepModel.fit(samples[:2])
+
+
+def _bent(d, p, c, cold=0.0):
+    """A decode curve that bends at 4 and 16 (the second row costs more than the tenth) and a cold start."""
+    return (3e-4 + 2e-4 * d - 1e-4 * max(0, d - 4) - 5e-5 * max(0, d - 16) + 3e-5 * p + 1e-8 * c
+            + 1e-3 * (p > 0) + 1e-3 * cold)
+
+
+def _bent_samples():
+    samples = []
+    for d in (1, 2, 4, 8, 16, 64):
+        for c in (32, 96):
+            samples.append({"decode_batch": d, "prefill_tokens": 0, "context_tokens": d * c, "step_s": 0})
+    for p, d in ((8, 0), (32, 0), (96, 0), (16, 1), (64, 8)):
+        samples.append({"decode_batch": d, "prefill_tokens": p, "context_tokens": p + 64 * d, "step_s": 0})
+    for p in (8, 32):  # after idle: cold
+        samples.append({"decode_batch": 0, "prefill_tokens": p, "context_tokens": p, "step_s": 0,
+                        "cold_start": 1.0})
+    for s in samples:
+        s.setdefault("cold_start", 0.0)
+        s.update(attention_pairs=0, prefill_seqs=int(s["prefill_tokens"] > 0),
+                 prefill_step=int(s["prefill_tokens"] > 0))
+        s["step_s"] = _bent(s["decode_batch"], s["prefill_tokens"], s["context_tokens"], s["cold_start"])
+    return samples
+
+
+def test_calibrated_decode_hinges_follow_a_bent_curve_at_the_measured_batches(tmp_path):
+    m = CalibratedStepModel.fit(_bent_samples())
+    # knots at the inner decode batches of the profile (not 1, not 64)
+    assert sorted(k for k in m.coefficients if k.startswith("decode_batch_over_")) == [
+        "decode_batch_over_16", "decode_batch_over_2", "decode_batch_over_4", "decode_batch_over_8"]
+    for d in (2, 3, 12, 40):  # between the knots too: a straight line through 1 and 64 misses these
+        shape = StepShape(d, 0, d * 50, d * 50, d)
+        assert m.step_time_s(shape) == pytest.approx(_bent(d, 0, d * 50), rel=1e-6)
+    # the fit survives the round trip through its coefficients
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"coefficients": {"intercept_s": m.intercept_s, **m.coefficients}}))
+    again = CalibratedStepModel.from_file(path)
+    assert again.step_time_s(StepShape(3, 0, 150, 150, 3)) == pytest.approx(_bent(3, 0, 150), rel=1e-6)
+
+
+def test_calibrated_cold_start_costs_a_step_after_idle():
+    m = CalibratedStepModel.fit(_bent_samples())
+    warm = StepShape(0, 16, 16, 136, 1)
+    cold = StepShape(0, 16, 16, 136, 1, idle_s=1.0)
+    assert m.step_time_s(warm) == pytest.approx(_bent(0, 16, 16), rel=1e-6)
+    assert m.step_time_s(cold) - m.step_time_s(warm) == pytest.approx(1e-3, rel=1e-6)
+    # a short gap costs part of it: 1 - exp(-idle / tau)
+    half = StepShape(0, 16, 16, 136, 1, idle_s=COLD_TAU_S * math.log(2))
+    assert m.step_time_s(half) - m.step_time_s(warm) == pytest.approx(0.5e-3, rel=1e-6)
+    # without idle points in the profile the term is not fitted (it would be a column of zeros)
+    warm_only = [s for s in _bent_samples() if not s["cold_start"]]
+    assert "cold_start" not in CalibratedStepModel.fit(warm_only).coefficients
+
+
+def test_decode_points_a_few_sequences_apart_share_one_knot():
+    samples = _bent_samples()
+    extra = dict(samples[-3], decode_batch=62, prefill_tokens=0, context_tokens=62 * 96, cold_start=0.0)
+    extra.update(prefill_seqs=0, prefill_step=0, step_s=_bent(62, 0, 62 * 96))
+    knots = [k for k in CalibratedStepModel.fit([*samples, extra]).coefficients if "_over_" in k]
+    assert "decode_batch_over_62" not in knots and len(knots) == 4

@@ -1,9 +1,10 @@
 // A whole decode step of a Llama-family decoder in one native call (see nanoserve/model/fused_decode.py).
 //
-// The layer loop of DecoderModel.forward, op for op, calling the kernels of native_kernels and
-// cpu_linear through their exported tables (kernel_table.h): the same machine code as the per-op path,
-// without ~10 Python calls and their dispatch per layer. Only decode steps (one query per sequence) of
-// bf16 models whose linears are all packed for the avx512 kernel come here; fused_decode.py decides.
+// The layer loop of DecoderModel.forward, op for op, calling the kernels of native_kernels, cpu_linear
+// and quant_linear through their exported tables (kernel_table.h): the same machine code as the per-op
+// path, without ~10 Python calls and their dispatch per layer. Only decode steps (one query per
+// sequence) of bf16 models whose linears are all packed for the avx512 kernel or quantized on the
+// native quantized kernels come here; fused_decode.py decides.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <vector>
@@ -13,37 +14,67 @@
 
 namespace {
 
+// One linear as the per-op path calls it: its kernel, its packed weight and the arguments the Python
+// wrapper (cpu_linear.FastLinear.forward, quant_kernels._run) passes.
+struct Linear {
+  enum Kind { BF16, A16, W8A8 } kind;
+  torch::Tensor w;                     // bf16: cpu_linear.pack_weight; a16 / w8a8: PackedWeight.qweight
+  int64_t N;                           // output features
+  c10::optional<torch::Tensor> bias;   // fp32, or none
+  int64_t bits = 0, group_size = 0;    // a16
+  torch::Tensor scales;                // a16: [nb, G, 64]; w8a8: [N_pad]
+  c10::optional<torch::Tensor> offsets;  // a16: scale * zero' [nb, G, 64]; w8a8: zero points or none
+  torch::Tensor wsum;                  // w8a8: [N_pad] int32
+  int64_t min_rows = 0;                // a16: SCRATCH_MIN_ROWS; w8a8: W8A8_HYBRID_MIN_ROWS
+};
+
+Linear bf16_linear(torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
+  return Linear{Linear::BF16, packed, N, bias};
+}
+
+Linear a16_linear(torch::Tensor wq, int64_t bits, int64_t N, int64_t group_size, torch::Tensor scales,
+                  torch::Tensor offsets, c10::optional<torch::Tensor> bias, int64_t scratch_min_rows) {
+  return Linear{Linear::A16, wq, N, bias, bits, group_size, scales, offsets, {}, scratch_min_rows};
+}
+
+Linear w8a8_linear(torch::Tensor wq, int64_t N, torch::Tensor wsum, torch::Tensor wscale,
+                   c10::optional<torch::Tensor> wzero, c10::optional<torch::Tensor> bias, int64_t hybrid_min_rows) {
+  return Linear{Linear::W8A8, wq, N, bias, 8, 0, wscale, wzero, wsum, hybrid_min_rows};
+}
+
 struct Layer {
-  torch::Tensor in_norm, post_norm;          // [hidden] RMSNorm weights
-  torch::Tensor qkv, o, gate_up, down;        // packed weights (cpu_linear.pack_weight)
-  c10::optional<torch::Tensor> qkv_bias, o_bias, gate_up_bias, down_bias;  // fp32, zero-padded, or none
-  torch::Tensor k_cache, v_cache;            // [KVH, num_blocks, block_size, D]
+  torch::Tensor in_norm, post_norm;   // [hidden] RMSNorm weights
+  Linear qkv, o, gate_up, down;
+  torch::Tensor k_cache, v_cache;     // [KVH, num_blocks, block_size, D]
 };
 
 class FusedDecoder {
  public:
-  FusedDecoder(pybind11::handle native_table, pybind11::handle linear_table, torch::Tensor embed,
-               torch::Tensor cos, torch::Tensor sin_signed, torch::Tensor final_norm, int64_t num_heads,
-               int64_t num_kv_heads, int64_t head_dim, int64_t intermediate, double eps, double scale)
+  // linear_table, quant_table: None where no linear of that kind is in the model (its module not loaded).
+  FusedDecoder(pybind11::handle native_table, pybind11::handle linear_table, pybind11::handle quant_table,
+               torch::Tensor embed, torch::Tensor cos, torch::Tensor sin_signed, torch::Tensor final_norm,
+               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale)
       : nk_(kernel_table_from<NativeKernelTable>(native_table, NANOSERVE_NATIVE_TABLE)),
-        lk_(kernel_table_from<LinearKernelTable>(linear_table, NANOSERVE_LINEAR_TABLE)),
+        lk_(linear_table.is_none() ? nullptr
+                                   : kernel_table_from<LinearKernelTable>(linear_table, NANOSERVE_LINEAR_TABLE)),
+        qk_(quant_table.is_none() ? nullptr
+                                  : kernel_table_from<QuantLinearKernelTable>(quant_table, NANOSERVE_QUANT_TABLE)),
         embed_(embed), cos_(cos), sin_(sin_signed), final_norm_(final_norm), H_(num_heads),
-        KVH_(num_kv_heads), D_(head_dim), hidden_(embed.size(1)), I_(intermediate), eps_(eps),
-        scale_(scale) {}
+        KVH_(num_kv_heads), D_(head_dim), eps_(eps), scale_(scale) {}
 
-  void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, torch::Tensor qkv,
-                 c10::optional<torch::Tensor> qkv_bias, torch::Tensor o, c10::optional<torch::Tensor> o_bias,
-                 torch::Tensor gate_up, c10::optional<torch::Tensor> gate_up_bias, torch::Tensor down,
-                 c10::optional<torch::Tensor> down_bias, torch::Tensor k_cache, torch::Tensor v_cache) {
-    layers_.push_back({in_norm, post_norm, qkv, o, gate_up, down, qkv_bias, o_bias, gate_up_bias,
-                       down_bias, k_cache, v_cache});
+  void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, const Linear& qkv, const Linear& o,
+                 const Linear& gate_up, const Linear& down, torch::Tensor k_cache, torch::Tensor v_cache) {
+    for (const Linear* l : {&qkv, &o, &gate_up, &down}) {
+      TORCH_CHECK(l->kind == Linear::BF16 ? lk_ != nullptr : qk_ != nullptr, "no kernel table for a linear");
+    }
+    layers_.push_back({in_norm, post_norm, qkv, o, gate_up, down, k_cache, v_cache});
   }
 
   // ids, positions, slots [B] int64; tables [B, nb] int64; ctx_lens [B] int64 -> hidden [B, hidden]
   // after the final norm, as DecoderModel.forward returns it.
   torch::Tensor forward(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots, torch::Tensor tables,
                         torch::Tensor ctx_lens) const {
-    const int64_t T = ids.size(0), qkv_n = (H_ + 2 * KVH_) * D_;
+    const int64_t T = ids.size(0);
     const auto dtype = embed_.scalar_type();
     torch::Tensor x = at::embedding(embed_, ids);  // [T, hidden]
     // RotaryEmbedding.gather's values: the fp32 tables at the positions, rounded to the model dtype.
@@ -58,13 +89,13 @@ class FusedDecoder {
       } else {
         h = nk_->add_rms_norm(residual, x, L.in_norm, eps_);  // residual += x
       }
-      torch::Tensor qkv = lk_->gemm_bf16_packed(h, L.qkv, qkv_n, L.qkv_bias);  // [T, (H + 2 KVH) D]
+      torch::Tensor qkv = linear(h, L.qkv);  // [T, (H + 2 KVH) D]
       torch::Tensor q = nk_->rope_cache(qkv, cos, sin, slots, L.k_cache, L.v_cache, H_, KVH_);  // [T, H, D]
       torch::Tensor attn = nk_->decode_attention(q, L.k_cache, L.v_cache, tables, ctx_lens, scale_);
-      torch::Tensor a = lk_->gemm_bf16_packed(attn.view({T, H_ * D_}), L.o, hidden_, L.o_bias);
+      torch::Tensor a = linear(attn.view({T, H_ * D_}), L.o);
       h = nk_->add_rms_norm(residual, a, L.post_norm, eps_);  // residual += a
-      torch::Tensor gu = lk_->gemm_bf16_packed(h, L.gate_up, 2 * I_, L.gate_up_bias);  // [T, 2I]
-      x = lk_->gemm_bf16_packed(nk_->silu_mul(gu), L.down, hidden_, L.down_bias);  // [T, hidden]
+      torch::Tensor gu = linear(h, L.gate_up);  // [T, 2I]
+      x = linear(nk_->silu_mul(gu), L.down);  // [T, hidden]
     }
     return nk_->add_rms_norm(residual, x, final_norm_, eps_);
   }
@@ -72,10 +103,22 @@ class FusedDecoder {
   int64_t num_layers() const { return int64_t(layers_.size()); }
 
  private:
+  // x [T, K] bf16 contiguous -> [T, N]: the call the per-op layer makes, with the same arguments.
+  torch::Tensor linear(const torch::Tensor& x, const Linear& l) const {
+    switch (l.kind) {
+      case Linear::BF16: return lk_->gemm_bf16_packed(x, l.w, l.N, l.bias);
+      case Linear::A16:
+        return qk_->linear_a16(x, l.w, l.bits, l.N, l.group_size, l.scales, *l.offsets, l.bias, l.min_rows);
+      case Linear::W8A8: return qk_->linear_w8a8(x, l.w, l.N, l.wsum, l.scales, l.offsets, l.bias, l.min_rows);
+    }
+    TORCH_CHECK(false, "unknown linear kind");
+  }
+
   const NativeKernelTable* nk_;
-  const LinearKernelTable* lk_;
+  const LinearKernelTable* lk_;        // null: no bf16 linear in the model
+  const QuantLinearKernelTable* qk_;   // null: no quantized linear
   torch::Tensor embed_, cos_, sin_, final_norm_;
-  int64_t H_, KVH_, D_, hidden_, I_;
+  int64_t H_, KVH_, D_;
   double eps_, scale_;
   std::vector<Layer> layers_;
 };
@@ -84,9 +127,15 @@ class FusedDecoder {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
+  py::class_<Linear>(m, "Linear");
+  m.def("bf16_linear", &bf16_linear, "a FastLinear packed for the avx512 kernel: (packed, N, fp32 bias)");
+  m.def("a16_linear", &a16_linear, "a w8a16 / w4a16 PackedWeight: (codes, bits, N, group_size, scales, "
+        "offsets, fp32 bias, scratch_min_rows)");
+  m.def("w8a8_linear", &w8a8_linear, "a w8a8 PackedWeight: (codes, N, wsum, scales, zeros, fp32 bias, "
+        "hybrid_min_rows)");
   py::class_<FusedDecoder>(m, "FusedDecoder")
-      .def(py::init<py::handle, py::handle, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, int64_t,
-                    int64_t, int64_t, int64_t, double, double>())
+      .def(py::init<py::handle, py::handle, py::handle, torch::Tensor, torch::Tensor, torch::Tensor,
+                    torch::Tensor, int64_t, int64_t, int64_t, double, double>())
       .def("add_layer", &FusedDecoder::add_layer)
       // No Python object is touched inside: the engine thread lets the server's threads run meanwhile.
       .def("forward", &FusedDecoder::forward, py::call_guard<py::gil_scoped_release>())

@@ -10,6 +10,7 @@
 
 #define NANOSERVE_NATIVE_TABLE "nanoserve.native_kernels.table"
 #define NANOSERVE_LINEAR_TABLE "nanoserve.cpu_linear.table"
+#define NANOSERVE_QUANT_TABLE "nanoserve.quant_linear.table"
 
 struct NativeKernelTable {
   torch::Tensor (*add_rms_norm)(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor w,
@@ -24,6 +25,16 @@ struct NativeKernelTable {
 struct LinearKernelTable {
   torch::Tensor (*gemm_bf16_packed)(torch::Tensor x, torch::Tensor wp, int64_t N,
                                     c10::optional<torch::Tensor> bias);
+};
+
+// quant_linear's kernels (csrc/quant_linear.cpp; packed layouts in nanoserve/model/quant_kernels.py).
+struct QuantLinearKernelTable {
+  torch::Tensor (*linear_a16)(torch::Tensor x, torch::Tensor wq, int64_t bits, int64_t N, int64_t group_size,
+                              torch::Tensor scales, torch::Tensor offsets, c10::optional<torch::Tensor> bias,
+                              int64_t scratch_min_rows);
+  torch::Tensor (*linear_w8a8)(torch::Tensor x, torch::Tensor wq, int64_t N, torch::Tensor wsum,
+                               torch::Tensor wscale, c10::optional<torch::Tensor> wzero,
+                               c10::optional<torch::Tensor> bias, int64_t hybrid_min_rows);
 };
 
 // The capsule a module publishes as `kernel_table` (the table is a static of that module: no destructor).

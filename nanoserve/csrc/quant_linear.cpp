@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_table.h"
 #include "threads_probe.h"
 
 using bf16 = at::BFloat16;
@@ -466,9 +467,12 @@ torch::Tensor linear_w8a8(torch::Tensor x, torch::Tensor wq, int64_t N, torch::T
   return y;
 }
 
+static const QuantLinearKernelTable kTable = {&linear_a16, &linear_w8a8};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_a16", &linear_a16, "y = x @ W^T (+ bias), W int8/int4 codes packed by quant_kernels.pack_w*a16");
   m.def("linear_w8a8", &linear_w8a8, "y = quant(x) @ W^T (+ bias) by VNNI, W packed by quant_kernels.pack_w8a8");
   m.def("quantize_per_token", &quantize_per_token, "x bf16 -> (codes + 128 uint8, scales, code sums)");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
+  m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_QUANT_TABLE);  // for fused_decode
 }

@@ -5,15 +5,18 @@ weights: SmolLM2-135M has 30 layers of ~10 small ops each, and every op costs it
 whatever its size. `FusedDecoder` runs DecoderModel.forward's layer loop in C++ for decode steps:
 embedding, rotary tables, then per layer add+norm → qkv → rotary + cache write → decode attention →
 o proj → add+norm → gate/up → SiLU·mul → down, then the final norm. It calls the very kernels the
-per-op path calls (native_kernels and cpu_linear publish their entry points as tables,
-csrc/kernel_table.h), so both paths give bit-identical hidden states.
+per-op path calls (native_kernels, cpu_linear and quant_linear publish their entry points as tables,
+csrc/kernel_table.h), so both paths give bit-identical hidden states. Each linear may be a packed bf16
+FastLinear or a QuantLinear on its native kernel (int8 / int4 weight-only, symmetric or with zero
+points, any group size the kernel takes, and w8a8), mixed freely (a GGUF dequantizes some projections).
 
 It is an implementation of the same forward, chosen once at start-up like the kernels: the runner asks
 `make_fused_decoder` and binds the result (or None) to the model, whose forward hands it the steps it
 `applies` to (every query a decode, on the CPU native attention backend) and runs every other step
 (prefill chunks, verification of speculative drafts) op by op. `fused_decode_unavailable_reason` says
 why a model keeps the per-op path: not a bf16 CPU model, native kernels or the avx512 linear kernel not
-loaded, a linear that is not a packed FastLinear (quantized, oneDNN, hybrid), a KV cache that is not
+loaded, a linear that is neither a packed FastLinear nor a native QuantLinear (oneDNN, hybrid, the
+torch reference path, GPTQ act-order's input permutation), a KV cache that is not
 the model's dtype (quantized), Qwen3's q/k norms, any layer class other than the reference ones (e.g.
 a tensor-parallel variant), a torch.distributed run with several ranks, or
 NANOSERVE_DISABLE_FUSED_DECODE=1.
@@ -32,6 +35,7 @@ from nanoserve.model.cpu_linear import FastLinear, load_avx512_kernel
 from nanoserve.model.kernels import Kernels, NativeCpuKernels
 from nanoserve.model.layers import GatedMLP, RMSNorm
 from nanoserve.model.native_build import LazyExtension
+from nanoserve.model.quantization.quant_linear import QuantLinear
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,28 @@ class FusedDecoder:
 
 
 def _linear_ok(linear: object) -> bool:
-    return type(linear) is FastLinear and linear.backend == "avx512" and linear._packed is not None
+    """A linear the native step can call exactly as its forward does."""
+    if type(linear) is FastLinear:
+        return linear.backend == "avx512" and linear._packed is not None
+    if type(linear) is QuantLinear:
+        # act-order's gather of the input columns is one more op the native step does not make
+        return linear.backend == "native" and linear._packed is not None and linear.input_perm is None
+    return False
+
+
+def _native_linear(ext: ModuleType, linear: FastLinear | QuantLinear) -> object:
+    """The extension's description of `linear`: its kernel and the arguments its forward passes."""
+    from nanoserve.model import quant_kernels  # imported by QuantLinear.prepare already when used
+
+    if type(linear) is FastLinear:
+        return ext.bf16_linear(linear._packed, linear.out_features, linear._bias_f32)
+    p = linear._packed  # a quant_kernels.PackedWeight
+    bias = None if linear.bias is None else linear.bias.float()  # what quant_kernels._run passes
+    if p.method == "w8a8":
+        return ext.w8a8_linear(p.qweight, p.n, p.wsum, p.scales, p.offsets, bias,
+                               quant_kernels.W8A8_HYBRID_MIN_ROWS)
+    return ext.a16_linear(p.qweight, p.bits, p.n, p.group_size, p.scales, p.offsets, bias,
+                          quant_kernels.SCRATCH_MIN_ROWS)
 
 
 def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) -> str | None:
@@ -95,7 +120,8 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
         if attn.qk_norm:
             return "q/k norms (Qwen3)"
         if not all(map(_linear_ok, (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))):
-            return "a linear that is not a packed bf16 FastLinear (quantized, oneDNN or hybrid)"
+            return ("a linear that is neither a packed bf16 FastLinear nor a native QuantLinear "
+                    "(oneDNN, hybrid, reference path or act-order)")
         if type(attn.backend) is not CpuNativeAttentionBackend:
             return f"attention backend {type(attn.backend).__name__}"
         caches = (attn.k_cache, attn.v_cache)
@@ -120,18 +146,25 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
     decoder = model.model
     first = decoder.layers[0].self_attn
     rotary = decoder.rotary_emb
+    linears = [lin for layer in decoder.layers
+               for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+                           layer.mlp.down_proj)]
+    linear_table = load_avx512_kernel().kernel_table if FastLinear in map(type, linears) else None
+    quant_table = None
+    if QuantLinear in map(type, linears):
+        from nanoserve.model.quant_kernels import load_quant_kernels  # loaded: the QuantLinears use it
+
+        quant_table = load_quant_kernels().kernel_table
     native = ext.FusedDecoder(
-        kernels.ext.kernel_table, load_avx512_kernel().kernel_table,
+        kernels.ext.kernel_table, linear_table, quant_table,
         decoder.embed_tokens.weight.detach(), rotary.cos, rotary.sin_signed, decoder.norm.weight.detach(),
-        first.num_heads, first.num_kv_heads, first.head_dim, decoder.layers[0].mlp.down_proj.in_features,
-        decoder.norm.eps, first.backend.scale,
+        first.num_heads, first.num_kv_heads, first.head_dim, decoder.norm.eps, first.backend.scale,
     )
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
         native.add_layer(
             layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
-            *(x for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-              for x in (lin._packed, lin._bias_f32)),
+            *(_native_linear(ext, x) for x in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)),
             attn.k_cache, attn.v_cache,
         )
     return FusedDecoder(native)

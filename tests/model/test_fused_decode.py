@@ -139,8 +139,9 @@ def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
     [
         ("llama", {"dtype": "float32"}, "not a bf16 model"),
         ("qwen3", {}, "q/k norms"),
-        ("llama", {"quantization": "int8"}, "not a packed bf16 FastLinear"),
-        ("llama", {"cpu_linear": "torch"}, "not a packed bf16 FastLinear"),
+        # the reference path of the quantized linears: no native kernel to call
+        ("llama", {"quantization": "int8", "cpu_linear": "torch"}, "nor a native QuantLinear"),
+        ("llama", {"cpu_linear": "torch"}, "neither a packed bf16 FastLinear"),
         ("llama", {"attention_backend": "torch"}, "attention backend"),
         ("llama", {"kv_cache_dtype": "int8"}, "KV cache that is not bf16"),
         ("llama", {"kv_cache_dtype": "fp8_e4m3"}, "KV cache that is not bf16"),
@@ -165,6 +166,110 @@ def test_the_environment_switch_and_a_quantized_kv_cache_turn_it_off(tiny_model,
     assert "NANOSERVE_DISABLE_FUSED_DECODE" in fused_decode.fused_decode_unavailable_reason(
         runner.model, runner.kernels
     )
+
+
+# Quantized decoder linears on their native kernels (quant_kernels): int8 per channel, int4 per group
+# symmetric and with zero points (K % 48 != 0: a short last group), w8a8 (VNNI), a quantized lm_head.
+QUANT_CASES = [
+    ("llama", {"quantization": "int8"}),
+    ("qwen2", {"quantization": "int8", "quantization_lm_head": True}),
+    ("llama", {"quantization": "int4", "quantization_group_size": 32}),
+    ("llama", {"quantization": "int4", "quantization_group_size": 32, "quantization_zero_point": True}),
+    ("qwen2", {"quantization": "int4", "quantization_group_size": 48, "quantization_zero_point": True}),
+    ("llama", {"quantization": "w8a8"}),
+    ("qwen2", {"quantization": "w8a8"}),
+]
+QUANT_IDS = ["int8", "int8-lm-head", "int4-g32", "int4-g32-zp", "int4-g48-zp-bias", "w8a8", "w8a8-bias"]
+
+
+def _quantized_runner(path, options):
+    """An engine over `path` quantized by `options`, every decoder linear on its native kernel."""
+    from nanoserve.model.quantization.quant_linear import QuantLinear
+
+    llm, runner = _runner(path, **options)
+    layers = runner.model.model.layers
+    linears = [m for layer in layers for m in layer.modules() if isinstance(m, QuantLinear)]
+    assert len(linears) == 4 * len(layers)
+    if any(q.backend != "native" for q in linears):  # e.g. a CPU without VNNI: nothing to compare
+        pytest.skip("quantized linears on the reference path")
+    assert fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels) is None
+    return llm, runner
+
+
+@pytest.mark.parametrize("variant, options", QUANT_CASES, ids=QUANT_IDS)
+def test_quantized_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, tiny_model):
+    _, runner = _quantized_runner(tiny_model(variant), options)
+    # 9 decodes: w8a8 switches to its hybrid tiles from W8A8_HYBRID_MIN_ROWS (8) rows on
+    for ctx_lens in ([1], [37], [5, 130, 17, 64], [3, 9, 20, 1, 7, 33, 2, 15, 16]):
+        (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, ctx_lens)
+        assert torch.equal(h0, h1), (ctx_lens, (h0.float() - h1.float()).abs().max())
+        assert torch.equal(l0, l1)
+        assert torch.equal(kv0, kv1)
+
+
+@pytest.mark.parametrize("variant, options", QUANT_CASES[::2], ids=QUANT_IDS[::2])
+def test_quantized_greedy_generation_is_the_same_with_and_without_the_fused_path(
+    variant, options, tiny_model, monkeypatch
+):
+    prompts = ["hello world", "abc", "sort 5 3 9 1 =", "x" * 40]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    llm, runner = _quantized_runner(tiny_model(variant), options)
+    _need_fused(runner)
+    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    one = llm.generate(prompts[:1], params, use_tqdm=False)[0].outputs[0].token_ids  # batch 1
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    llm_ref, runner_ref = _runner(tiny_model(variant), **options)
+    assert runner_ref.model.model.fused_decode is None
+    per_op = [o.outputs[0].token_ids for o in llm_ref.generate(prompts, params, use_tqdm=False)]
+    assert per_op == fused
+    assert one == per_op[0]
+
+
+def test_a_quantized_linear_with_an_input_permutation_keeps_the_per_op_path(tiny_model):
+    options = {"quantization": "int4", "quantization_group_size": 32}
+    _, runner = _quantized_runner(tiny_model("llama"), options)
+    down = runner.model.model.layers[1].mlp.down_proj
+    down.input_perm = torch.arange(down.in_features)  # GPTQ act-order: a gather before the product
+    assert "act-order" in fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels)
+    assert make_fused_decoder(runner.model, runner.kernels) is None
+
+
+def test_a_model_mixing_bf16_and_quantized_linears_takes_the_fused_path(tiny_model):
+    """As a GGUF whose stacked projection mixes types loads it: that projection a bf16 FastLinear."""
+    from nanoserve.model.cpu_linear import FastLinear
+    from nanoserve.model.quantization.quant_linear import QuantLinear
+
+    _, runner = _runner(tiny_model("llama"))
+    _need_fused(runner)
+    mlp = runner.model.model.layers[0].mlp
+    quantized = QuantLinear.from_linear(_float_copy(mlp.down_proj), _int4_g32)
+    quantized.prepare("auto", torch.bfloat16)
+    if quantized.backend != "native":
+        pytest.skip("quantized linears on the reference path")
+    mlp.down_proj = quantized
+    assert type(runner.model.model.layers[0].self_attn.qkv_proj) is FastLinear
+    assert fused_decode.fused_decode_unavailable_reason(runner.model, runner.kernels) is None
+    runner.model.model.fused_decode = make_fused_decoder(runner.model, runner.kernels)
+    (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, [5, 130, 17])
+    assert torch.equal(h0, h1) and torch.equal(l0, l1) and torch.equal(kv0, kv1)
+
+
+def _float_copy(linear):
+    """A plain (unprepared) FastLinear with `linear`'s weight and bias, for QuantLinear.from_linear."""
+    from nanoserve.model.cpu_linear import FastLinear, unpack_weight
+
+    copy = FastLinear(linear.in_features, linear.output_sizes, bias=linear.bias is not None)
+    w = unpack_weight(linear._packed, linear.out_features, linear.in_features)  # [N, K] bf16
+    copy.weight.data = w.clone()
+    if linear.bias is not None:
+        copy.bias.data = linear.bias.detach().clone()
+    return copy
+
+
+def _int4_g32(w):
+    from nanoserve.model.quantization.methods import quantize_int4
+
+    return quantize_int4(w, 32, zero_point=True)
 
 
 def _demo_prompts(n_per_task: int) -> list[str]:
@@ -208,3 +313,20 @@ def test_smollm2_chat_answers_are_identical(smollm2, monkeypatch):
     assert per_op == fused
     assert one == per_op[0]
     assert "Paris" in llm.get_tokenizer().decode(fused[0])
+
+
+def test_smollm2_q4_1_gguf_takes_the_fused_path_with_identical_answers(smollm2, monkeypatch):
+    """The GGUF as --model: its decoder linears are int4 group-32 QuantLinears with float zero points."""
+    from nanoserve.models_cache import gguf_path, named_model
+
+    gguf = str(gguf_path(named_model("smollm2")))
+    conversations = [[{"role": "user", "content": "What is the capital of France?"}],
+                     [{"role": "user", "content": "List three prime numbers."}]]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    llm, runner = _runner(gguf)
+    _need_fused(runner)
+    assert runner.model.model.layers[0].mlp.down_proj.zero_point
+    fused = [o.outputs[0].token_ids for o in llm.chat(conversations, params, use_tqdm=False)]
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
+    llm_ref, _ = _runner(gguf)
+    assert [o.outputs[0].token_ids for o in llm_ref.chat(conversations, params, use_tqdm=False)] == fused

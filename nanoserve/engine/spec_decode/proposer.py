@@ -6,6 +6,7 @@ must go (finished, aborted, preempted), and checks at teardown that it holds not
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from nanoserve.engine.sequence import Sequence
@@ -32,7 +33,9 @@ def draft_room(seq: Sequence, k: int, max_model_len: int) -> int:
     return max(0, min(k, left - 1))
 
 
-def make_proposer(spec, draft_runner=None) -> Proposer:  # noqa: ANN001 - SpeculativeConfig, DraftRunner
+def make_proposer(spec, draft_runner=None, eos_token_ids: Collection[int] = ()) -> Proposer:  # noqa: ANN001
+    """spec: a SpeculativeConfig; draft_runner: the draft model's ModelRunner (draft_model only);
+    eos_token_ids: the target's, where a draft model stops drafting."""
     if spec.method == "ngram":
         from nanoserve.engine.spec_decode.ngram_proposer import NgramProposer
 
@@ -40,4 +43,4 @@ def make_proposer(spec, draft_runner=None) -> Proposer:  # noqa: ANN001 - Specul
     from nanoserve.engine.spec_decode.draft_proposer import DraftModelProposer
 
     assert draft_runner is not None, "method draft_model needs its loaded runner"
-    return DraftModelProposer(draft_runner)
+    return DraftModelProposer(draft_runner, eos_token_ids)

@@ -38,7 +38,12 @@ from nanoserve.engine.scheduler import Scheduler, SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.config import SpeculativeConfig, parse_speculative_config
 from nanoserve.engine.spec_decode.metrics import SpecDecodeCounters
-from nanoserve.engine.spec_decode.proposer import Proposer, draft_room, make_proposer
+from nanoserve.engine.spec_decode.proposer import (
+    Proposer,
+    draft_room,
+    make_proposer,
+    prefill_chunk_max_tokens,
+)
 from nanoserve.engine.spec_decode.step_timers import StepTimers
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
@@ -89,6 +94,10 @@ class LLMEngine:
         if speculative_config is not None and proposer is None:
             proposer = make_proposer(speculative_config)  # n-gram; a draft model comes loaded
         self.proposer = proposer
+        # The longest prefill chunk that may carry drafts (None: any); see _draft_for_prefills.
+        self._prefill_draft_max_tokens = (
+            prefill_chunk_max_tokens(model_config.dtype) if proposer is not None else None
+        )
         self.spec_counters = SpecDecodeCounters()
         self.step_timers: StepTimers | None = None  # attached by the benchmarks only
 
@@ -295,6 +304,7 @@ class LLMEngine:
         result = self.runner.execute(sched, mask)  # mask None: unconstrained, the sampler's fast path
         t_exec = time.perf_counter() - t_exec if timers is not None else 0.0
         self.scheduler.update_after_step(sched)
+        emitted_before = self.generation_tokens
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}
         for seq, first_index, entries in result.prompt_logprobs:
@@ -321,7 +331,7 @@ class LLMEngine:
             outputs.append(parent.make_output())
         if decode:
             timers.observe(len(sched.scheduled), time.perf_counter() - t_start, t_exec, t_prop,
-                           result.spec is not None, proposed)
+                           result.spec is not None, proposed, self.generation_tokens - emitted_before)
         return outputs
 
     def _append_verified(self, seq: Sequence, outcome: SeqOutcome, now: float) -> None:
@@ -356,11 +366,20 @@ class LLMEngine:
         """Drafts for the prefill chunks of this step that sample, verified by this very step: the step
         that samples a request's first token also checks the k after it, so a short answer can finish in
         its prefill step instead of paying a separate verify step (the draft model's prefill runs here,
-        rather than after the step)."""
+        rather than after the step). Chunks too long for that to stay bit-exact (prefill_chunk_max_tokens)
+        keep the old order: drafts after the step, verified by the next."""
         if self._drafting_off():
             return
-        items = [it for it in sched.scheduled if it.samples and not it.spec_token_ids and it.seq.is_prefill]
+        limit = self._prefill_draft_max_tokens
+        items = [
+            it for it in sched.scheduled
+            if it.samples and not it.spec_token_ids and it.seq.is_prefill
+            and (limit is None or it.num_new_tokens < limit)
+        ]
         seqs, room = self._with_room([it.seq for it in items])
+        if limit is not None:  # room left in a chunk that keeps its verify rows bit-exact
+            by_id = {it.seq.seq_id: it.num_new_tokens for it in items}
+            room = [min(n, limit - by_id[s.seq_id]) for s, n in zip(seqs, room, strict=True)]
         if not seqs:
             return
         by_seq = {it.seq.seq_id: it for it in items}

@@ -69,6 +69,8 @@ class DraftModelProposer:
         for step in range(max((num_tokens[i] for i in active), default=0)):
             if step > 0:  # feed back each sequence's latest draft
                 active = [i for i in active if num_tokens[i] > step]
+                if not active:  # every sequence drafted what it could use
+                    break
                 items = [self._item(self.shadows[seqs[i].seq_id]) for i in active]
             for i, token in zip(active, self._argmax(items), strict=True):
                 shadow = self.shadows[seqs[i].seq_id]

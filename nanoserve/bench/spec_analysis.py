@@ -9,7 +9,8 @@ with the engine's StepTimers attached (engine/spec_decode/step_timers.py). Only 
     c         = t_draft / t_target (the planner's draft/target cost ratio)
     o         = off run: per decode step, time outside execute and proposer (scheduling, appending,
                 detokenizing, stop checks)
-    E         = 1 + accepted drafts / decoded sequences (tokens per sequence per decode step)
+    E         = tokens emitted by decode steps / decoded sequences (tokens per sequence per decode step;
+                a prefill step verifies drafts too, and those are left out)
     α         = the i.i.d. acceptance that gives that E: solve 1 + α + … + α^k = E (the planner's α;
                 it folds in the steps where the n-gram proposer found nothing to draft)
     measured  = (off decode time per token) / (on decode time per token)   (decode steps only)
@@ -116,7 +117,10 @@ def compare(label: str, method: str, k: int, off: RunMeasure, on: RunMeasure,
     t_draft = _per_step(t_on.propose_s, t_on.num_decode_steps) / k
     overhead = max(0.0, _per_step(t_off.other_s, t_off.num_decode_steps))
     rows = t_on.num_decode_rows
-    e = 1 + on.num_accepted_tokens / rows if rows else 1.0
+    if t_on.num_decode_tokens:  # drafts verified in prefill steps are not decode-step tokens
+        e = t_on.num_decode_tokens / rows
+    else:
+        e = 1 + on.num_accepted_tokens / rows if rows else 1.0
     alpha = fit_alpha(e, k)
     # Decode time per token: off emits one token per decoded sequence, on emits E on average.
     off_tpt = _per_step(t_off.step_s, t_off.num_decode_rows)

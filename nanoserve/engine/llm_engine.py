@@ -8,7 +8,9 @@ their progress is gathered back into one RequestOutput per step; with prefix cac
 reach the scheduler only once completion 0 has computed the prompt, so they hit its cached blocks.
 With speculative decoding (engine/spec_decode/) each step ends by asking the proposer for drafts for
 the running decodes; the next step verifies them, and a sequence then appends a run of tokens (the
-accepted drafts and one from the target), checked one by one against the stop conditions.
+accepted drafts and one from the target), checked one by one against the stop conditions. A prefill
+chunk that samples gets its drafts before its forward (drafted from the prompt), so the prefill step
+verifies them already.
 Not thread-safe: one thread calls add_request / step / abort_request.
 """
 
@@ -32,11 +34,16 @@ from nanoserve.config import (
 from nanoserve.engine.block_manager import BlockManager
 from nanoserve.engine.detokenizer import IncrementalDetokenizer
 from nanoserve.engine.parent_request import ParentRequest
-from nanoserve.engine.scheduler import Scheduler
+from nanoserve.engine.scheduler import Scheduler, SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.config import SpeculativeConfig, parse_speculative_config
 from nanoserve.engine.spec_decode.metrics import SpecDecodeCounters
-from nanoserve.engine.spec_decode.proposer import Proposer, draft_room, make_proposer
+from nanoserve.engine.spec_decode.proposer import (
+    Proposer,
+    draft_room,
+    make_proposer,
+    prefill_chunk_max_tokens,
+)
 from nanoserve.engine.spec_decode.step_timers import StepTimers
 from nanoserve.engine.stats import EngineStats
 from nanoserve.engine.stop_checker import check_stop
@@ -87,6 +94,10 @@ class LLMEngine:
         if speculative_config is not None and proposer is None:
             proposer = make_proposer(speculative_config)  # n-gram; a draft model comes loaded
         self.proposer = proposer
+        # The longest prefill chunk that may carry drafts (None: any); see _draft_for_prefills.
+        self._prefill_draft_max_tokens = (
+            prefill_chunk_max_tokens(model_config.dtype) if proposer is not None else None
+        )
         self.spec_counters = SpecDecodeCounters()
         self.step_timers: StepTimers | None = None  # attached by the benchmarks only
 
@@ -147,7 +158,8 @@ class LLMEngine:
         )
         proposer = None
         if draft is not None:
-            proposer = make_proposer(spec, draft.make_runner(cache_config, args.attention_backend))
+            proposer = make_proposer(spec, draft.make_runner(cache_config, args.attention_backend),
+                                     model_config.eos_token_ids)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer, spec, proposer)
 
     def shutdown(self) -> None:
@@ -282,6 +294,7 @@ class LLMEngine:
         if self.proposer is not None:
             for seq in sched.preempted:  # its draft KV goes with its target KV
                 self.proposer.free(seq)
+            self._draft_for_prefills(sched)
         mask = self.structured_outputs.token_bitmask([it.seq for it in sched.scheduled if it.samples])
         # A decode step: every sequence computes just its last token (plus drafts), read before execute.
         decode = timers is not None and all(
@@ -291,6 +304,7 @@ class LLMEngine:
         result = self.runner.execute(sched, mask)  # mask None: unconstrained, the sampler's fast path
         t_exec = time.perf_counter() - t_exec if timers is not None else 0.0
         self.scheduler.update_after_step(sched)
+        emitted_before = self.generation_tokens
         now = time.monotonic()
         touched: dict[str, ParentRequest] = {}
         for seq, first_index, entries in result.prompt_logprobs:
@@ -317,7 +331,7 @@ class LLMEngine:
             outputs.append(parent.make_output())
         if decode:
             timers.observe(len(sched.scheduled), time.perf_counter() - t_start, t_exec, t_prop,
-                           result.spec is not None, proposed)
+                           result.spec is not None, proposed, self.generation_tokens - emitted_before)
         return outputs
 
     def _append_verified(self, seq: Sequence, outcome: SeqOutcome, now: float) -> None:
@@ -337,26 +351,56 @@ class LLMEngine:
     def _propose(self) -> bool:
         """Drafts for every running decode that has none, for the next step to verify; False when the
         proposer was not asked (nothing to draft for, or the batch reached disable_by_batch_size)."""
-        spec = self.speculative_config
-        off_at = spec.disable_by_batch_size
-        if off_at is not None and self.scheduler.num_running >= off_at:
+        if self._drafting_off():
             self.spec_counters.num_disabled_steps += 1  # the next step decodes plainly; still exact
             return False
-        k = spec.num_speculative_tokens
-        max_len = self.model_config.max_model_len
-        seqs, room = [], []
-        for seq in self.scheduler.running:
-            if seq.spec_token_ids or seq.num_uncomputed_tokens != 1:
-                continue  # drafts still unverified (the budget was short), or a prefill
-            n = draft_room(seq, k, max_len)
-            if n > 0:
-                seqs.append(seq)
-                room.append(n)
+        running = [s for s in self.scheduler.running if not s.spec_token_ids and s.num_uncomputed_tokens == 1]
+        seqs, room = self._with_room(running)  # skipped: unverified drafts (budget short), prefills
         if not seqs:
             return False
         for seq, drafts, n in zip(seqs, self.proposer.propose(seqs, room), room, strict=True):
             seq.spec_token_ids = list(drafts[:n])
         return True
+
+    def _draft_for_prefills(self, sched: SchedulerOutput) -> None:
+        """Drafts for the prefill chunks of this step that sample, verified by this very step: the step
+        that samples a request's first token also checks the k after it, so a short answer can finish in
+        its prefill step instead of paying a separate verify step (the draft model's prefill runs here,
+        rather than after the step). Chunks too long for that to stay bit-exact (prefill_chunk_max_tokens)
+        keep the old order: drafts after the step, verified by the next."""
+        if self._drafting_off():
+            return
+        limit = self._prefill_draft_max_tokens
+        items = [
+            it for it in sched.scheduled
+            if it.samples and not it.spec_token_ids and it.seq.is_prefill
+            and (limit is None or it.num_new_tokens < limit)
+        ]
+        seqs, room = self._with_room([it.seq for it in items])
+        if limit is not None:  # room left in a chunk that keeps its verify rows bit-exact
+            by_id = {it.seq.seq_id: it.num_new_tokens for it in items}
+            room = [min(n, limit - by_id[s.seq_id]) for s, n in zip(seqs, room, strict=True)]
+        if not seqs:
+            return
+        by_seq = {it.seq.seq_id: it for it in items}
+        for seq, drafts, n in zip(seqs, self.proposer.propose(seqs, room), room, strict=True):
+            self.scheduler.attach_drafts(sched, by_seq[seq.seq_id], drafts[:n])
+
+    def _drafting_off(self) -> bool:
+        off_at = self.speculative_config.disable_by_batch_size
+        return off_at is not None and self.scheduler.num_running >= off_at
+
+    def _with_room(self, candidates: list[Sequence]) -> tuple[list[Sequence], list[int]]:
+        """The candidates that may take drafts, and how many each (draft_room)."""
+        k = self.speculative_config.num_speculative_tokens
+        max_len = self.model_config.max_model_len
+        seqs, room = [], []
+        for seq in candidates:
+            n = draft_room(seq, k, max_len)
+            if n > 0:
+                seqs.append(seq)
+                room.append(n)
+        return seqs, room
 
     def _append_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float) -> None:
         request = seq.request

@@ -7,7 +7,8 @@ skipped. With chunked prefill off a prompt is scheduled whole or not at all.
 Speculative decoding: a decode with draft tokens (seq.spec_token_ids) runs 1 + k tokens and gets slots
 for all of them (fewer drafts when the budget is short); only the verified ones count as computed
 (`accept_spec_tokens`), and the slots of rejected ones are given back, so the prefix cache never
-holds a block with an unverified token.
+holds a block with an unverified token. The chunk that completes a prefill can carry drafts too
+(`attach_drafts`, after scheduling): the step that samples the first token also verifies the next k.
 One sequence per request: the engine fans n > 1 out into independent requests before they get here.
 
 When the pool runs out, the newest running sequence not yet scheduled this step is preempted by
@@ -205,6 +206,17 @@ class Scheduler:
             seq.num_computed_tokens = item.start + item.num_new_tokens - len(item.spec_token_ids)
             seq.spec_token_ids = []
             self.block_manager.cache_full_blocks(seq)
+
+    def attach_drafts(self, out: SchedulerOutput, item: ScheduledSeq, drafts: list[int]) -> int:
+        """Verify `drafts` in this step too: `item` (a prefill chunk that samples) grows by as many as the
+        step's token budget and the pool allow, without preempting anyone. Returns how many it took."""
+        n = min(len(drafts), self.config.max_num_batched_tokens - out.num_batched_tokens)
+        if n <= 0 or not self.block_manager.allocate_slots(item.seq, item.num_new_tokens + n):
+            return 0
+        item.spec_token_ids = list(drafts[:n])
+        item.num_new_tokens += n
+        out.num_batched_tokens += n
+        return n
 
     def accept_spec_tokens(self, seq: Sequence, num_accepted: int) -> None:
         """After a verify step of a running `seq`, its first `num_accepted` drafts (now in token_ids) are

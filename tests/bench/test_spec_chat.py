@@ -94,3 +94,27 @@ def test_first_differences():
 def test_prompt_set_with_random_model_is_refused(capsys):
     assert main(["bench", "spec", "--random-model", "qwen2.5-0.5b", "--prompt-set", "open"]) == 2
     assert "needs a chat --model" in capsys.readouterr().out
+
+
+def test_repeats_alternate_the_order_keep_each_sides_fastest_and_catch_a_late_mismatch(
+        tiny_llama, tmp_path, capsys, monkeypatch):
+    real_measure = spec_bench.measure_run
+    order, elapsed = [], iter([5.0, 4.0, 3.0, 2.0, 1.0, 6.0])  # rounds: (off, on), (on, off), (off, on)
+
+    def scripted(llm, prompts, params):
+        measure, ids = real_measure(llm, prompts, params)
+        side = "on" if llm.llm_engine.speculative_config else "off"
+        order.append(side)
+        measure.elapsed_s = next(elapsed)
+        if len(order) == 6:  # round 3's "on" run differs
+            ids[0] = ids[0][:2] + [ids[0][2] + 1] + ids[0][3:]
+        return measure, ids
+
+    monkeypatch.setattr(spec_bench, "measure_run", scripted)
+    rc, out, md = _run(tiny_llama, tmp_path, "--ks", "1", "--repeats", "3")
+    assert order == ["off", "on", "on", "off", "off", "on"]
+    assert rc == 1
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["identical"] is False and row["mismatches"] == [[0, 2, 12]]
+    tokens = row["off_tok_s"] * 1.0  # off's fastest round took 1 s, on's 3 s, over the same tokens
+    assert tokens > 0 and row["on_tok_s"] * 3.0 == pytest.approx(tokens)

@@ -4,7 +4,8 @@ The lean loop: per engine step, one forward of the draft over every drafting seq
 not seen (its prompt the first time; afterwards the tokens the last verify step kept, usually 1 to
 k + 1), then k - 1 single-token forwards, each batched over all sequences; no scheduler, no sampler,
 no detokenizer in between. Drafts are the draft model's argmax (a point mass for the rejection
-sampler: exact for greedy and for sampled requests alike).
+sampler: exact for greedy and for sampled requests alike). A sequence's drafting stops at a draft that
+would finish it (EOS or a stop token id): the drafts after it could never be emitted.
 
 The draft's KV is paged in its own pool (a BlockManager without prefix caching) through a shadow of
 each sequence. What the draft has computed is checked against the sequence's tokens before every
@@ -14,6 +15,7 @@ sequence finishes, is aborted or is preempted (the engine calls `free`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -45,14 +47,16 @@ class DraftSeq:
 
 
 class DraftModelProposer:
-    def __init__(self, runner) -> None:  # noqa: ANN001 - a ModelRunner over the draft model
+    def __init__(self, runner, eos_token_ids: Collection[int] = ()) -> None:  # noqa: ANN001 - a ModelRunner
         self.runner = runner
+        self.eos_token_ids = frozenset(eos_token_ids)  # the target's: a draft of one ends the drafting
         cache = runner.cache_config
         self.block_manager = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching=False)
         self.shadows: dict[int, DraftSeq] = {}  # by seq_id
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+        num_tokens = list(num_tokens)  # cut short below where a draft would finish its sequence
         drafts: list[list[int]] = [[] for _ in seqs]
         active: list[int] = []  # indices into seqs that got their draft slots
         for i, (seq, k) in enumerate(zip(seqs, num_tokens, strict=True)):
@@ -65,13 +69,27 @@ class DraftModelProposer:
         for step in range(max((num_tokens[i] for i in active), default=0)):
             if step > 0:  # feed back each sequence's latest draft
                 active = [i for i in active if num_tokens[i] > step]
+                if not active:  # every sequence drafted what it could use
+                    break
                 items = [self._item(self.shadows[seqs[i].seq_id]) for i in active]
             for i, token in zip(active, self._argmax(items), strict=True):
                 shadow = self.shadows[seqs[i].seq_id]
                 shadow.num_computed_tokens = shadow.num_tokens
                 shadow.token_ids.append(token)
                 drafts[i].append(token)
+                if self._finishes(seqs[i], token, step):
+                    num_tokens[i] = step + 1  # nothing after it is ever emitted: stop drafting there
         return drafts
+
+    def _finishes(self, seq: Sequence, token: int, step: int) -> bool:
+        """Whether draft `step` (0-based), emitted as it stands, would end `seq` (the stop checker's
+        EOS and stop-token rules)."""
+        params = seq.request.params
+        if seq.num_output_tokens + step + 1 < params.min_tokens:
+            return False
+        if token in self.eos_token_ids and not params.ignore_eos:
+            return True
+        return token in (params.stop_token_ids or ())
 
     def _sync(self, seq: Sequence) -> DraftSeq:
         """The shadow of `seq`, its computed part cut back to where it still agrees with seq's tokens."""

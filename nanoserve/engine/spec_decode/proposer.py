@@ -6,6 +6,7 @@ must go (finished, aborted, preempted), and checks at teardown that it holds not
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from nanoserve.engine.sequence import Sequence
@@ -32,7 +33,25 @@ def draft_room(seq: Sequence, k: int, max_model_len: int) -> int:
     return max(0, min(k, left - 1))
 
 
-def make_proposer(spec, draft_runner=None) -> Proposer:  # noqa: ANN001 - SpeculativeConfig, DraftRunner
+def prefill_chunk_max_tokens(model_dtype: str) -> int | None:
+    """The longest prefill chunk that may carry drafts (None: any).
+
+    A bf16/fp16 model's verify rows are bit-identical to plain decode steps only while they run as
+    decode rows of the attention kernel (chunks of at most DECODE_ROWS_MAX_QUERY_LEN queries; longer
+    chunks take the prefill path, whose rounding differs), so there a prefill chunk takes drafts only
+    when it stays that short. An fp32 model's linears are not batch-invariant anyway (a verify row
+    differs from a decode step in the last bits whichever path it takes), so its greedy identity rests
+    on the argmax alone and any chunk may carry drafts."""
+    if model_dtype == "float32":
+        return None
+    from nanoserve.model.attention.torch_backend import DECODE_ROWS_MAX_QUERY_LEN
+
+    return DECODE_ROWS_MAX_QUERY_LEN
+
+
+def make_proposer(spec, draft_runner=None, eos_token_ids: Collection[int] = ()) -> Proposer:  # noqa: ANN001
+    """spec: a SpeculativeConfig; draft_runner: the draft model's ModelRunner (draft_model only);
+    eos_token_ids: the target's, where a draft model stops drafting."""
     if spec.method == "ngram":
         from nanoserve.engine.spec_decode.ngram_proposer import NgramProposer
 
@@ -40,4 +59,4 @@ def make_proposer(spec, draft_runner=None) -> Proposer:  # noqa: ANN001 - Specul
     from nanoserve.engine.spec_decode.draft_proposer import DraftModelProposer
 
     assert draft_runner is not None, "method draft_model needs its loaded runner"
-    return DraftModelProposer(draft_runner)
+    return DraftModelProposer(draft_runner, eos_token_ids)

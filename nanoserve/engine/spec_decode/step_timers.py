@@ -23,10 +23,14 @@ class StepTimers:
     execute_s: float = 0.0  # decode steps, runner.execute (target forward + sample or verify)
     verify_execute_s: float = 0.0  # the part of execute_s spent in steps that verified drafts
     propose_s: float = 0.0  # decode steps, the proposer
+    # Tokens emitted by decode steps (0: not recorded). The spec counters also hold the drafts a prefill
+    # step verified, so tokens per decode step come from here.
+    num_decode_tokens: int = 0
 
     def observe(self, rows: int, step_s: float, execute_s: float, propose_s: float,
-                verified: bool, proposed: bool) -> None:
+                verified: bool, proposed: bool, tokens: int = 0) -> None:
         self.num_decode_steps += 1
+        self.num_decode_tokens += tokens
         self.num_decode_rows += rows
         self.step_s += step_s
         self.execute_s += execute_s

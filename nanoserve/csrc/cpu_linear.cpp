@@ -33,11 +33,12 @@ static inline int32_t pair_at(const bf16* row, int64_t kp, int64_t K) {
 // Batch invariance: every output sums its k pairs in one accumulator, in order from pair 0, whatever
 // MR and NB, so a row's result never depends on how many rows share the step (a speculative verify of
 // k + 1 rows gives a row the bits a one-row decode step gives it; greedy output with speculation on
-// then equals speculation off). A single row keeps enough independent vdpbf16ps chains in flight to
-// hide their latency by taking three blocks at once (NB = 3: 12 chains), not by splitting k in two
-// (which changed the rounding against the 3..6-row tiles). Measured on SmolLM2-135M's decode linears
-// (Zen 4, one thread, against the old split-k tile): one row on one block (4 chains) ~17% slower, on two
-// blocks ~4% slower, on three as fast; two rows on one block (8 chains) as fast, on two blocks ~15% slower.
+// then equals speculation off). One or two rows keep enough independent vdpbf16ps chains in flight to
+// hide their latency by taking three blocks at once (NB = 3: 12 or 24 chains), not by splitting k in
+// two (which changed the rounding against the 3..6-row tiles). Measured on SmolLM2-135M's decode
+// linears (Zen 4, one thread, against the old split-k tile): one row on one block (4 chains) ~17%
+// slower, on two blocks ~4% slower, on three as fast; two rows on one block ~4% slower, on three ~5%
+// faster.
 template <int MR, int NB = 1>
 static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, const float* bias,
                         bf16* y, int64_t ldy, int64_t n0, int64_t N, const bf16* pf = nullptr) {
@@ -92,6 +93,17 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
       }
 }
 
+// y[0:MR, blocks b0..b1) for MR = 1 or 2 rows: three blocks per tile, then what is left (see tile).
+template <int MR>
+static void few_rows(const bf16* x, int64_t K, const bf16* wp, int64_t b0, int64_t b1, const float* bias,
+                     bf16* y, int64_t N) {
+  const int64_t block_elems = (K + 1) / 2 * 2 * BLOCK_N;
+  int64_t b = b0;
+  for (; b + 3 <= b1; b += 3) tile<MR, 3>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
+  if (b + 2 <= b1) tile<MR, 2>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
+  else if (b < b1) tile<MR, 1>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
+}
+
 static constexpr int MR_MAX = 6;  // 6 rows x 4 zmm = 24 accumulators + 4 weight + 1 broadcast <= 32
 
 static void block_rows(const bf16* x, int64_t M, int64_t K, const bf16* wb, const float* bias, bf16* y,
@@ -129,14 +141,8 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
   bf16* yp = y.data_ptr<bf16>();
   // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    if (M == 1) {  // three blocks at a time (see tile); a thread's last one or two as they come, same sums
-      const int64_t block_elems = K2 * 2 * BLOCK_N;
-      int64_t b = b0;
-      for (; b + 3 <= b1; b += 3) tile<1, 3>(xp, K, K, wpp + b * block_elems, bp, yp, N, b * BLOCK_N, N);
-      if (b + 2 <= b1) tile<1, 2>(xp, K, K, wpp + b * block_elems, bp, yp, N, b * BLOCK_N, N);
-      else if (b < b1) tile<1>(xp, K, K, wpp + b * block_elems, bp, yp, N, b * BLOCK_N, N);
-      return;
-    }
+    if (M == 1) return few_rows<1>(xp, K, wpp, b0, b1, bp, yp, N);
+    if (M == 2) return few_rows<2>(xp, K, wpp, b0, b1, bp, yp, N);
     for (int64_t b = b0; b < b1; ++b) {
       const bf16* next = b + 1 < b1 ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
       block_rows(xp, M, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp, N, b * BLOCK_N, next);

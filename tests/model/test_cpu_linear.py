@@ -120,7 +120,7 @@ def _cancelling_case(m, n, k, seed=0):
 
 
 # Batch invariance (a speculative verify's rows must get a decode step's bits, tests/model/
-# test_batch_invariance.py): every row tile (1..6 rows and their sums up to 14), the one-row path that
+# test_batch_invariance.py): every row tile (1..6 rows and their sums up to 14), the 1- and 2-row path that
 # takes three 64-output blocks at once (4, 6 and 5 blocks: 1, 0 and 2 left over; partial last blocks),
 # odd K, bias, and blocks split between two threads.
 @pytest.mark.parametrize("n,k,bias", [(200, 96, False), (5 * 64 + 7, 577, False), (5 * 64 - 4, 576, True)])

@@ -65,15 +65,19 @@ def compare_workloads(
     engine_kwargs: dict[str, Any],
     spec_config: dict[str, Any],
     workloads: dict[str, tuple[list[dict[str, Any]], Any]],
-    off_llm=None,  # noqa: ANN001 - an LLM with speculation off to reuse across configurations
     repeats: int = 1,
 ) -> list[SpecComparison]:
     """Each workload (label -> (prompts, params)) run with speculation off, then on, back to back;
     `repeats` > 1: that many rounds, alternating which goes first, each side's fastest run kept (a
-    shared machine's load only ever slows a run down)."""
+    shared machine's load only ever slows a run down).
+
+    Both engines are new, so both start with the same (empty) prefix cache: an off engine reused from
+    an earlier configuration would find every prompt cached and prefill only its last token, through
+    the decode-row attention instead of the prefill one; in bf16 that alone changes some greedy outputs
+    (speculation off on both sides), and it would make the off side's prefill cheaper than the on side's."""
     from nanoserve import LLM
 
-    off = off_llm or LLM(model=model_dir, **{**engine_kwargs, "speculative_config": None})
+    off = LLM(model=model_dir, **{**engine_kwargs, "speculative_config": None})
     on = LLM(model=model_dir, **{**engine_kwargs, "speculative_config": spec_config})
     k = int(spec_config["num_speculative_tokens"])
     results = []
@@ -101,7 +105,7 @@ def compare_workloads(
                   f"{len(r.mismatches)}/{len(ids_off)} prompts ([prompt, first differing token, tokens off]: "
                   f"{r.mismatches})")
         results.append(r)
-    del on
+    del on, off
     gc.collect()
     return results
 
@@ -180,7 +184,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nanoserve import LLM
     from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model
 
@@ -209,7 +212,6 @@ def run(args: argparse.Namespace) -> int:
         tasks = [t.strip() for t in args.tasks.split(",")]
         workloads = demo_workloads(tasks, args.num_prompts or 12, output_len)
     kwargs = engine_kwargs(args, model_dir, speculative_config=None)
-    off = LLM(model=model_dir, **kwargs)
     results: list[SpecComparison] = []
     for method in methods:
         for k in ks:
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 cfg["model"] = args.draft_model or default_draft_model()
             else:
                 cfg["prompt_lookup_max"] = args.prompt_lookup_max
-            part = compare_workloads(model_dir, kwargs, cfg, workloads, off, args.repeats)
+            part = compare_workloads(model_dir, kwargs, cfg, workloads, args.repeats)
             print_comparisons(part, f"{method} k={k}")
             results += part
     print_comparisons(results, f"speculative decoding vs planner: {args.random_model or model_dir}")

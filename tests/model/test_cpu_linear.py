@@ -108,6 +108,40 @@ def test_native_kernel_matches_f_linear_for_every_row_tile(m, n, k, bias):
     assert _close_to_reference(y, x, w, b)
 
 
+def _cancelling_case(m, n, k, seed=0):
+    """x [m, k], w [n, k] whose products cancel: exact outputs are 0, so the fp32 result is all rounding
+    error of the summation, and any change of summation order shows in the bf16 outputs."""
+    g = torch.Generator().manual_seed(seed)
+    half = k // 2
+    x = torch.randn(m, half, generator=g).bfloat16()
+    w = (torch.randn(n, half, generator=g) * 0.05).bfloat16()
+    tail = torch.zeros(m, k - 2 * half, dtype=torch.bfloat16)  # odd k: x[:, -1] meets a zero weight
+    return torch.cat([x, x, tail + 1], dim=1), torch.cat([w, -w, tail[:1].expand(n, -1)], dim=1)
+
+
+# Batch invariance (a speculative verify's rows must get a decode step's bits, tests/model/
+# test_batch_invariance.py): every row tile (1..6 rows and their sums up to 14), the 1- and 2-row path that
+# takes three 64-output blocks at once (4, 6 and 5 blocks: 1, 0 and 2 left over; partial last blocks),
+# odd K, bias, and blocks split between two threads.
+@pytest.mark.parametrize("n,k,bias", [(200, 96, False), (5 * 64 + 7, 577, False), (5 * 64 - 4, 576, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_kernel_gives_a_row_the_same_bits_whatever_rows_share_the_call(n, k, bias, threads):
+    x, w = _cancelling_case(14, n, k, seed=n + k)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(1)).bfloat16() * 1e-3 if bias else None
+    f = _native_linear(w, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        alone = torch.cat([f(x[i : i + 1]) for i in range(len(x))])  # [14, n]
+        assert alone.abs().max() > 0  # rounding error is there to see
+        for m in range(2, len(x) + 1):
+            y = f(x[:m])
+            differ = (y != alone[:m]).any(dim=-1).nonzero().flatten().tolist()
+            assert not differ, f"{m}-row call: rows {differ} differ from one-row calls"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_native_kernel_reads_strided_and_batched_inputs():
     x, w, b = _case(2 * 7, 90, 45, True)
     f = _native_linear(w, b)

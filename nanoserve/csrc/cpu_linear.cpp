@@ -2,7 +2,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "kernel_table.h"
 #include "threads_probe.h"
@@ -129,6 +131,15 @@ static void block_rows(const bf16* x, int64_t M, int64_t K, const bf16* wb, cons
   }
 }
 
+// How many groups of rows each block's work is cut into: 1 (threads split blocks only) unless there are
+// enough rows to be compute-bound (two full tiles per group and thread) and the blocks do not divide
+// evenly between the threads; then the fewest groups that make (blocks x groups) divide evenly.
+static int64_t row_groups(int64_t M, int64_t nblocks, int64_t threads) {
+  if (threads <= 1 || nblocks % threads == 0) return 1;
+  const int64_t groups = threads / std::gcd(nblocks, threads);
+  return M >= groups * 2 * MR_MAX ? groups : 1;
+}
+
 // y[M, N] = x[M, K] @ W^T (+ bias) with W packed as above; x bf16 contiguous, bias fp32 [N_pad].
 torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
                                c10::optional<torch::Tensor> bias) {
@@ -140,12 +151,30 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   bf16* yp = y.data_ptr<bf16>();
   // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    if (M == 1) return few_rows<1>(xp, K, wpp, b0, b1, bp, yp, N);
-    if (M == 2) return few_rows<2>(xp, K, wpp, b0, b1, bp, yp, N);
-    for (int64_t b = b0; b < b1; ++b) {
-      const bf16* next = b + 1 < b1 ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
-      block_rows(xp, M, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp, N, b * BLOCK_N, next);
+  const int64_t groups = row_groups(M, nblocks, at::get_num_threads());
+  if (groups == 1) {
+    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      if (M == 1) return few_rows<1>(xp, K, wpp, b0, b1, bp, yp, N);
+      if (M == 2) return few_rows<2>(xp, K, wpp, b0, b1, bp, yp, N);
+      for (int64_t b = b0; b < b1; ++b) {
+        const bf16* next = b + 1 < b1 ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
+        block_rows(xp, M, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp, N, b * BLOCK_N, next);
+      }
+    });
+    return y;
+  }
+  // Compute-bound and the blocks do not divide evenly between the threads (SmolLM2's o and down
+  // projections: 9 blocks, 5 + 4 on two threads, so one thread idles 20% of the call): the work items
+  // are (block, group of rows), block-major, so a thread runs every group of a block back to back (the
+  // block stays in its L2) and only the blocks at the threads' boundaries are read twice. A row's
+  // result does not depend on its group (every tile sums k in order; see tile).
+  const int64_t rows = (M + groups - 1) / groups, group_rows = (rows + MR_MAX - 1) / MR_MAX * MR_MAX;
+  at::parallel_for(0, nblocks * groups, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / groups, m0 = (i % groups) * group_rows, mr = std::min(group_rows, M - m0);
+      if (mr <= 0) continue;
+      const bf16* next = (i % groups == groups - 1 && b + 1 < nblocks) ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
+      block_rows(xp + m0 * K, mr, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp + m0 * N, N, b * BLOCK_N, next);
     }
   });
   return y;

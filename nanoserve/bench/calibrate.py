@@ -204,15 +204,6 @@ class Calibrator:
         return self._point(f"mixed B={batch} C={context} P={tokens}", start)
 
 
-def freeze_startup_objects() -> None:
-    """What `nanoserve serve` does once loaded: collect, then freeze what is alive (torch, the model), so
-    the collector's full passes stay short. Calibration and validation runs match the served engine."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -289,7 +280,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nanoserve import LLM
+    from nanoserve import LLM, freeze_startup_objects
     from nanoserve.bench.engine_flags import engine_kwargs
     from nanoserve.bench.models import resolve_model, vocab_size
     from nanoserve.sim.step_model import CalibratedStepModel
@@ -298,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args, model_dir)
     llm = LLM(model=model_dir, **kwargs)
     engine = llm.llm_engine
-    freeze_startup_objects()
+    freeze_startup_objects()  # as the served engine is
     t0 = time.perf_counter()
     gaps = tuple(float(x) for x in args.idle_gaps.split(",") if x.strip())
     samples = calibrate(engine, vocab_size(model_dir), _ints(args.decode_batches), _ints(args.contexts),

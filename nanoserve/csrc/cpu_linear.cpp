@@ -150,30 +150,24 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
   const bf16* wpp = wp.data_ptr<bf16>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   bf16* yp = y.data_ptr<bf16>();
-  // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.
+  // Threads split the work items: (64-output block, group of rows), block-major. With one group (the
+  // usual case) each weight byte is read from memory exactly once. With several (compute-bound, and the
+  // blocks do not divide evenly between the threads: SmolLM2's o and down projections have 9 blocks, 5 +
+  // 4 on two threads, so one thread idled 20% of the call) a thread runs every group of a block back to
+  // back (the block stays in its L2) and only the blocks at the threads' boundaries are read twice. A
+  // row's result does not depend on its group (every tile sums k in order; see tile).
   const int64_t groups = row_groups(M, nblocks, at::get_num_threads());
-  if (groups == 1) {
-    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      if (M == 1) return few_rows<1>(xp, K, wpp, b0, b1, bp, yp, N);
-      if (M == 2) return few_rows<2>(xp, K, wpp, b0, b1, bp, yp, N);
-      for (int64_t b = b0; b < b1; ++b) {
-        const bf16* next = b + 1 < b1 ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
-        block_rows(xp, M, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp, N, b * BLOCK_N, next);
-      }
-    });
-    return y;
-  }
-  // Compute-bound and the blocks do not divide evenly between the threads (SmolLM2's o and down
-  // projections: 9 blocks, 5 + 4 on two threads, so one thread idles 20% of the call): the work items
-  // are (block, group of rows), block-major, so a thread runs every group of a block back to back (the
-  // block stays in its L2) and only the blocks at the threads' boundaries are read twice. A row's
-  // result does not depend on its group (every tile sums k in order; see tile).
   const int64_t rows = (M + groups - 1) / groups, group_rows = (rows + MR_MAX - 1) / MR_MAX * MR_MAX;
   at::parallel_for(0, nblocks * groups, 1, [&](int64_t i0, int64_t i1) {
+    // 1-2 rows (one group then): several blocks per tile, see few_rows.
+    if (M == 1) return few_rows<1>(xp, K, wpp, i0, i1, bp, yp, N);
+    if (M == 2) return few_rows<2>(xp, K, wpp, i0, i1, bp, yp, N);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / groups, m0 = (i % groups) * group_rows, mr = std::min(group_rows, M - m0);
       if (mr <= 0) continue;
-      const bf16* next = (i % groups == groups - 1 && b + 1 < nblocks) ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
+      // the thread's next block, pulled into L2 while its last group of this block computes
+      const bool last_group = i % groups == groups - 1 && i + 1 < i1;
+      const bf16* next = last_group ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
       block_rows(xp + m0 * K, mr, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp + m0 * N, N, b * BLOCK_N, next);
     }
   });

@@ -377,12 +377,11 @@ class LLMEngine:
             and (limit is None or it.num_new_tokens < limit)
         ]
         seqs, room = self._with_room([it.seq for it in items])
-        if limit is not None:  # room left in a chunk that keeps its verify rows bit-exact
-            by_id = {it.seq.seq_id: it.num_new_tokens for it in items}
-            room = [min(n, limit - by_id[s.seq_id]) for s, n in zip(seqs, room, strict=True)]
         if not seqs:
             return
         by_seq = {it.seq.seq_id: it for it in items}
+        if limit is not None:  # room left in a chunk that keeps its verify rows bit-exact
+            room = [min(n, limit - by_seq[s.seq_id].num_new_tokens) for s, n in zip(seqs, room, strict=True)]
         for seq, drafts, n in zip(seqs, self.proposer.propose(seqs, room), room, strict=True):
             self.scheduler.attach_drafts(sched, by_seq[seq.seq_id], drafts[:n])
 

@@ -44,12 +44,11 @@ def check_stop(
     num_output_tokens: output tokens including the new one; num_total_tokens: prompt + output tokens,
     compared with max_model_len.
     """
+    hit = token_stop(params, eos_token_ids, last_token_id, num_output_tokens)
+    if hit is not None:
+        text = _drop_tail(output_text, new_char_count, params)
+        return StopResult(True, "stop", last_token_id if hit == "stop_token" else None, text)
     if num_output_tokens >= params.min_tokens:
-        if not params.ignore_eos and last_token_id in eos_token_ids:
-            return StopResult(True, "stop", None, _drop_tail(output_text, new_char_count, params))
-        if last_token_id in (params.stop_token_ids or ()):
-            text = _drop_tail(output_text, new_char_count, params)
-            return StopResult(True, "stop", last_token_id, text)
         if params.stop:
             match = find_stop_string(output_text, new_char_count, params.stop)
             if match is not None:
@@ -61,6 +60,21 @@ def check_stop(
     if max_model_len is not None and num_total_tokens is not None and num_total_tokens >= max_model_len:
         return StopResult(True, "length", None, output_text)
     return StopResult(False, None, None, output_text)
+
+
+def token_stop(
+    params: SamplingParams, eos_token_ids: Collection[int], token_id: int, num_output_tokens: int
+) -> str | None:
+    """Whether `token_id`, as output token number `num_output_tokens`, ends the sequence by itself:
+    "eos" (unless ignore_eos), "stop_token" (one of stop_token_ids), or None; never before min_tokens.
+    Also what a draft model checks to stop drafting past a token that would finish the sequence."""
+    if num_output_tokens < params.min_tokens:
+        return None
+    if not params.ignore_eos and token_id in eos_token_ids:
+        return "eos"
+    if token_id in (params.stop_token_ids or ()):
+        return "stop_token"
+    return None
 
 
 def find_stop_string(text: str, new_char_count: int, stops: list[str]) -> tuple[int, str] | None:

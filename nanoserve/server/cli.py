@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from types import FrameType
 
 import uvicorn
 
+from nanoserve import freeze_startup_objects
 from nanoserve.config import EngineArgs
 from nanoserve.engine.async_engine import AsyncLLMEngine
 from nanoserve.engine.core import EngineCore
@@ -183,11 +183,9 @@ def run(args: argparse.Namespace) -> int:
                             limit_concurrency=args.limit_concurrency,
                             timeout_keep_alive=args.timeout_keep_alive)
     server = DrainingServer(config, engine, args.shutdown_grace_s)
-    # Everything loaded so far (torch, transformers, the model) lives as long as the process: moving it
-    # out of the collector's reach keeps full collections short, which are GIL-holding pauses that
-    # would stall the event loop (vLLM does the same).
-    gc.collect()
-    gc.freeze()
+    # Everything loaded so far lives as long as the process; full collections are GIL-holding pauses
+    # that would stall the event loop (vLLM freezes too).
+    freeze_startup_objects()
     logger.info("nanoserve: serving %s as %s on http://%s:%d/v1 (%s)", model, ", ".join(names), args.host,
                 args.port, kv_pool_summary(engine, engine_args.data_parallel_size))
     try:

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = synthetic_workload(args.num_prompts, args.input_len, args.output_len, args.range_ratio,
                                   args.request_rate, args.burstiness, seed, vocab_size(model_dir))
     engine = LLM(model=model_dir, **engine_kwargs(args, model_dir)).llm_engine
-    from nanoserve.bench.calibrate import StepTimer, freeze_startup_objects
+    from nanoserve import freeze_startup_objects
+    from nanoserve.bench.calibrate import StepTimer
 
     freeze_startup_objects()
     warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1, vocab_size(model_dir))

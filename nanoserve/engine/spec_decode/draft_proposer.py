@@ -24,6 +24,7 @@ import torch
 from nanoserve.engine.block_manager import BlockManager
 from nanoserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from nanoserve.engine.sequence import Sequence
+from nanoserve.engine.stop_checker import token_stop
 
 # What ModelRunner.prepare reads of a request: no prompt logprobs for the draft.
 _DRAFT_REQUEST = SimpleNamespace(params=SimpleNamespace(prompt_logprobs=None))
@@ -82,14 +83,9 @@ class DraftModelProposer:
         return drafts
 
     def _finishes(self, seq: Sequence, token: int, step: int) -> bool:
-        """Whether draft `step` (0-based), emitted as it stands, would end `seq` (the stop checker's
-        EOS and stop-token rules)."""
-        params = seq.request.params
-        if seq.num_output_tokens + step + 1 < params.min_tokens:
-            return False
-        if token in self.eos_token_ids and not params.ignore_eos:
-            return True
-        return token in (params.stop_token_ids or ())
+        """Whether draft `step` (0-based), emitted as it stands, would end `seq` (EOS or a stop token)."""
+        emitted = seq.num_output_tokens + step + 1  # its output-token number
+        return token_stop(seq.request.params, self.eos_token_ids, token, emitted) is not None
 
     def _sync(self, seq: Sequence) -> DraftSeq:
         """The shadow of `seq`, its computed part cut back to where it still agrees with seq's tokens."""

@@ -1,4 +1,5 @@
-// The AVX-512 bf16 linear kernel over a packed weight (see nanoserve/model/cpu_linear.py).
+// The AVX-512 linear kernels over a packed weight (see nanoserve/model/cpu_linear.py): bf16 (vdpbf16ps,
+// k in pairs) and fp32 (vfmadd, one k at a time), on one driver (few_rows, block_rows, gemm_packed).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -15,7 +16,14 @@ using bf16 = at::BFloat16;
 // ((n / 64) * K2 + k / 2) * 128 + (n % 64) * 2 + k % 2, zero-padded in n and k. One k pair of one
 // 64-output block is 256 contiguous bytes = 4 zmm, each holding 16 outputs x 2 k values, the operand
 // layout of vdpbf16ps against a broadcast activation pair.
+//
+// fp32 weight wp: [N_pad/64][K][64] fp32: element (n, k) at ((n / 64) * K + k) * 64 + n % 64, zero-padded
+// in n. One k of one block is again 256 contiguous bytes = 4 zmm of 16 outputs each.
 constexpr int64_t BLOCK_N = 64;
+
+// Elements of one packed 64-output block.
+static inline int64_t block_elems(const bf16*, int64_t K) { return (K + 1) / 2 * 2 * BLOCK_N; }
+static inline int64_t block_elems(const float*, int64_t K) { return K * BLOCK_N; }
 
 static inline int32_t pair_at(const bf16* row, int64_t kp, int64_t K) {
   if (2 * kp + 1 < K) {
@@ -45,7 +53,7 @@ template <int MR, int NB = 1>
 static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, const float* bias,
                         bf16* y, int64_t ldy, int64_t n0, int64_t N, const bf16* pf = nullptr) {
   const int64_t K2 = (K + 1) / 2, Kfull = K / 2;  // pairs, pairs without the odd tail
-  const int64_t block_elems = K2 * 2 * BLOCK_N;  // one packed block, in bf16 elements
+  const int64_t block = block_elems(wb, K);
   __m512 acc[NB][MR][4];
   for (int b = 0; b < NB; ++b)
     for (int i = 0; i < MR; ++i)
@@ -56,7 +64,7 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
     if (pf)
       for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(pf + kp * 128 + 32 * l), _MM_HINT_T1);
     for (int b = 0; b < NB; ++b) {
-      const bf16* w = wb + b * block_elems + kp * 128;
+      const bf16* w = wb + b * block + kp * 128;
       __m512bh w0 = (__m512bh)_mm512_loadu_si512(w);
       __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + 32);
       __m512bh w2 = (__m512bh)_mm512_loadu_si512(w + 64);
@@ -72,7 +80,7 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
   }
   if (Kfull < K2) {  // odd K: the tail pair (x[K-1], 0), last as in every tile
     for (int b = 0; b < NB; ++b) {
-      const bf16* w = wb + b * block_elems + Kfull * 128;
+      const bf16* w = wb + b * block + Kfull * 128;
       __m512bh wv[4];
       for (int j = 0; j < 4; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
       for (int i = 0; i < MR; ++i) {
@@ -95,21 +103,61 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
       }
 }
 
+// The fp32 tile: the same contract as the bf16 one (one in-order accumulator per output, batch
+// invariant), fused multiply-adds of a broadcast activation against 16 outputs, k one at a time.
+template <int MR, int NB = 1>
+static inline void tile(const float* x, int64_t ldx, int64_t K, const float* wb, const float* bias,
+                        float* y, int64_t ldy, int64_t n0, int64_t N, const float* pf = nullptr) {
+  const int64_t block = K * BLOCK_N;
+  __m512 acc[NB][MR][4];
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) acc[b][i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    if (pf)
+      for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(pf + k * 64 + 16 * l), _MM_HINT_T1);
+    for (int b = 0; b < NB; ++b) {
+      const float* w = wb + b * block + k * 64;
+      const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
+      const __m512 w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
+        acc[b][i][0] = _mm512_fmadd_ps(xb, w0, acc[b][i][0]);
+        acc[b][i][1] = _mm512_fmadd_ps(xb, w1, acc[b][i][1]);
+        acc[b][i][2] = _mm512_fmadd_ps(xb, w2, acc[b][i][2]);
+        acc[b][i][3] = _mm512_fmadd_ps(xb, w3, acc[b][i][3]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + BLOCK_N * b + 16 * j;
+        if (n >= N) break;
+        __m512 s = acc[b][i][j];
+        if (bias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + n));
+        float* dst = y + i * ldy + n;
+        if (n + 16 <= N) _mm512_storeu_ps(dst, s);
+        else _mm512_mask_storeu_ps(dst, (__mmask16)((1u << (N - n)) - 1), s);
+      }
+}
+
 // y[0:MR, blocks b0..b1) for MR = 1 or 2 rows: three blocks per tile, then what is left (see tile).
-template <int MR>
-static void few_rows(const bf16* x, int64_t K, const bf16* wp, int64_t b0, int64_t b1, const float* bias,
-                     bf16* y, int64_t N) {
-  const int64_t block_elems = (K + 1) / 2 * 2 * BLOCK_N;
+template <int MR, typename T>
+static void few_rows(const T* x, int64_t K, const T* wp, int64_t b0, int64_t b1, const float* bias,
+                     T* y, int64_t N) {
+  const int64_t be = block_elems(wp, K);
   int64_t b = b0;
-  for (; b + 3 <= b1; b += 3) tile<MR, 3>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
-  if (b + 2 <= b1) tile<MR, 2>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
-  else if (b < b1) tile<MR, 1>(x, K, K, wp + b * block_elems, bias, y, N, b * BLOCK_N, N);
+  for (; b + 3 <= b1; b += 3) tile<MR, 3>(x, K, K, wp + b * be, bias, y, N, b * BLOCK_N, N);
+  if (b + 2 <= b1) tile<MR, 2>(x, K, K, wp + b * be, bias, y, N, b * BLOCK_N, N);
+  else if (b < b1) tile<MR, 1>(x, K, K, wp + b * be, bias, y, N, b * BLOCK_N, N);
 }
 
 static constexpr int MR_MAX = 6;  // 6 rows x 4 zmm = 24 accumulators + 4 weight + 1 broadcast <= 32
 
-static void block_rows(const bf16* x, int64_t M, int64_t K, const bf16* wb, const float* bias, bf16* y,
-                       int64_t N, int64_t n0, const bf16* next) {
+template <typename T>
+static void block_rows(const T* x, int64_t M, int64_t K, const T* wb, const float* bias, T* y,
+                       int64_t N, int64_t n0, const T* next) {
   // Row tiles run one after another over the same block: the first streams it from memory, the
   // rest find it in L2 (a block is 64 x K x 2 bytes: 112 KiB at K = 896, 608 KiB at K = 4864). The
   // largest tile goes first so the memory stream overlaps the most arithmetic. With two or more
@@ -118,7 +166,7 @@ static void block_rows(const bf16* x, int64_t M, int64_t K, const bf16* wb, cons
   // Below 12 rows the step is memory-bound and the hardware prefetcher already keeps up.
   int64_t m = 0;
   for (; m + MR_MAX <= M; m += MR_MAX) {
-    const bf16* pf = (m == MR_MAX && M >= 2 * MR_MAX) ? next : nullptr;
+    const T* pf = (m == MR_MAX && M >= 2 * MR_MAX) ? next : nullptr;
     tile<MR_MAX>(x + m * K, K, K, wb, bias, y + m * N, N, n0, N, pf);
   }
   switch (M - m) {
@@ -140,16 +188,20 @@ static int64_t row_groups(int64_t M, int64_t nblocks, int64_t threads) {
   return M >= groups * 2 * MR_MAX ? groups : 1;
 }
 
-// y[M, N] = x[M, K] @ W^T (+ bias) with W packed as above; x bf16 contiguous, bias fp32 [N_pad].
-torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
-                               c10::optional<torch::Tensor> bias) {
-  const int64_t M = x.size(0), K = x.size(1), K2 = (K + 1) / 2, nblocks = wp.size(0);
-  TORCH_CHECK(wp.size(1) == K2 && wp.size(2) == BLOCK_N && nblocks * BLOCK_N >= N, "packed shape");
+// y[M, N] = x[M, K] @ W^T (+ bias) with W packed as above; x contiguous of the weight's dtype, bias
+// fp32 [N_pad].
+template <typename T>
+static torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor wp, int64_t N, c10::optional<torch::Tensor> bias,
+                                 int64_t k_rows) {
+  const int64_t M = x.size(0), K = x.size(1), nblocks = wp.size(0);
+  TORCH_CHECK(x.scalar_type() == wp.scalar_type(), "x and the packed weight differ in dtype");
+  TORCH_CHECK(wp.size(1) == k_rows && wp.size(2) == BLOCK_N && nblocks * BLOCK_N >= N, "packed shape");
   auto y = torch::empty({M, N}, x.options());
-  const bf16* xp = x.data_ptr<bf16>();
-  const bf16* wpp = wp.data_ptr<bf16>();
+  const T* xp = x.data_ptr<T>();
+  const T* wpp = wp.data_ptr<T>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  bf16* yp = y.data_ptr<bf16>();
+  T* yp = y.data_ptr<T>();
+  const int64_t be = block_elems(wpp, K);
   // Threads split the work items: (64-output block, group of rows), block-major. With one group (the
   // usual case) each weight byte is read from memory exactly once. With several (compute-bound, and the
   // blocks do not divide evenly between the threads: SmolLM2's o and down projections have 9 blocks, 5 +
@@ -167,17 +219,26 @@ torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N,
       if (mr <= 0) continue;
       // the thread's next block, pulled into L2 while its last group of this block computes
       const bool last_group = i % groups == groups - 1 && i + 1 < i1;
-      const bf16* next = last_group ? wpp + (b + 1) * K2 * 2 * BLOCK_N : nullptr;
-      block_rows(xp + m0 * K, mr, K, wpp + b * K2 * 2 * BLOCK_N, bp, yp + m0 * N, N, b * BLOCK_N, next);
+      const T* next = last_group ? wpp + (b + 1) * be : nullptr;
+      block_rows(xp + m0 * K, mr, K, wpp + b * be, bp, yp + m0 * N, N, b * BLOCK_N, next);
     }
   });
   return y;
 }
 
-static const LinearKernelTable kTable = {&gemm_bf16_packed};
+torch::Tensor gemm_bf16_packed(torch::Tensor x, torch::Tensor wp, int64_t N, c10::optional<torch::Tensor> bias) {
+  return gemm_packed<bf16>(x, wp, N, bias, (x.size(1) + 1) / 2);
+}
+
+torch::Tensor gemm_f32_packed(torch::Tensor x, torch::Tensor wp, int64_t N, c10::optional<torch::Tensor> bias) {
+  return gemm_packed<float>(x, wp, N, bias, x.size(1));
+}
+
+static const LinearKernelTable kTable = {&gemm_bf16_packed, &gemm_f32_packed};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_bf16_packed", &gemm_bf16_packed, "y = x @ W^T (+ bias) with W packed by cpu_linear.pack_weight");
+  m.def("gemm_f32_packed", &gemm_f32_packed, "y = x @ W^T (+ bias) with W packed by cpu_linear.pack_weight_f32");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
   m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_LINEAR_TABLE);  // for fused_decode
 }

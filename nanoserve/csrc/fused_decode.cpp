@@ -3,8 +3,8 @@
 // The layer loop of DecoderModel.forward, op for op, calling the kernels of native_kernels, cpu_linear
 // and quant_linear through their exported tables (kernel_table.h): the same machine code as the per-op
 // path, without ~10 Python calls and their dispatch per layer. Only decode steps (one query per
-// sequence) of bf16 models whose linears are all packed for the avx512 kernel or quantized on the
-// native quantized kernels come here; fused_decode.py decides.
+// sequence) of bf16 or fp32 models whose linears are all packed for the avx512 kernel (bf16 or fp32
+// tiles, as the weight) or quantized on the native quantized kernels come here; fused_decode.py decides.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <vector>
@@ -17,8 +17,8 @@ namespace {
 // One linear as the per-op path calls it: its kernel, its packed weight and the arguments the Python
 // wrapper (cpu_linear.FastLinear.forward, quant_kernels._run) passes.
 struct Linear {
-  enum Kind { BF16, A16, W8A8 } kind;
-  torch::Tensor w;                     // bf16: cpu_linear.pack_weight; a16 / w8a8: PackedWeight.qweight
+  enum Kind { PACKED, A16, W8A8 } kind;
+  torch::Tensor w;                     // packed: cpu_linear.pack_weight(_f32); a16 / w8a8: PackedWeight.qweight
   int64_t N;                           // output features
   c10::optional<torch::Tensor> bias;   // fp32, or none
   int64_t bits = 0, group_size = 0;    // a16
@@ -28,8 +28,8 @@ struct Linear {
   int64_t min_rows = 0;                // a16: SCRATCH_MIN_ROWS; w8a8: W8A8_HYBRID_MIN_ROWS
 };
 
-Linear bf16_linear(torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
-  return Linear{Linear::BF16, packed, N, bias};
+Linear packed_linear(torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
+  return Linear{Linear::PACKED, packed, N, bias};
 }
 
 Linear a16_linear(torch::Tensor wq, int64_t bits, int64_t N, int64_t group_size, torch::Tensor scales,
@@ -65,7 +65,7 @@ class FusedDecoder {
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, const Linear& qkv, const Linear& o,
                  const Linear& gate_up, const Linear& down, torch::Tensor k_cache, torch::Tensor v_cache) {
     for (const Linear* l : {&qkv, &o, &gate_up, &down}) {
-      TORCH_CHECK(l->kind == Linear::BF16 ? lk_ != nullptr : qk_ != nullptr, "no kernel table for a linear");
+      TORCH_CHECK(l->kind == Linear::PACKED ? lk_ != nullptr : qk_ != nullptr, "no kernel table for a linear");
     }
     layers_.push_back({in_norm, post_norm, qkv, o, gate_up, down, k_cache, v_cache});
   }
@@ -103,10 +103,12 @@ class FusedDecoder {
   int64_t num_layers() const { return int64_t(layers_.size()); }
 
  private:
-  // x [T, K] bf16 contiguous -> [T, N]: the call the per-op layer makes, with the same arguments.
+  // x [T, K] contiguous, the model dtype -> [T, N]: the call the per-op layer makes, with the same arguments.
   torch::Tensor linear(const torch::Tensor& x, const Linear& l) const {
     switch (l.kind) {
-      case Linear::BF16: return lk_->gemm_bf16_packed(x, l.w, l.N, l.bias);
+      case Linear::PACKED:  // a packed FastLinear: bf16 or fp32 tiles, as its weight
+        if (l.w.scalar_type() == at::kFloat) return lk_->gemm_f32_packed(x, l.w, l.N, l.bias);
+        return lk_->gemm_bf16_packed(x, l.w, l.N, l.bias);
       case Linear::A16:
         return qk_->linear_a16(x, l.w, l.bits, l.N, l.group_size, l.scales, *l.offsets, l.bias, l.min_rows);
       case Linear::W8A8: return qk_->linear_w8a8(x, l.w, l.N, l.wsum, l.scales, l.offsets, l.bias, l.min_rows);
@@ -128,7 +130,7 @@ class FusedDecoder {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   py::class_<Linear>(m, "Linear");
-  m.def("bf16_linear", &bf16_linear, "a FastLinear packed for the avx512 kernel: (packed, N, fp32 bias)");
+  m.def("packed_linear", &packed_linear, "a FastLinear packed for the avx512 kernel, bf16 or fp32: (packed, N, fp32 bias)");
   m.def("a16_linear", &a16_linear, "a w8a16 / w4a16 PackedWeight: (codes, bits, N, group_size, scales, "
         "offsets, fp32 bias, scratch_min_rows)");
   m.def("w8a8_linear", &w8a8_linear, "a w8a8 PackedWeight: (codes, N, wsum, scales, zeros, fp32 bias, "

@@ -25,6 +25,8 @@ struct NativeKernelTable {
 struct LinearKernelTable {
   torch::Tensor (*gemm_bf16_packed)(torch::Tensor x, torch::Tensor wp, int64_t N,
                                     c10::optional<torch::Tensor> bias);
+  torch::Tensor (*gemm_f32_packed)(torch::Tensor x, torch::Tensor wp, int64_t N,
+                                   c10::optional<torch::Tensor> bias);
 };
 
 // quant_linear's kernels (csrc/quant_linear.cpp; packed layouts in nanoserve/model/quant_kernels.py).

@@ -152,7 +152,7 @@ class ModelRunner:
         for i, attn in enumerate(model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_caches[i]
             attn.backend = self.attention_backend
-        # Decode steps of a bf16 CPU model in one native call when every layer allows it (else None).
+        # Decode steps of a bf16/fp32 CPU model in one native call when every layer allows it (else None).
         model.model.fused_decode = make_fused_decoder(model, self.kernels)
         self.graphs = self._graph_runner(cuda_graphs) if cuda_graphs is not None else None
 

@@ -103,8 +103,21 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 1, 3).contiguous()
 
 
+def pack_weight_f32(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K] fp32 -> [ceil(N/64), K, 64], zero-padded in N: the fp32 kernel's weight layout."""
+    n, k = weight.shape
+    n_pad = -(-n // PACK_BLOCK_N) * PACK_BLOCK_N
+    if n_pad != n:
+        weight = F.pad(weight, (0, 0, 0, n_pad - n))  # [n_pad, k]
+    return weight.reshape(n_pad // PACK_BLOCK_N, PACK_BLOCK_N, k).transpose(1, 2).contiguous()
+
+
 def unpack_weight(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """Inverse of `pack_weight`: the plain [N, K] weight (a copy) for the rare F.linear fallback."""
+    """Inverse of `pack_weight` / `pack_weight_f32`: the plain [N, K] weight (a copy) for the rare
+    F.linear fallback."""
+    if packed.dim() == 3:  # fp32 layout [nb, K, 64]
+        nb, k, block = packed.shape
+        return packed.transpose(1, 2).reshape(nb * block, k)[:out_features, :in_features].contiguous()
     nb, k2, block, _ = packed.shape
     return packed.permute(0, 2, 1, 3).reshape(nb * block, 2 * k2)[:out_features, :in_features].contiguous()
 
@@ -157,8 +170,12 @@ class FastLinear(nn.Module):
         if self.weight is None:
             raise RuntimeError(f"{self!r} is prepared already")
         weight = self.weight.detach()
-        eligible = weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-        self._ext = load_avx512_kernel() if eligible and backend in ("auto", "avx512", "hybrid") else None
+        on_cpu = weight.device.type == "cpu"
+        eligible = on_cpu and weight.dtype == torch.bfloat16
+        # fp32 weights take the kernel's fp32 tiles (the small demo models: MKL's sgemm spends 10-40 us
+        # on a 1-row call the kernel does in a few); oneDNN's fp32 path is not used.
+        native_ok = on_cpu and weight.dtype in (torch.bfloat16, torch.float32)
+        self._ext = load_avx512_kernel() if native_ok and backend in ("auto", "avx512", "hybrid") else None
         # oneDNN serves hybrid's wider inputs, and stands in when the kernel did not build.
         no_kernel = backend in ("auto", "avx512") and self._ext is None
         wants_onednn = backend in ("hybrid", "mkldnn") or no_kernel
@@ -168,7 +185,8 @@ class FastLinear(nn.Module):
             except RuntimeError as e:
                 log.info("cpu_linear: mkldnn reorder failed (%s)", e)
         if self._ext is not None:
-            self._packed = pack_weight(weight)  # [ceil(N/64), ceil(K/2), 64, 2]
+            # bf16 [ceil(N/64), ceil(K/2), 64, 2]; fp32 [ceil(N/64), K, 64]
+            self._packed = pack_weight(weight) if eligible else pack_weight_f32(weight)
             if self.bias is not None:
                 n_pad = self._packed.shape[0] * PACK_BLOCK_N
                 self._bias_f32 = F.pad(self.bias.detach().float(), (0, n_pad - self.out_features))  # [n_pad]
@@ -185,10 +203,9 @@ class FastLinear(nn.Module):
         if self._packed is not None:
             lead = x.shape[:-1]
             x2 = x.reshape(-1, self.in_features)
-            if x2.dtype == torch.bfloat16 and not x2.requires_grad:
-                y = self._ext.gemm_bf16_packed(
-                    x2.contiguous(), self._packed, self.out_features, self._bias_f32
-                )
+            if x2.dtype == self._packed.dtype and not x2.requires_grad:
+                gemm = self._ext.gemm_bf16_packed if x2.dtype == torch.bfloat16 else self._ext.gemm_f32_packed
+                y = gemm(x2.contiguous(), self._packed, self.out_features, self._bias_f32)
                 return y.reshape(*lead, self.out_features)  # y: [M, N]
             # other dtypes or autograd: rebuild the plain weight for this call (never on the serving path)
             return F.linear(x, unpack_weight(self._packed, self.out_features, self.in_features), self.bias)

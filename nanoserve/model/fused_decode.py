@@ -1,4 +1,4 @@
-"""The decode step of the whole decoder in one native call, for bf16 models on CPU (csrc/fused_decode.cpp).
+"""The decode step of the whole decoder in one native call, bf16 or fp32, on CPU (csrc/fused_decode.cpp).
 
 At batch 1 a deep, thin model spends about as long in Python and per-op dispatch as in reading its
 weights: SmolLM2-135M has 30 layers of ~10 small ops each, and every op costs its fixed overhead
@@ -6,16 +6,17 @@ whatever its size. `FusedDecoder` runs DecoderModel.forward's layer loop in C++ 
 embedding, rotary tables, then per layer add+norm → qkv → rotary + cache write → decode attention →
 o proj → add+norm → gate/up → SiLU·mul → down, then the final norm. It calls the very kernels the
 per-op path calls (native_kernels, cpu_linear and quant_linear publish their entry points as tables,
-csrc/kernel_table.h), so both paths give bit-identical hidden states. Each linear may be a packed bf16
-FastLinear or a QuantLinear on its native kernel (int8 / int4 weight-only, symmetric or with zero
-points, any group size the kernel takes, and w8a8), mixed freely (a GGUF dequantizes some projections).
+csrc/kernel_table.h), so both paths give bit-identical hidden states. Each linear may be a packed
+FastLinear (bf16 or fp32 tiles, as the model) or, in a bf16 model, a QuantLinear on its native kernel
+(int8 / int4 weight-only, symmetric or with zero points, any group size the kernel takes, and w8a8),
+mixed freely (a GGUF dequantizes some projections).
 
 It is an implementation of the same forward, chosen once at start-up like the kernels: the runner asks
 `make_fused_decoder` and binds the result (or None) to the model, whose forward hands it the steps it
 `applies` to (every query a decode, on the CPU native attention backend) and runs every other step
 (prefill chunks, verification of speculative drafts) op by op. `fused_decode_unavailable_reason` says
-why a model keeps the per-op path: not a bf16 CPU model, native kernels or the avx512 linear kernel not
-loaded, a linear that is neither a packed FastLinear nor a native QuantLinear (oneDNN, hybrid, the
+why a model keeps the per-op path: not a bf16 or fp32 CPU model, native kernels or the avx512 linear
+kernel not loaded, a linear that is neither a packed FastLinear nor a native QuantLinear (oneDNN, hybrid, the
 torch reference path, GPTQ act-order's input permutation), a KV cache that is not
 the model's dtype (quantized), Qwen3's q/k norms, any layer class other than the reference ones (e.g.
 a tensor-parallel variant), a torch.distributed run with several ranks, or
@@ -68,6 +69,22 @@ class FusedDecoder:
         tables, ctx_lens = meta.batch.decode_tables, meta.decode_ctx_lens
         return self.native.forward(input_ids, positions, meta.slot_mapping, tables, ctx_lens)
 
+    def decode_lists(
+        self, token_ids: list[int], positions: list[int], block_tables: list[list[int]], block_size: int
+    ) -> torch.Tensor:
+        """One decode per sequence from plain lists, without a scheduler step's metadata (the draft
+        model's loop: a handful of single-token steps per engine step, where building the metadata
+        cost more than the forward). Same kernels, same result as __call__ on the same step."""
+        width = max(map(len, block_tables))
+        slots = [
+            t[p // block_size] * block_size + p % block_size
+            for t, p in zip(block_tables, positions, strict=True)
+        ]
+        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
+        ids, pos = torch.tensor(token_ids), torch.tensor(positions)  # [B]
+        ctx_lens = pos + 1  # [B]: each token attends to itself and everything before it
+        return self.native.forward(ids, pos, torch.tensor(slots), tables, ctx_lens)
+
 
 def _linear_ok(linear: object) -> bool:
     """A linear the native step can call exactly as its forward does."""
@@ -84,7 +101,7 @@ def _native_linear(ext: ModuleType, linear: FastLinear | QuantLinear) -> object:
     from nanoserve.model import quant_kernels  # imported by QuantLinear.prepare already when used
 
     if type(linear) is FastLinear:
-        return ext.bf16_linear(linear._packed, linear.out_features, linear._bias_f32)
+        return ext.packed_linear(linear._packed, linear.out_features, linear._bias_f32)
     p = linear._packed  # a quant_kernels.PackedWeight
     bias = None if linear.bias is None else linear.bias.float()  # what quant_kernels._run passes
     if p.method == "w8a8":
@@ -109,8 +126,8 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
             return "tensor parallel (several ranks)"
     decoder = model.model
     embed = decoder.embed_tokens.weight
-    if embed.device.type != "cpu" or embed.dtype != torch.bfloat16:
-        return "not a bf16 model on CPU"
+    if embed.device.type != "cpu" or embed.dtype not in (torch.bfloat16, torch.float32):
+        return "not a bf16 or fp32 model on CPU"
     if type(decoder.norm) is not RMSNorm:
         return "a final norm other than RMSNorm"
     for layer in decoder.layers:
@@ -120,14 +137,14 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
         if attn.qk_norm:
             return "q/k norms (Qwen3)"
         if not all(map(_linear_ok, (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))):
-            return ("a linear that is neither a packed bf16 FastLinear nor a native QuantLinear "
+            return ("a linear that is neither a packed FastLinear nor a native QuantLinear "
                     "(oneDNN, hybrid, reference path or act-order)")
         if type(attn.backend) is not CpuNativeAttentionBackend:
             return f"attention backend {type(attn.backend).__name__}"
         caches = (attn.k_cache, attn.v_cache)
         # A quantized cache (attention/kv_cache.QuantizedKV: codes + scales) is not a tensor.
-        if any(not isinstance(c, torch.Tensor) or c.dtype != torch.bfloat16 for c in caches):
-            return "a KV cache that is not bf16"
+        if any(not isinstance(c, torch.Tensor) or c.dtype != embed.dtype for c in caches):
+            return "a KV cache not of the model's dtype"
         if attn.head_dim != attn.k_cache.shape[-1] or attn.num_heads % attn.num_kv_heads:
             return "attention shapes the decode kernel does not take"
         norms = (layer.input_layernorm, layer.post_attention_layernorm)

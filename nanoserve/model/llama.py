@@ -171,10 +171,13 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def bind_kernels(self, kernels: Kernels) -> None:
-        """Run every layer's non-matmul ops through `kernels` (chosen once, by the runner)."""
+        """Run every layer's non-matmul ops through `kernels` (chosen once, by the runner). A fused
+        decode step bound before calls the previous kernels' native tables: it is dropped (the runner
+        binds the kernels first, then asks for the fused step)."""
         for module in self.modules():
             if hasattr(module, "kernels"):
                 module.kernels = kernels
+        self.model.fused_decode = None
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn for layer in self.model.layers]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoserve.model import cpu_linear
-from nanoserve.model.cpu_linear import FastLinear, pack_weight, prepare_linear, unpack_weight
+from nanoserve.model.cpu_linear import FastLinear, pack_weight, pack_weight_f32, prepare_linear, unpack_weight
 
 
 def _case(m, n, k, bias, seed=0):
@@ -59,14 +59,18 @@ def test_leading_dims_and_large_batches():
     assert _close_to_reference(y.view(-1, 48), x, w, b)
 
 
-def test_falls_back_for_fp32_and_unknown_backend():
-    w = torch.randn(16, 8)
+def test_falls_back_for_float16_and_unknown_backend():
+    w = torch.randn(16, 8).half()
     f = prepare_linear(w, None, "avx512")
     assert f.backend == "torch"
-    x = torch.randn(3, 8)
+    x = torch.randn(3, 8).half()
     assert torch.equal(f(x), F.linear(x, w))
     with pytest.raises(ValueError, match="backend"):
         prepare_linear(w, None, "cuda-magic")
+    # an fp32 weight on the torch or oneDNN backends keeps F.linear
+    w32 = torch.randn(16, 8)
+    assert prepare_linear(w32, None, "torch").backend == "torch"
+    assert prepare_linear(w32, None, "mkldnn").backend == "torch"
 
 
 def test_disabled_native_kernel_falls_back(monkeypatch):
@@ -108,6 +112,24 @@ def test_native_kernel_matches_f_linear_for_every_row_tile(m, n, k, bias):
     assert _close_to_reference(y, x, w, b)
 
 
+# fp32 weights take the kernel's fp32 tiles: every row-tile remainder, partial blocks, K of 1.
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 17, 65])
+@pytest.mark.parametrize("n,k", [(37, 70), (200, 129), (64, 1), (130, 33)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_fp32_kernel_matches_f_linear_for_every_row_tile(m, n, k, bias):
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    f = _native_linear(w, b)
+    assert f._packed.dtype == torch.float32 and f._packed.shape == (-(-n // 64), k, 64)
+    y = f(x)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    # fp32 accumulation over k terms: error grows like sqrt(k) * eps * |x||w|
+    bound = 1e-6 * (k**0.5) * (x.abs().max() * w.abs().max() * k + 1)
+    assert (y.double() - ref).abs().max() <= bound
+
+
 def _cancelling_case(m, n, k, seed=0):
     """x [m, k], w [n, k] whose products cancel: exact outputs are 0, so the fp32 result is all rounding
     error of the summation, and any change of summation order shows in the bf16 outputs."""
@@ -137,6 +159,23 @@ def test_native_kernel_gives_a_row_the_same_bits_whatever_rows_share_the_call(n,
         for m in range(2, len(x) + 1):
             y = f(x[:m])
             differ = (y != alone[:m]).any(dim=-1).nonzero().flatten().tolist()
+            assert not differ, f"{m}-row call: rows {differ} differ from one-row calls"
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n,k", [(200, 96), (5 * 64 + 7, 577)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_fp32_kernel_gives_a_row_the_same_bits_whatever_rows_share_the_call(n, k, threads):
+    x, w = _cancelling_case(14, n, k, seed=n + k)
+    f = _native_linear(w.float(), None)
+    x = x.float() + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 1e-3
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        alone = torch.cat([f(x[i : i + 1]) for i in range(len(x))])  # [14, n]
+        for m in range(2, len(x) + 1):
+            differ = (f(x[:m]) != alone[:m]).any(dim=-1).nonzero().flatten().tolist()
             assert not differ, f"{m}-row call: rows {differ} differ from one-row calls"
     finally:
         torch.set_num_threads(before)
@@ -172,6 +211,17 @@ def test_pack_weight_layout_and_round_trip(n, k):
     assert torch.equal(padded[:n, :k], w)
     assert not padded[n:].any() and not padded[:, k:].any()  # the padding is zero
     assert torch.equal(unpack_weight(p, n, k), w)
+
+
+@pytest.mark.parametrize("n,k", [(64, 2), (37, 70), (1, 1)])
+def test_pack_weight_f32_layout_and_round_trip(n, k):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k))
+    p = pack_weight_f32(w)
+    assert p.shape == (-(-n // 64), k, 64)
+    r, c = n - 1, k - 1
+    assert p[r // 64, c, r % 64] == w[r, c]  # block r // 64, column c, lane r % 64
+    padded = unpack_weight(p, p.shape[0] * 64, k)
+    assert not padded[n:].any() and torch.equal(unpack_weight(p, n, k), w)
 
 
 def test_stacked_linear_splits_like_separate_projections():

@@ -92,8 +92,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("variant, options", CASES)
-def test_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, tiny_model):
-    _, runner = _runner(tiny_model(variant, **options))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, dtype, tiny_model):
+    _, runner = _runner(tiny_model(variant, **options), dtype=dtype)
     for ctx_lens in ([1], [37], [5, 130, 17, 64]):
         (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, ctx_lens)
         assert torch.equal(h0, h1), (ctx_lens, (h0.float() - h1.float()).abs().max())
@@ -101,20 +102,49 @@ def test_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, tiny_mo
         assert torch.equal(kv0, kv1)  # the new tokens' K/V went to the same slots with the same values
 
 
-@pytest.mark.parametrize("variant", ["llama", "qwen2", "llama_tied"])
-def test_greedy_generation_is_the_same_with_and_without_the_fused_path(variant, tiny_model, monkeypatch):
+@pytest.mark.parametrize("variant, dtype", [("llama", "bfloat16"), ("qwen2", "bfloat16"),
+                                            ("llama_tied", "bfloat16"), ("llama", "float32")])
+def test_greedy_generation_is_the_same_with_and_without_the_fused_path(variant, dtype, tiny_model,
+                                                                      monkeypatch):
     prompts = ["hello world", "abc", "sort 5 3 9 1 =", "x" * 40]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    llm, runner = _runner(tiny_model(variant))
+    llm, runner = _runner(tiny_model(variant), dtype=dtype)
     _need_fused(runner)
     fused = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
-    llm_ref, runner_ref = _runner(tiny_model(variant))
+    llm_ref, runner_ref = _runner(tiny_model(variant), dtype=dtype)
     assert runner_ref.model.model.fused_decode is None
     assert [o.outputs[0].token_ids for o in llm_ref.generate(prompts, params, use_tqdm=False)] == fused
 
 
-def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_decode_lists_equals_the_step_metadata_path(dtype, tiny_model):
+    """The draft model's feedback forwards (FusedDecoder.decode_lists, no step metadata) give the bits
+    the metadata path gives, and write the same K/V."""
+    _, runner = _runner(tiny_model("llama"), dtype=dtype)
+    fused = _need_fused(runner)
+    ctx_lens = [5, 37, 130, 1]
+    layout = _decode_layout(runner, ctx_lens)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, runner.model_config.vocab_size, (len(ctx_lens),), generator=gen)
+    positions = torch.tensor([c - 1 for c in ctx_lens])
+    caches = [c for kv in runner.kv_caches for c in kv]
+    for c in caches:
+        c.copy_(torch.randn(c.shape, generator=gen))
+    before = [c.clone() for c in caches]
+    h0 = fused(ids, positions, runner.attention_backend.build_metadata(layout))
+    kv0 = [c.clone() for c in caches]
+    for c, b in zip(caches, before, strict=True):
+        c.copy_(b)
+    h1 = fused.decode_lists(ids.tolist(), positions.tolist(), layout.block_tables, runner.block_size)
+    assert torch.equal(h0, h1)
+    assert all(torch.equal(a, b) for a, b in zip(kv0, caches, strict=True))
+
+
+def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model, monkeypatch):
+    from nanoserve.model.attention import torch_backend
+
+    monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_CONTEXT", 0)  # the chunks below are short
     _, runner = _runner(tiny_model("llama"))
     fused = _need_fused(runner)
     bs = runner.block_size
@@ -137,14 +167,16 @@ def test_mixed_and_prefill_steps_take_the_per_op_path(tiny_model):
 @pytest.mark.parametrize(
     "variant, engine_args, why",
     [
-        ("llama", {"dtype": "float32"}, "not a bf16 model"),
         ("qwen3", {}, "q/k norms"),
         # the reference path of the quantized linears: no native kernel to call
         ("llama", {"quantization": "int8", "cpu_linear": "torch"}, "nor a native QuantLinear"),
-        ("llama", {"cpu_linear": "torch"}, "neither a packed bf16 FastLinear"),
+        ("llama", {"cpu_linear": "torch"}, "neither a packed FastLinear"),
+        ("llama", {"dtype": "float32", "cpu_linear": "torch"}, "neither a packed FastLinear"),
+        # quantized linears compute in bf16: a float32 model keeps their reference path
+        ("llama", {"dtype": "float32", "quantization": "int8"}, "nor a native QuantLinear"),
         ("llama", {"attention_backend": "torch"}, "attention backend"),
-        ("llama", {"kv_cache_dtype": "int8"}, "KV cache that is not bf16"),
-        ("llama", {"kv_cache_dtype": "fp8_e4m3"}, "KV cache that is not bf16"),
+        ("llama", {"kv_cache_dtype": "int8"}, "KV cache not of the model's dtype"),
+        ("llama", {"kv_cache_dtype": "fp8_e4m3"}, "KV cache not of the model's dtype"),
     ],
 )
 def test_models_the_fused_path_cannot_serve_keep_the_per_op_path(variant, engine_args, why, tiny_model):
@@ -278,16 +310,17 @@ def _demo_prompts(n_per_task: int) -> list[str]:
     return [p.prompt for task in TASKS for p in held_out_problems(task, n_per_task)]
 
 
-def test_demo_model_greedy_output_is_identical_on_100_problems(monkeypatch):
+@pytest.mark.parametrize("dtype", ["bfloat16", "auto"])  # auto: the checkpoint's float32
+def test_demo_model_greedy_output_is_identical_on_100_problems(dtype, monkeypatch):
     from nanoserve.demo import default_model
 
     prompts = _demo_prompts(20)  # 20 of each of the 5 tasks
     params = SamplingParams(temperature=0, max_tokens=24)
-    llm, runner = _runner(default_model())
+    llm, runner = _runner(default_model(), dtype=dtype)
     _need_fused(runner)
     fused = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
-    llm_ref, _ = _runner(default_model())
+    llm_ref, _ = _runner(default_model(), dtype=dtype)
     per_op = [o.outputs[0].token_ids for o in llm_ref.generate(prompts, params, use_tqdm=False)]
     assert per_op == fused
     # batch 1 as well: every step then is a single decode

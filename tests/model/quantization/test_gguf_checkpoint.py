@@ -14,7 +14,7 @@ from nanoserve import LLM, SamplingParams
 from nanoserve.config import EngineArgs
 from nanoserve.errors import ModelLoadError
 from nanoserve.model import gguf_loader
-from nanoserve.model.cpu_linear import FastLinear
+from nanoserve.model.cpu_linear import FastLinear, unpack_weight
 from nanoserve.model.loader import load_model, load_model_config
 from nanoserve.model.quantization.apply import decoder_linears
 from nanoserve.model.quantization.gguf_quant import BLOCK_SIZES
@@ -110,6 +110,13 @@ def _load(path, **kwargs):
     return mc, load_model(mc, torch.device("cpu"), kwargs.get("cpu_linear", "auto"))
 
 
+def _plain_weight(lin: FastLinear) -> torch.Tensor:
+    """[N, K]: the weight as loaded (a prepared fp32 FastLinear keeps only its packed copy)."""
+    if lin.weight is not None:
+        return lin.weight.detach()
+    return unpack_weight(lin._packed, lin.out_features, lin.in_features)
+
+
 def test_mixed_types_load_quantized_and_match_the_dequantized_path(mixed_gguf, dequantized):
     mc, model = _load(mixed_gguf, dtype="float32")
     assert mc.quantization is not None and mc.quantization.method == "gguf"
@@ -127,8 +134,8 @@ def test_mixed_types_load_quantized_and_match_the_dequantized_path(mixed_gguf, d
     x = torch.randn(5, INTER)
     for i, (got, want) in enumerate(zip(layers, float_layers, strict=True)):
         for attr, lin in got.items():
-            expected = want[attr].weight.detach()
-            weight = lin.dequantize() if isinstance(lin, QuantLinear) else lin.weight.detach()
+            expected = _plain_weight(want[attr])
+            weight = lin.dequantize() if isinstance(lin, QuantLinear) else _plain_weight(lin)
             affine = any(k in ("Q4_K", "Q5_K", "Q2_K", "Q4_1", "Q5_1") for k in LAYER_TYPES[i])
             if not affine:  # symmetric types: bit for bit, q/k un-permutation included
                 assert torch.equal(weight, expected), (i, attr)

@@ -83,6 +83,7 @@ def _backends(kvh, g, d, dtype):
 def test_backends_agree_with_reference_attention_on_a_mixed_step(
     short_chunks, prefill_path, dtype, block_size, kvh, g, d, monkeypatch
 ):
+    monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_CONTEXT", 0)  # chunks split by length only here
     if short_chunks == "prefill":
         monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_QUERY_LEN", 1)
     if prefill_path == "sdpa":
@@ -122,6 +123,7 @@ def _fields(meta) -> set[str]:
 def test_metadata_holds_only_what_each_backend_reads(monkeypatch):
     # one-token decodes only as decode rows here (short chunks: tests/model/attention/test_verify_rows.py)
     monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_QUERY_LEN", 1)
+    monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_CONTEXT", 0)
     layout, *_ = _random_step(MIXED_STEP, 4, 2, 2, 16, torch.bfloat16)
     torch_meta = TorchAttentionBackend(4, 2, 16, 0.25, dtype=torch.bfloat16).build_metadata(layout)
     assert _fields(torch_meta) == {"slot_mapping", "batch", "decode_bias"}
@@ -199,6 +201,8 @@ def test_torch_backend_never_calls_the_native_decode_kernel(tiny_model, monkeypa
         raise AssertionError("native decode_attention called")
 
     monkeypatch.setattr(ext, "decode_attention", forbidden)
+    # the fused decode step calls the kernel through its table, not this attribute: per-op path only
+    monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
     path = str(tiny_model("llama"))
     kw = {"num_gpu_blocks_override": 32, "block_size": 4, "max_num_batched_tokens": 16}
     llm = LLM(path, attention_backend="torch", **kw)

@@ -112,6 +112,14 @@ class DraftModelProposer:
         if not items:
             return []
         runner = self.runner
+        fused = runner.model.model.fused_decode
+        if fused is not None and runner.step_sink is None and all(i.num_new_tokens == 1 for i in items):
+            # the k - 1 feedback forwards: one native call on plain lists (see FusedDecoder.decode_lists)
+            hidden = fused.decode_lists(
+                [i.seq.token_ids[i.start] for i in items], [i.start for i in items],
+                [i.seq.block_table for i in items], runner.block_size,
+            )  # [S, hidden]
+            return runner.kernels.argmax_rows(runner.model.compute_logits(hidden)).tolist()
         inputs = runner.prepare(SchedulerOutput(scheduled=items))
         hidden = runner.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, hidden]
         logits = runner.model.compute_logits(hidden[inputs.logits_rows])  # [S, vocab]

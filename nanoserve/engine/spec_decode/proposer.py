@@ -39,9 +39,9 @@ def prefill_chunk_max_tokens(model_dtype: str) -> int | None:
     A bf16/fp16 model's verify rows are bit-identical to plain decode steps only while they run as
     decode rows of the attention kernel (chunks of at most DECODE_ROWS_MAX_QUERY_LEN queries; longer
     chunks take the prefill path, whose rounding differs), so there a prefill chunk takes drafts only
-    when it stays that short. An fp32 model's linears are not batch-invariant anyway (a verify row
-    differs from a decode step in the last bits whichever path it takes), so its greedy identity rests
-    on the argmax alone and any chunk may carry drafts."""
+    when it stays that short. An fp32 model lets any chunk carry drafts: its greedy identity is
+    argued on the argmax alone (rows of a long chunk go through the prefill attention, whose fp32
+    rounding differs from the decode kernel's in the last bits), as it always was."""
     if model_dtype == "float32":
         return None
     from nanoserve.model.attention.torch_backend import DECODE_ROWS_MAX_QUERY_LEN

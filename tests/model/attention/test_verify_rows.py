@@ -119,3 +119,16 @@ def test_chunks_longer_than_the_limit_stay_prefill_chunks(monkeypatch):
     layout = _layout([(9, 1), (14, 4)], [[3, 1, 0], [5, 6, 7, 8]], 4)
     b = TorchAttentionBackend(4, 2, 16, 0.25).build_metadata(layout).batch
     assert b.decode_rows.tolist() == [0] and b.prefill_spans == [(1, 5, 14)]
+
+
+def test_a_chunk_over_a_short_context_runs_as_decode_rows(monkeypatch):
+    """A prompt of up to DECODE_ROWS_MAX_CONTEXT tokens (cached ones included) is decode rows whatever
+    its length; past it, or over a longer context, a chunk longer than the query limit is prefill."""
+    monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_CONTEXT", 24)
+    bs = 4
+    short = _layout([(24, 24)], [list(range(6))], bs)  # 24 queries over a 24-token context
+    b = TorchAttentionBackend(4, 2, 16, 0.25).build_metadata(short).batch
+    assert b.prefill_spans == [] and b.decode_tables.shape[0] == 24
+    longer = _layout([(25, 25), (30, 20)], [list(range(7)), list(range(7, 15))], bs)
+    b = TorchAttentionBackend(4, 2, 16, 0.25).build_metadata(longer).batch
+    assert b.prefill_spans == [(0, 25, 25), (25, 45, 30)]

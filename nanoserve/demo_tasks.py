@@ -23,9 +23,9 @@ import string
 from dataclasses import dataclass
 
 TASKS: tuple[str, ...] = ("add", "sub", "sort", "reverse", "copy")
-# What the bundled models (models/) were trained on and are graded on. copy joins when they are
-# retrained through stage 2 (scripts/train_demo_models.py; models/README.md says which they went through).
-BUNDLED_MODEL_TASKS: tuple[str, ...] = ("add", "sub", "sort", "reverse")
+# What the bundled models (models/) were trained on and are graded on: all five since stage 2
+# (scripts/train_demo_models.py, models/README.md).
+BUNDLED_MODEL_TASKS: tuple[str, ...] = ("add", "sub", "sort", "reverse", "copy")
 # Distributions make_problem can draw add/sub operands from (other tasks have one distribution).
 DISTRIBUTIONS: tuple[str, ...] = ("mix", "uniform")
 MAX_SORT_DIGITS = 12

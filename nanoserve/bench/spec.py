@@ -164,7 +164,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ks", default="1,2,3,4,5,6", help="num_speculative_tokens values to sweep")
     p.add_argument("--draft-model", default=None,
                    help="the draft_model proposer's checkpoint (default: the demo draft)")
-    p.add_argument("--tasks", default="add,sub,sort,reverse", help="demo tasks (ignored with --random-model)")
+    p.add_argument("--tasks", default="add,sub,sort,reverse,copy",
+                   help="demo tasks (ignored with --random-model)")
     p.add_argument("--prompt-set", default=None, choices=["quote", "open"],
                    help="chat prompts for a chat --model (e.g. smollm2): quote (answers repeat the prompt) "
                    "or open (new text); rendered through the model's chat template")

@@ -119,3 +119,18 @@ def test_engine_skip_reason_is_accurate():
     """Guards the skip above: it may only apply while the engine module is genuinely missing."""
     if importlib.util.find_spec("nanoserve.entrypoints.llm") is not None:
         assert _engine_importable()
+
+
+@pytest.mark.skipif(not _engine_importable(), reason="nanoserve.LLM cannot be imported yet")
+def test_the_main_model_meets_its_card_on_uniform_operands_and_copy():
+    """models/README.md: >= 99.5% on add and sub with operands uniform over 0-999 (the inputs a new
+    user tries first), >= 99% on copy; all 2,000 held-out problems of each set, through the engine."""
+    from nanoserve import LLM, SamplingParams
+
+    llm = LLM(model=str(MAIN), seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
+    for task, dist, floor in (("add", "uniform", 0.995), ("sub", "uniform", 0.995), ("copy", "mix", 0.99)):
+        problems = held_out_problems(task, 2000, dist=dist)
+        outs = llm.generate([p.prompt for p in problems], params, use_tqdm=False)
+        correct = sum(grade(p, o.outputs[0].text) for p, o in zip(problems, outs, strict=True))
+        assert correct / len(problems) >= floor, (task, dist, correct)

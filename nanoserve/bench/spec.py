@@ -57,7 +57,8 @@ def measure_run(llm, prompts: list[dict[str, Any]], params) -> tuple[RunMeasure,
 
 
 def _warm(llm, prompts, params) -> None:  # noqa: ANN001
-    llm.generate(prompts[:2], params, use_tqdm=False)
+    # params: one SamplingParams, or one per prompt (bench throughput's per-request output lengths)
+    llm.generate(prompts[:2], params[:2] if isinstance(params, list) else params, use_tqdm=False)
 
 
 def compare_workloads(

@@ -150,3 +150,15 @@ def test_bench_takes_a_named_model_like_serve_does(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     assert resolve_model("smollm2", None) == str(folder)
+
+
+def test_speculative_config_compares_on_and_off_on_the_same_requests(tiny_model, capsys):
+    # per-request output lengths (a list of SamplingParams) reach the on/off comparison intact
+    rc = main(["bench", "throughput", "--model", str(tiny_model("llama")), "--backend", "nanoserve",
+               "--num-prompts", "4", "--input-len", "12", "--output-len", "6",
+               "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "speculative decoding: measured vs planner" in printed
+    row = next(line for line in printed.splitlines() if line.startswith("throughput") and "ngram" in line)
+    assert row.split()[-1] == "yes"  # the same output with speculation on and off

@@ -25,6 +25,32 @@ constexpr int64_t BLOCK_N = 64;
 static inline int64_t block_elems(const bf16*, int64_t K) { return (K + 1) / 2 * 2 * BLOCK_N; }
 static inline int64_t block_elems(const float*, int64_t K) { return K * BLOCK_N; }
 
+// 16 outputs (the first `left` of them when fewer remain) in the output's dtype.
+static inline void store16(bf16* dst, __m512 s, int64_t left) {
+  const __m256i out = (__m256i)_mm512_cvtneps_pbh(s);
+  if (left >= 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), out);
+  else _mm256_mask_storeu_epi16(dst, (__mmask16)((1u << left) - 1), out);
+}
+static inline void store16(float* dst, __m512 s, int64_t left) {
+  if (left >= 16) _mm512_storeu_ps(dst, s);
+  else _mm512_mask_storeu_ps(dst, (__mmask16)((1u << left) - 1), s);
+}
+
+// A tile's accumulators + bias (zero-padded to N_pad) into y, columns past N left alone.
+template <int MR, int NB, typename T>
+static inline void store_tile(const __m512 (&acc)[NB][MR][4], const float* bias, T* y, int64_t ldy,
+                              int64_t n0, int64_t N) {
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + BLOCK_N * b + 16 * j;
+        if (n >= N) break;
+        __m512 s = acc[b][i][j];
+        if (bias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + n));
+        store16(y + i * ldy + n, s, N - n);
+      }
+}
+
 static inline int32_t pair_at(const bf16* row, int64_t kp, int64_t K) {
   if (2 * kp + 1 < K) {
     int32_t v;
@@ -89,18 +115,7 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
       }
     }
   }
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < 4; ++j) {
-        const int64_t n = n0 + BLOCK_N * b + 16 * j;
-        if (n >= N) break;
-        __m512 s = acc[b][i][j];
-        if (bias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + n));  // bias is zero-padded to N_pad
-        __m256i out = (__m256i)_mm512_cvtneps_pbh(s);
-        bf16* dst = y + i * ldy + n;
-        if (n + 16 <= N) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), out);
-        else _mm256_mask_storeu_epi16(dst, (__mmask16)((1u << (N - n)) - 1), out);
-      }
+  store_tile<MR, NB>(acc, bias, y, ldy, n0, N);
 }
 
 // The fp32 tile: the same contract as the bf16 one (one in-order accumulator per output, batch
@@ -129,17 +144,7 @@ static inline void tile(const float* x, int64_t ldx, int64_t K, const float* wb,
       }
     }
   }
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < 4; ++j) {
-        const int64_t n = n0 + BLOCK_N * b + 16 * j;
-        if (n >= N) break;
-        __m512 s = acc[b][i][j];
-        if (bias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + n));
-        float* dst = y + i * ldy + n;
-        if (n + 16 <= N) _mm512_storeu_ps(dst, s);
-        else _mm512_mask_storeu_ps(dst, (__mmask16)((1u << (N - n)) - 1), s);
-      }
+  store_tile<MR, NB>(acc, bias, y, ldy, n0, N);
 }
 
 // y[0:MR, blocks b0..b1) for MR = 1 or 2 rows: three blocks per tile, then what is left (see tile).

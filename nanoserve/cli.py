@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from nanoserve.errors import InvalidRequestError, ModelLoadError
 from nanoserve.extras import MissingExtraError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(name).parse_args(argv[1:])
         return int(importlib.import_module(COMMANDS[name][0]).run(args) or 0)
-    except MissingExtraError as e:  # an optional dependency: one line naming the extra, no traceback
+    except (MissingExtraError, InvalidRequestError, ModelLoadError) as e:
+        # the user's input (a flag, a path, a missing extra): one line naming it, no traceback
         print(f"nanoserve {name}: error: {e}", file=sys.stderr)
         return 2
 

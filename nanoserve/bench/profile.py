@@ -7,8 +7,10 @@ The engine exposes no timing hooks, so `StepProfiler.attach(engine)` wraps its m
 - schedule          `engine.scheduler.schedule`
 - prepare inputs    `engine.runner.prepare`
 - forward           `engine.runner.model.forward` + `engine.runner.model.compute_logits`
-    split into linear (every nn.Linear-like module), attention (each layer's attention backend)
-    and other (norms, rotary, activation, embedding, residuals: the remainder)
+    split into linear (every nn.Linear-like module), attention (each layer's attention backend),
+    fused (the whole-step native decode call, fused_decode.py: linear, attention and the rest in
+    one C++ call, so they cannot be told apart) and other (norms, rotary, activation, embedding,
+    residuals: the remainder)
 - sample            `engine.runner.sampler`
 - output processing the rest of `engine.step`: bookkeeping after the step, appending tokens,
                     detokenizing, stop checks, building RequestOutputs, runner glue.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PHASES = ("schedule", "prepare", "forward", "sample", "output")
-FORWARD_PARTS = ("linear", "attention", "other")
+FORWARD_PARTS = ("linear", "attention", "fused", "other")
 
 
 @dataclass
@@ -140,6 +142,10 @@ class StepProfiler:
             if is_plain and hasattr(backend, "forward") and id(backend) not in timed_backends:
                 timed_backends.add(id(backend))
                 self._patch(backend, "forward", self._timed(backend.forward, "attention", sync=True))
+            fused = vars(module).get("fused_decode")
+            if fused is not None:  # decode steps skip the modules above: time the native call whole
+                timed = self._timed(fused, "fused", sync=True)
+                self._patch(module, "fused_decode", _CallableProxy(timed, fused))
 
     def detach(self) -> None:
         for obj, name, old, had in reversed(self._restore):
@@ -195,15 +201,12 @@ def summarize_records(label: str, recs: list[StepRecord]) -> PhaseSummary:
     for r in recs:
         named = sum(r.times_s.get(p, 0.0) for p in PHASES if p != "output")
         sums["output"] += max(0.0, r.total_s - named)
-        for p in PHASES[:-1] + FORWARD_PARTS[:2]:
+        for p in PHASES[:-1] + FORWARD_PARTS[:-1]:
             sums[p] += r.times_s.get(p, 0.0)
-        if "linear" in r.times_s or "attention" in r.times_s:
-            sums["other"] += max(
-                0.0,
-                r.times_s.get("forward", 0.0)
-                - r.times_s.get("linear", 0.0)
-                - r.times_s.get("attention", 0.0),
-            )
+        parts = FORWARD_PARTS[:-1]
+        if any(p in r.times_s for p in parts):
+            split_s = sum(r.times_s.get(p, 0.0) for p in parts)
+            sums["other"] += max(0.0, r.times_s.get("forward", 0.0) - split_s)
     mean_ms = {p: s / n * 1e3 for p, s in sums.items()}
     share = {p: (s / total if total else 0.0) for p, s in sums.items()}
     return PhaseSummary(
@@ -224,7 +227,7 @@ def print_profile(summaries: list[PhaseSummary]) -> None:
     header = (
         ["steps", "n", "batch", "tokens", "step ms"]
         + [f"{p} ms" for p in PHASES]
-        + ["(linear", "attn", "other)", "overhead"]
+        + ["(linear", "attn", "fused", "other)", "overhead"]
     )
     rows = []
     for s in summaries:

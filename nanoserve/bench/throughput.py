@@ -317,8 +317,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="time each engine step: schedule, prepare, forward (linear/attention/other), sample, "
-        "output processing",
+        help="time each engine step: schedule, prepare, forward (linear/attention/fused native step/"
+        "other), sample, output processing",
     )
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--save-result", default=None, metavar="FILE.json")

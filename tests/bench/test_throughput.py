@@ -65,6 +65,7 @@ def test_profiler_detach_restores_engine(tiny_model):
 
     llm = LLM(model=str(tiny_model("llama")), kv_cache_memory_bytes=1 << 22)
     engine = llm.llm_engine
+    fused_before = engine.runner.model.model.fused_decode
     prof = StepProfiler().attach(engine)
     assert "step" in vars(engine)
     outs = llm.generate(
@@ -80,10 +81,32 @@ def test_profiler_detach_restores_engine(tiny_model):
     assert n == 4  # one prefill step for both, then 3 decode steps
     rec = prof.records[0]
     assert rec.num_seqs == 2 and rec.num_prefill_seqs == 2 and rec.num_tokens == 7
-    assert all(r.times_s.get("linear", 0) > 0 and r.times_s.get("attention", 0) > 0 for r in prof.records)
+    # fp32 decode rows (and prompts of at most DECODE_ROWS_MAX_CONTEXT tokens) take the fused native
+    # step, timed whole under "fused"; the op-by-op path is split into linear and attention
+    assert fused_before is not None and engine.runner.model.model.fused_decode is fused_before
+    assert all(r.times_s.get("fused", 0) > 0 for r in prof.records)
     assert all(r.times_s["forward"] <= r.total_s for r in prof.records)
     llm.generate([{"prompt_token_ids": [5, 6]}], SamplingParams(max_tokens=2), use_tqdm=False)
     assert len(prof.records) == n  # detached: nothing more recorded
+
+
+def test_profiler_splits_the_op_by_op_forward(tiny_model):
+    from nanoserve import LLM, SamplingParams
+    from nanoserve.bench.profile import StepProfiler, summarize_records
+
+    llm = LLM(model=str(tiny_model("llama")), kv_cache_memory_bytes=1 << 22)
+    engine = llm.llm_engine
+    engine.runner.model.model.fused_decode = None  # every step op by op
+    prof = StepProfiler().attach(engine)
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": [5, 6, 7, 8]}], params, use_tqdm=False)
+    prof.detach()
+    assert len(prof.records) == 3
+    assert all(r.times_s.get("linear", 0) > 0 and r.times_s.get("attention", 0) > 0 for r in prof.records)
+    assert all("fused" not in r.times_s for r in prof.records)
+    s = summarize_records("all", prof.records)
+    parts = s.mean_ms["linear"] + s.mean_ms["attention"] + s.mean_ms["other"]
+    assert abs(parts - s.mean_ms["forward"]) < 1e-6  # the split adds up to the forward pass
 
 
 def test_cpu_linear_choice_reaches_the_engine(tiny_model, tmp_path):

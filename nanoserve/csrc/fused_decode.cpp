@@ -100,6 +100,26 @@ class FusedDecoder {
     return nk_->add_rms_norm(residual, x, final_norm_, eps_);
   }
 
+  // Greedy decoding of `steps` tokens per sequence, each step one forward plus the lm_head and an argmax
+  // (the draft model's proposal loop without a return to Python per token). ids, positions [B] int64:
+  // each sequence's last token and its position; tables [B, nb] int64 must hold every position written
+  // (positions .. positions + steps - 1). Returns [B, steps] int64: the tokens after each input.
+  torch::Tensor greedy_steps(torch::Tensor ids, torch::Tensor positions, torch::Tensor tables,
+                             int64_t block_size, int64_t steps, const Linear& lm_head) const {
+    const int64_t B = ids.size(0);
+    torch::Tensor out = torch::empty({B, steps}, ids.options());
+    torch::Tensor cur = ids, pos = positions;
+    for (int64_t s = 0; s < steps; ++s) {
+      torch::Tensor block = tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
+      torch::Tensor slots = block * block_size + at::remainder(pos, block_size);  // [B]
+      torch::Tensor h = forward(cur, pos, slots, tables, pos + 1);  // [B, hidden]
+      cur = linear(h, lm_head).argmax(-1);  // [B]
+      out.select(1, s).copy_(cur);
+      pos = pos + 1;
+    }
+    return out;
+  }
+
   int64_t num_layers() const { return int64_t(layers_.size()); }
 
  private:
@@ -141,6 +161,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &FusedDecoder::add_layer)
       // No Python object is touched inside: the engine thread lets the server's threads run meanwhile.
       .def("forward", &FusedDecoder::forward, py::call_guard<py::gil_scoped_release>())
+      .def("greedy_steps", &FusedDecoder::greedy_steps, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &FusedDecoder::num_layers);
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
 }

@@ -51,8 +51,11 @@ def load_fused_decode() -> ModuleType | None:
 class FusedDecoder:
     """DecoderModel.forward for decode-only steps, in one native call; see the module docstring."""
 
-    def __init__(self, native: object) -> None:
+    def __init__(self, native: object, lm_head: object | None = None) -> None:
         self.native = native  # the extension's FusedDecoder, holding every weight and cache it reads
+        # The extension's description of the lm_head (packed or native-quantized), for greedy_steps;
+        # None where the lm_head is of another kind (tensor-parallel, reference path).
+        self.lm_head = lm_head
 
     def applies(self, meta: AttentionMetadata) -> bool:
         """True for a step of decodes only (one query per sequence) on the CPU native backend."""
@@ -86,6 +89,20 @@ class FusedDecoder:
         ids, pos, slot, ctx = torch.tensor([token_ids, positions, slots, ctx_lens])  # [4, B]
         tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
         return self.native.forward(ids, pos, slot, tables, ctx)
+
+    def greedy_steps(
+        self, token_ids: list[int], positions: list[int], block_tables: list[list[int]], block_size: int,
+        steps: int,
+    ) -> list[list[int]] | None:
+        """`steps` greedy tokens after each sequence's last token (at `positions`), fed back one native
+        call for all of them: forward, lm_head, argmax per step (the draft model's proposal loop). The
+        block tables must hold every position written. None where the lm_head cannot run natively."""
+        if self.lm_head is None:
+            return None
+        width = max(map(len, block_tables))
+        ids, pos = torch.tensor([token_ids, positions])  # [2, B]
+        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
+        return self.native.greedy_steps(ids, pos, tables, block_size, steps, self.lm_head).tolist()
 
 
 def _linear_ok(linear: object) -> bool:
@@ -168,9 +185,11 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
     linears = [lin for layer in decoder.layers
                for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
                            layer.mlp.down_proj)]
-    linear_table = load_avx512_kernel().kernel_table if FastLinear in map(type, linears) else None
+    lm_head = model.lm_head if _linear_ok(model.lm_head) else None  # for greedy_steps
+    kinds = {type(lin) for lin in (*linears, lm_head) if lin is not None}
+    linear_table = load_avx512_kernel().kernel_table if FastLinear in kinds else None
     quant_table = None
-    if QuantLinear in map(type, linears):
+    if QuantLinear in kinds:
         from nanoserve.model.quant_kernels import load_quant_kernels  # loaded: the QuantLinears use it
 
         quant_table = load_quant_kernels().kernel_table
@@ -186,4 +205,4 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
             *(_native_linear(ext, x) for x in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)),
             attn.k_cache, attn.v_cache,
         )
-    return FusedDecoder(native)
+    return FusedDecoder(native, None if lm_head is None else _native_linear(ext, lm_head))

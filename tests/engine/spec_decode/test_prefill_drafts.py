@@ -89,6 +89,9 @@ class _ScriptedDraft(DraftModelProposer):
         self.script = script
         self.calls = 0
 
+    def _native_decoder(self):  # noqa: ANN202 -- the scripted model runs in Python only
+        return None
+
     def _argmax(self, items):  # noqa: ANN001
         self.calls += 1
         return [self.script[self.calls - 1]] * len(items)

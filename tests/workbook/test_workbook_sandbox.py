@@ -23,7 +23,9 @@ def test_endless_loop_is_killed_within_the_time_limit():
     res = grade_function("def f(pp, m):\n    while True:\n        pass\n", "f", CASES, time_limit_s=1.0)
     elapsed = time.perf_counter() - t0
     assert not res.ok and res.timed_out
-    assert "did not return within 1 s" in res.message
+    # whichever limit fires first (wall clock on a loaded box, the 1 s CPU rlimit on a quiet one)
+    assert ("did not return within 1 s" in res.message or "used more than 1 s of CPU" in res.message)
+    assert "stopped" in res.message
     assert elapsed < 3.0
 
 

@@ -100,20 +100,27 @@ class FusedDecoder {
     return nk_->add_rms_norm(residual, x, final_norm_, eps_);
   }
 
-  // Greedy decoding of `steps` tokens per sequence, each step one forward plus the lm_head and an argmax
-  // (the draft model's proposal loop without a return to Python per token). ids, positions [B] int64:
-  // each sequence's last token and its position; tables [B, nb] int64 must hold every position written
-  // (positions .. positions + steps - 1). Returns [B, steps] int64: the tokens after each input.
-  torch::Tensor greedy_steps(torch::Tensor ids, torch::Tensor positions, torch::Tensor tables,
+  // Greedy decoding of `steps` tokens per sequence (the draft model's proposal loop, without a return
+  // to Python per token). The first forward runs every row given: each sequence's tokens the model has
+  // not seen yet, as decode rows (ids, positions, slots, ctx_lens [T] int64, tables [T, nb] int64, as
+  // forward takes them); last_rows [B] int64 names each sequence's last row, whose lm_head argmax is
+  // its first token. Each further step feeds the B tokens just chosen back, one row per sequence.
+  // Every position written must have its block in the sequence's table. Returns [B, steps] int64.
+  torch::Tensor greedy_steps(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots,
+                             torch::Tensor tables, torch::Tensor ctx_lens, torch::Tensor last_rows,
                              int64_t block_size, int64_t steps, const Linear& lm_head) const {
-    const int64_t B = ids.size(0);
+    const int64_t B = last_rows.size(0);
     torch::Tensor out = torch::empty({B, steps}, ids.options());
-    torch::Tensor cur = ids, pos = positions;
-    for (int64_t s = 0; s < steps; ++s) {
-      torch::Tensor block = tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
-      torch::Tensor slots = block * block_size + at::remainder(pos, block_size);  // [B]
-      torch::Tensor h = forward(cur, pos, slots, tables, pos + 1);  // [B, hidden]
-      cur = linear(h, lm_head).argmax(-1);  // [B]
+    torch::Tensor h = forward(ids, positions, slots, tables, ctx_lens).index_select(0, last_rows);
+    torch::Tensor cur = linear(h, lm_head).argmax(-1);  // [B]
+    out.select(1, 0).copy_(cur);
+    torch::Tensor seq_tables = tables.index_select(0, last_rows);  // [B, nb]
+    torch::Tensor pos = positions.index_select(0, last_rows) + 1;  // [B] where each chosen token goes
+    for (int64_t s = 1; s < steps; ++s) {
+      torch::Tensor block = seq_tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
+      torch::Tensor slot = block * block_size + at::remainder(pos, block_size);  // [B]
+      h = forward(cur, pos, slot, seq_tables, pos + 1);  // [B, hidden]
+      cur = linear(h, lm_head).argmax(-1);
       out.select(1, s).copy_(cur);
       pos = pos + 1;
     }

@@ -91,18 +91,32 @@ class FusedDecoder:
         return self.native.forward(ids, pos, slot, tables, ctx)
 
     def greedy_steps(
-        self, token_ids: list[int], positions: list[int], block_tables: list[list[int]], block_size: int,
-        steps: int,
-    ) -> list[list[int]] | None:
-        """`steps` greedy tokens after each sequence's last token (at `positions`), fed back one native
-        call for all of them: forward, lm_head, argmax per step (the draft model's proposal loop). The
-        block tables must hold every position written. None where the lm_head cannot run natively."""
-        if self.lm_head is None:
-            return None
-        width = max(map(len, block_tables))
-        ids, pos = torch.tensor([token_ids, positions])  # [2, B]
-        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
-        return self.native.greedy_steps(ids, pos, tables, block_size, steps, self.lm_head).tolist()
+        self, seqs: list[tuple[list[int], int, list[int]]], block_size: int, steps: int
+    ) -> list[list[int]]:
+        """`steps` greedy tokens for each of `seqs` = (token ids not yet run, position of the first,
+        block table), in one native call: a forward over every such token as a decode row, then per
+        step the lm_head, an argmax and a one-row forward of the token chosen (the draft model's
+        proposal loop). The tables must hold every position written; lm_head must be set."""
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        row_tables: list[list[int]] = []
+        last_rows: list[int] = []
+        width = max(len(t) for _, _, t in seqs)
+        for tokens, start, table in seqs:
+            padded = table + [0] * (width - len(table))
+            for p in range(start, start + len(tokens)):
+                positions.append(p)
+                slots.append(table[p // block_size] * block_size + p % block_size)
+                row_tables.append(padded)
+            ids += tokens
+            last_rows.append(len(ids) - 1)
+        ctx_lens = [p + 1 for p in positions]  # each token attends to itself and everything before it
+        ids_t, pos_t, slot_t, ctx_t = torch.tensor([ids, positions, slots, ctx_lens])  # [4, T]
+        tables = torch.tensor(row_tables)  # [T, nb], padded with block 0
+        out = self.native.greedy_steps(ids_t, pos_t, slot_t, tables, ctx_t, torch.tensor(last_rows),
+                                       block_size, steps, self.lm_head)  # [B, steps]
+        return out.tolist()
 
 
 def _linear_ok(linear: object) -> bool:

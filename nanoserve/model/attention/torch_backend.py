@@ -57,6 +57,11 @@ class PagedBatch:
     prefill_tables: torch.Tensor | None  # [P, max_blocks] int64 blocks, padded with block 0
 
 
+def runs_as_decode_rows(query_len: int, context_len: int) -> bool:
+    """Whether a chunk of query_len tokens ending a context of context_len runs as decode rows."""
+    return query_len <= DECODE_ROWS_MAX_QUERY_LEN or context_len <= DECODE_ROWS_MAX_CONTEXT
+
+
 def split_decode_rows(layout: StepLayout) -> tuple[list[int], list[int], list[int], list[int]]:
     """How every backend splits a step: chunks of at most DECODE_ROWS_MAX_QUERY_LEN queries, or whose
     context is at most DECODE_ROWS_MAX_CONTEXT tokens, become decode rows, the others prefill chunks.
@@ -69,7 +74,7 @@ def split_decode_rows(layout: StepLayout) -> tuple[list[int], list[int], list[in
     chunks: list[int] = []
     for i in range(layout.num_seqs):
         n = layout.query_len(i)
-        if n <= DECODE_ROWS_MAX_QUERY_LEN or ctx[i] <= DECODE_ROWS_MAX_CONTEXT:
+        if runs_as_decode_rows(n, ctx[i]):
             rows += range(starts[i], starts[i + 1])
             row_seqs += [i] * n
             row_ctx += range(ctx[i] - n + 1, ctx[i] + 1)

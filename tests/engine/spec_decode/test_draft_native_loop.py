@@ -27,15 +27,15 @@ def _run(demo_llm, max_num_seqs: int, k: int):
 @pytest.mark.parametrize("max_num_seqs, k", [(1, 5), (16, 3)])
 def test_native_loop_proposes_what_the_python_loop_proposes(demo_llm, monkeypatch, max_num_seqs, k):
     used = []
-    real = DraftModelProposer._draft_rest_natively
+    real = DraftModelProposer._propose_natively
 
     def counting(self, *args):
         done = real(self, *args)
         used.append(done)
         return done
 
-    monkeypatch.setattr(DraftModelProposer, "_draft_rest_natively", counting)
+    monkeypatch.setattr(DraftModelProposer, "_propose_natively", counting)
     native = _run(demo_llm, max_num_seqs, k)
     assert any(used), "the native loop never ran"
-    monkeypatch.setattr(DraftModelProposer, "_draft_rest_natively", lambda self, *args: False)
+    monkeypatch.setattr(DraftModelProposer, "_propose_natively", lambda self, *args: False)
     assert _run(demo_llm, max_num_seqs, k) == native

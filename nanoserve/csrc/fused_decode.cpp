@@ -100,29 +100,44 @@ class FusedDecoder {
     return nk_->add_rms_norm(residual, x, final_norm_, eps_);
   }
 
-  // Greedy decoding of `steps` tokens per sequence (the draft model's proposal loop, without a return
-  // to Python per token). The first forward runs every row given: each sequence's tokens the model has
-  // not seen yet, as decode rows (ids, positions, slots, ctx_lens [T] int64, tables [T, nb] int64, as
-  // forward takes them); last_rows [B] int64 names each sequence's last row, whose lm_head argmax is
-  // its first token. Each further step feeds the B tokens just chosen back, one row per sequence.
-  // Every position written must have its block in the sequence's table. Returns [B, steps] int64.
+  // Greedy decoding of up to `steps` tokens per sequence (the draft model's proposal loop, without a
+  // return to Python per token). The first forward runs every row given: each sequence's tokens the
+  // model has not seen yet, as decode rows (ids, positions, slots, ctx_lens [T] int64, tables [T, nb]
+  // int64, as forward takes them); last_rows [B] int64 names each sequence's last row, whose lm_head
+  // argmax is its first token. Each further step feeds the B tokens just chosen back, one row per
+  // sequence. The loop ends early once every sequence has chosen a token that finishes it: one of its
+  // stop_ids [B, S] int64 (padded with -1) at a step >= its stop_from [B] int64. Every position
+  // written must have its block in the sequence's table. Returns [B, steps run] int64.
   torch::Tensor greedy_steps(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots,
                              torch::Tensor tables, torch::Tensor ctx_lens, torch::Tensor last_rows,
-                             int64_t block_size, int64_t steps, const Linear& lm_head) const {
+                             torch::Tensor stop_ids, torch::Tensor stop_from, int64_t block_size,
+                             int64_t steps, const Linear& lm_head) const {
     const int64_t B = last_rows.size(0);
     torch::Tensor out = torch::empty({B, steps}, ids.options());
+    auto stops = stop_ids.accessor<int64_t, 2>();
+    auto from = stop_from.accessor<int64_t, 1>();
+    std::vector<char> done(B, 0);
+    int64_t num_done = 0;
     torch::Tensor h = forward(ids, positions, slots, tables, ctx_lens).index_select(0, last_rows);
-    torch::Tensor cur = linear(h, lm_head).argmax(-1);  // [B]
-    out.select(1, 0).copy_(cur);
     torch::Tensor seq_tables = tables.index_select(0, last_rows);  // [B, nb]
-    torch::Tensor pos = positions.index_select(0, last_rows) + 1;  // [B] where each chosen token goes
-    for (int64_t s = 1; s < steps; ++s) {
-      torch::Tensor block = seq_tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
-      torch::Tensor slot = block * block_size + at::remainder(pos, block_size);  // [B]
-      h = forward(cur, pos, slot, seq_tables, pos + 1);  // [B, hidden]
-      cur = linear(h, lm_head).argmax(-1);
+    torch::Tensor pos = positions.index_select(0, last_rows);      // [B] each sequence's last position
+    for (int64_t s = 0; s < steps; ++s) {
+      if (s > 0) {  // feed back the tokens just chosen
+        pos = pos + 1;
+        torch::Tensor block = seq_tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
+        torch::Tensor slot = block * block_size + at::remainder(pos, block_size);  // [B]
+        h = forward(out.select(1, s - 1).contiguous(), pos, slot, seq_tables, pos + 1);  // [B, hidden]
+      }
+      torch::Tensor cur = linear(h, lm_head).argmax(-1);  // [B]
       out.select(1, s).copy_(cur);
-      pos = pos + 1;
+      const int64_t* tok = cur.data_ptr<int64_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (done[b] || s < from[b]) continue;
+        for (int64_t j = 0; j < stops.size(1) && stops[b][j] >= 0; ++j) {
+          if (stops[b][j] == tok[b]) { done[b] = 1; ++num_done; break; }
+        }
+      }
+      if (num_done == B) return out.narrow(1, 0, s + 1);
     }
     return out;
   }

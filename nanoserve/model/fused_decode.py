@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -46,6 +47,17 @@ _EXTENSION = LazyExtension("nanoserve_fused_decode", ["fused_decode.cpp"], label
 def load_fused_decode() -> ModuleType | None:
     """Build (first call only; cached on disk) and return the extension, or None (reason logged)."""
     return _EXTENSION.load()
+
+
+@dataclass
+class GreedySeq:
+    """One sequence of FusedDecoder.greedy_steps."""
+
+    token_ids: list[int]  # the tokens the model has not run yet (at least one)
+    start: int  # the position of the first
+    block_table: list[int]  # holding every position the loop writes
+    stop_ids: tuple[int, ...] = ()  # tokens that finish the sequence ...
+    stop_from: int = 0  # ... when chosen at this step (0-based) or later
 
 
 class FusedDecoder:
@@ -91,31 +103,35 @@ class FusedDecoder:
         return self.native.forward(ids, pos, slot, tables, ctx)
 
     def greedy_steps(
-        self, seqs: list[tuple[list[int], int, list[int]]], block_size: int, steps: int
+        self, seqs: list[GreedySeq], block_size: int, steps: int
     ) -> list[list[int]]:
-        """`steps` greedy tokens for each of `seqs` = (token ids not yet run, position of the first,
-        block table), in one native call: a forward over every such token as a decode row, then per
-        step the lm_head, an argmax and a one-row forward of the token chosen (the draft model's
-        proposal loop). The tables must hold every position written; lm_head must be set."""
+        """Up to `steps` greedy tokens for each of `seqs`, in one native call: a forward over every
+        token not yet run as a decode row, then per step the lm_head, an argmax and a one-row forward
+        of the token chosen (the draft model's proposal loop), ending early once every sequence has
+        chosen one of its stop ids. The tables must hold every position written; lm_head must be set."""
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         row_tables: list[list[int]] = []
         last_rows: list[int] = []
-        width = max(len(t) for _, _, t in seqs)
-        for tokens, start, table in seqs:
+        width = max(len(s.block_table) for s in seqs)
+        num_stops = max(1, max(len(s.stop_ids) for s in seqs))
+        for seq in seqs:
+            table = seq.block_table
             padded = table + [0] * (width - len(table))
-            for p in range(start, start + len(tokens)):
+            for p in range(seq.start, seq.start + len(seq.token_ids)):
                 positions.append(p)
                 slots.append(table[p // block_size] * block_size + p % block_size)
                 row_tables.append(padded)
-            ids += tokens
+            ids += seq.token_ids
             last_rows.append(len(ids) - 1)
         ctx_lens = [p + 1 for p in positions]  # each token attends to itself and everything before it
         ids_t, pos_t, slot_t, ctx_t = torch.tensor([ids, positions, slots, ctx_lens])  # [4, T]
         tables = torch.tensor(row_tables)  # [T, nb], padded with block 0
+        stop_ids = torch.tensor([list(s.stop_ids) + [-1] * (num_stops - len(s.stop_ids)) for s in seqs])
+        stop_from = torch.tensor([s.stop_from for s in seqs])  # [B]
         out = self.native.greedy_steps(ids_t, pos_t, slot_t, tables, ctx_t, torch.tensor(last_rows),
-                                       block_size, steps, self.lm_head)  # [B, steps]
+                                       stop_ids, stop_from, block_size, steps, self.lm_head)  # [B, <= steps]
         return out.tolist()
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,9 +30,7 @@ from nanoserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.stop_checker import token_stop
 from nanoserve.model.attention.torch_backend import runs_as_decode_rows
-
-if TYPE_CHECKING:
-    from nanoserve.model.fused_decode import FusedDecoder
+from nanoserve.model.fused_decode import FusedDecoder, GreedySeq
 
 # What ModelRunner.prepare reads of a request: no prompt logprobs for the draft.
 _DRAFT_REQUEST = SimpleNamespace(params=SimpleNamespace(prompt_logprobs=None))
@@ -100,8 +97,8 @@ class DraftModelProposer:
         want the same number of drafts, the draft model decodes natively and the Python loop's first
         forward would run every unseen token as a decode row (so both give the same bits); False
         (nothing done) otherwise. A draft that would finish its sequence still ends that sequence's
-        drafts; the native loop computed the rest for nothing (in the sequence's own KV slots,
-        overwritten later)."""
+        drafts; the native loop stops once every sequence drew such a draft, and what it computed
+        past one (in the sequence's own KV slots) is overwritten later."""
         fused = self._native_decoder()
         if fused is None or not active:
             return False
@@ -112,8 +109,10 @@ class DraftModelProposer:
             runs_as_decode_rows(n, sh.num_tokens) for n, sh in zip(unseen, shadows, strict=True)
         ):
             return False
-        rows = [(sh.token_ids[-n:], sh.num_tokens - n, sh.block_table)
-                for n, sh in zip(unseen, shadows, strict=True)]
+        rows = [
+            GreedySeq(sh.token_ids[-n:], sh.num_tokens - n, sh.block_table, *self._stop_rule(seqs[i]))
+            for i, n, sh in zip(active, unseen, shadows, strict=True)
+        ]
         tokens = fused.greedy_steps(rows, self.runner.block_size, steps)
         for i, shadow, row in zip(active, shadows, tokens, strict=True):
             for step, token in enumerate(row):
@@ -131,6 +130,13 @@ class DraftModelProposer:
         if fused is None or fused.lm_head is None or runner.step_sink is not None:
             return None
         return fused
+
+    def _stop_rule(self, seq: Sequence) -> tuple[tuple[int, ...], int]:
+        """_finishes as data for the native loop: the token ids that finish `seq`, and the first draft
+        step (0-based) at which they do (min_tokens)."""
+        params = seq.request.params
+        ids = () if params.ignore_eos else tuple(self.eos_token_ids)
+        return ids + tuple(params.stop_token_ids or ()), max(0, params.min_tokens - seq.num_output_tokens - 1)
 
     def _finishes(self, seq: Sequence, token: int, step: int) -> bool:
         """Whether draft `step` (0-based), emitted as it stands, would end `seq` (EOS or a stop token)."""

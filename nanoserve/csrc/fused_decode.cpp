@@ -119,16 +119,28 @@ class FusedDecoder {
     std::vector<char> done(B, 0);
     int64_t num_done = 0;
     torch::Tensor h = forward(ids, positions, slots, tables, ctx_lens).index_select(0, last_rows);
-    torch::Tensor seq_tables = tables.index_select(0, last_rows);  // [B, nb]
-    torch::Tensor pos = positions.index_select(0, last_rows);      // [B] each sequence's last position
+    torch::Tensor seq_tables = tables.index_select(0, last_rows).contiguous();  // [B, nb]
+    // The fed-back rows' positions, slots and context lengths, written in place each step: a handful of
+    // ATen ops per step (gather, divide, ...) cost more than the draft model's layers at batch 1.
+    torch::Tensor pos = positions.index_select(0, last_rows).contiguous();  // [B] last position so far
+    torch::Tensor slot = torch::empty_like(pos), ctx = torch::empty_like(pos);
+    int64_t* pos_p = pos.data_ptr<int64_t>();
+    int64_t* slot_p = slot.data_ptr<int64_t>();
+    int64_t* ctx_p = ctx.data_ptr<int64_t>();
+    const int64_t* table_p = seq_tables.data_ptr<int64_t>();
+    const int64_t nb = seq_tables.size(1);
+    torch::Tensor cur;
     for (int64_t s = 0; s < steps; ++s) {
       if (s > 0) {  // feed back the tokens just chosen
-        pos = pos + 1;
-        torch::Tensor block = seq_tables.gather(1, at::floor_divide(pos, block_size).unsqueeze(1)).squeeze(1);
-        torch::Tensor slot = block * block_size + at::remainder(pos, block_size);  // [B]
-        h = forward(out.select(1, s - 1).contiguous(), pos, slot, seq_tables, pos + 1);  // [B, hidden]
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t p = ++pos_p[b];
+          TORCH_CHECK(p / block_size < nb, "greedy_steps: position ", p, " past the block table");
+          slot_p[b] = table_p[b * nb + p / block_size] * block_size + p % block_size;
+          ctx_p[b] = p + 1;
+        }
+        h = forward(cur, pos, slot, seq_tables, ctx);  // [B, hidden]
       }
-      torch::Tensor cur = linear(h, lm_head).argmax(-1);  // [B]
+      cur = linear(h, lm_head).argmax(-1);  // [B]
       out.select(1, s).copy_(cur);
       const int64_t* tok = cur.data_ptr<int64_t>();
       for (int64_t b = 0; b < B; ++b) {

@@ -5,7 +5,8 @@
 # THREADS threads (default 2); ~10 min on the 2-core dev box. Results: benchmarks/results/sim/*.json, a
 # table on stdout.
 # Usage: [OUT=DIR] [THREADS=N] bash benchmarks/validate_sim.sh [STEP...]
-#   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table
+#   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table; by default each model is
+#   calibrated right before its rows (this shared box's step times drift by 10-20% within minutes)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,7 +17,7 @@ export THP_MEM_ALLOC_ENABLE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 T="--num-cpu-threads ${THREADS:-2}"
 TOY="--model models/toy-assistant"
 QWEN="--random-model qwen2.5-0.5b"
-steps="${*:-calibrate toy qwen serve table}"
+steps="${*:-calibrate-toy toy calibrate-qwen qwen serve table}"
 steps=" $steps "; steps="${steps// calibrate / calibrate-toy calibrate-qwen }"
 
 row() {  # row NAME MODEL_FLAGS... : one workload, simulated and replayed

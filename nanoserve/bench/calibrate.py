@@ -23,7 +23,8 @@ it a full collection costs ~180 ms on the toy model's process, inside whichever 
 Each step's shape is read from the scheduler's own output with the simulator's StepShape.of, so the
 profile's features mean exactly what the simulator computes. Each point keeps the median step time of
 --repeats steps. The profile is JSON: {"samples": [{"kind", "decode_batch", "prefill_tokens",
-"context_tokens", "attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "step_s"}, ...],
+"context_tokens", "attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "cold_start_slow",
+"step_s"}, ...],
 "fit": {...}, "machine": {...}};
 sim/step_model.py's CalibratedStepModel.from_file() fits it.
 """
@@ -44,7 +45,7 @@ DEFAULT_DECODE_BATCHES = "1,4,16,48"
 DEFAULT_CONTEXTS = "32,512"
 DEFAULT_PREFILL_TOKENS = "16,64,256,1024"
 DEFAULT_PREFILL_BATCHES = "1,8,32"
-DEFAULT_IDLE_GAPS = "0.005,0.02,0.1"
+DEFAULT_IDLE_GAPS = "0.005,0.02,0.05,0.1,0.2"
 
 
 @dataclass

@@ -21,9 +21,12 @@ pairs attended). Two models turn it into seconds:
   terms when the profile's samples carry them, plus a hinge c_k · max(0, decode_batch − k) at every
   decode batch k the profile measured between its smallest and largest (a matmul's time per row is not
   constant: the decode curve bends, most at the smallest batches), and a cold-start cost
-  c_cold · (1 − exp(−idle_s / COLD_TAU_S)) for a step that follows an idle engine (the weights and
-  the allocator's pages have left the caches: on the 2-core box, +0.8–1.2 ms per toy step after 20 ms
-  or more of sleep, half that after 5 ms).
+  c_cold · (1 − exp(−idle_s / COLD_TAU_S)) + c_slow · (1 − exp(−idle_s / COLD_SLOW_TAU_S)) for a step
+  that follows an idle engine (the weights and the allocator's pages leave the caches, the cores
+  clock down). Two time constants because the cost keeps growing long after the first: on the 2-core
+  box a demo-model prompt step costs +0.2 ms after 5 ms of sleep, +0.3 ms after 20 ms and +0.8 ms after
+  100 ms (one constant of 6 ms made every gap past 20 ms cost the same, and light-load TTFTs of
+  requests arriving 50–200 ms apart came out 11–18% short).
 """
 
 from __future__ import annotations
@@ -142,12 +145,14 @@ PROFILE_FEATURES = ("decode_batch", "prefill_tokens", "context_tokens")
 # Optional terms, fitted when every sample has them (bench calibrate's profiles do): the quadratic
 # attention of prefill chunks, a cost per prompt chunk (its own attention call, first-token output
 # processing), a fixed cost of any step that carries a prompt chunk (the prefill path's setup) and the
-# cold start after an idle engine (fitted only when the samples include steps after idle).
-EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step", "cold_start")
+# cold start after an idle engine, fast and slow part (fitted only when the samples include steps
+# after idle; the slow part only with at least three idle gaps, so that the two can be told apart).
+EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "cold_start_slow")
 ALL_FEATURES = PROFILE_FEATURES + EXTRA_FEATURES
 # The cold start's time constant: the extra cost of a step after idle_s of sleep grows as
 # 1 − exp(−idle_s / COLD_TAU_S) (measured on the dev box: half of it after 5 ms, all after ~20 ms).
 COLD_TAU_S = 0.006
+COLD_SLOW_TAU_S = 0.1
 HINGE_PREFIX = "decode_batch_over_"  # coefficient name of the hinge at decode batch k: "decode_batch_over_8"
 
 
@@ -156,13 +161,19 @@ def cold_start(idle_s: float) -> float:
     return 1.0 - math.exp(-max(0.0, idle_s) / COLD_TAU_S)
 
 
+def cold_start_slow(idle_s: float) -> float:
+    """The slow part of the cold start, 0 .. 1 with time constant COLD_SLOW_TAU_S."""
+    return 1.0 - math.exp(-max(0.0, idle_s) / COLD_SLOW_TAU_S)
+
+
 def shape_features(shape: StepShape) -> dict[str, float]:
     """A step's features by profile name."""
     has_prefill = int(shape.num_prefill_tokens > 0)
     prefill_seqs = shape.num_seqs - shape.num_decode_seqs if shape.num_seqs else has_prefill
     return {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
             "context_tokens": shape.context_tokens, "attention_pairs": shape.attention_pairs,
-            "prefill_seqs": prefill_seqs, "prefill_step": has_prefill, "cold_start": cold_start(shape.idle_s)}
+            "prefill_seqs": prefill_seqs, "prefill_step": has_prefill, "cold_start": cold_start(shape.idle_s),
+            "cold_start_slow": cold_start_slow(shape.idle_s)}
 
 
 def _hinge_knots(samples: list[dict]) -> list[int]:
@@ -204,6 +215,11 @@ class CalibratedStepModel:
         extra = [f for f in EXTRA_FEATURES if samples and all(f in s for s in samples)]
         if "cold_start" in extra and max(float(s["cold_start"]) for s in samples) < 0.5:
             extra.remove("cold_start")  # no step after idle was measured: the term cannot be fitted
+        if "cold_start_slow" in extra and (
+            "cold_start" not in extra
+            or len({round(float(s["cold_start_slow"]), 3) for s in samples if s["cold_start"]}) < 3
+        ):
+            extra.remove("cold_start_slow")  # fewer than three idle gaps: fast and slow are one term
         hinges = [f"{HINGE_PREFIX}{k}" for k in _hinge_knots(samples)] if extra else []
         features = list(PROFILE_FEATURES) + extra + hinges
         if len(samples) < len(features) + 1:

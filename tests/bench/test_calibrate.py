@@ -37,7 +37,8 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     assert idle["cold_start"] > 0.9 and idle["prefill_tokens"] == 16
     assert all(s["cold_start"] < 0.2 for s in profile["samples"] if not s["kind"].startswith("idle"))
     model = CalibratedStepModel.from_file(out)
-    assert set(model.coefficients) == set(ALL_FEATURES)
+    # one idle gap: the slow part of the cold start cannot be told from the fast part, so it is left out
+    assert set(model.coefficients) == set(ALL_FEATURES) - {"cold_start_slow"}
     # the fit reproduces its own decode point roughly (tiny steps are noisy; the shape is what matters)
     shape = StepShape(3, 0, int(decode["context_tokens"]), int(decode["attention_pairs"]), 3)
     assert model.step_time_s(shape) == pytest.approx(decode["step_s"], rel=0.5)

@@ -125,6 +125,31 @@ def test_calibrated_cold_start_costs_a_step_after_idle():
     assert "cold_start" not in CalibratedStepModel.fit(warm_only).coefficients
 
 
+def test_calibrated_cold_start_has_a_slow_part_when_three_gaps_tell_it_apart():
+    from nanoserve.sim.step_model import cold_start, cold_start_slow, shape_features
+
+    def cold_cost(idle_s):  # +0.3 ms within ~10 ms, then another +0.6 ms over ~100 ms
+        return 3e-4 * cold_start(idle_s) + 6e-4 * cold_start_slow(idle_s)
+
+    samples = [s for s in _bent_samples() if not s["cold_start"]]
+    for s in samples:
+        s["cold_start_slow"] = 0.0
+    for gap in (0.005, 0.02, 0.1, 0.2):
+        for p in (8, 32):
+            f = shape_features(StepShape(0, p, p, p * (p + 1) // 2, 1, idle_s=gap))
+            f["step_s"] = _bent(0, p, p) + cold_cost(gap)
+            samples.append(f)
+    m = CalibratedStepModel.fit(samples)
+    assert m.coefficients["cold_start_slow"] == pytest.approx(6e-4, rel=1e-6)
+    warm = StepShape(0, 16, 16, 136, 1)
+    for gap in (0.05, 0.5):  # gaps the profile did not measure
+        cold = StepShape(0, 16, 16, 136, 1, idle_s=gap)
+        assert m.step_time_s(cold) - m.step_time_s(warm) == pytest.approx(cold_cost(gap), rel=1e-6)
+    # two gaps only: one cold term (the slow one is not fitted)
+    two = [s for s in samples if not s["cold_start"] or s["cold_start_slow"] > cold_start_slow(0.05)]
+    assert "cold_start_slow" not in CalibratedStepModel.fit(two).coefficients
+
+
 def test_decode_points_a_few_sequences_apart_share_one_knot():
     samples = _bent_samples()
     extra = dict(samples[-3], decode_batch=62, prefill_tokens=0, context_tokens=62 * 96, cold_start=0.0)

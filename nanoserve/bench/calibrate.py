@@ -14,7 +14,10 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
   prefills C tokens once;
 - mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step;
 - idle: a P-token prompt arriving at an engine that has been idle for G seconds (G from --idle-gaps): a
-  light-load step, slower than the same step run back to back (the cold_start term of the fit).
+  light-load step, slower than the same step run back to back (the cold_start terms of the fit). The
+  time from the end of the wait to the step's start (the sleep's overshoot, ~0.1 ms here, and
+  add_request) is the profile's wake_s: the simulator starts a request that finds the engine idle
+  that much after its arrival.
 
 The process is set up as `nanoserve serve` sets itself up: after loading, everything alive is collected
 once and frozen (gc.freeze), so full collections do not rescan torch's and the model's objects; without
@@ -158,13 +161,18 @@ class Calibrator:
     def after_idle(self, tokens: int, idle_s: float) -> dict[str, Any]:
         """A prompt arriving after idle_s of idle engine: the first step of a light-load request."""
         start = len(self.timer.samples)
+        wake_s = []
         for _ in range(self.repeats):
-            ids = [self._add(self._prompt(tokens), 2)]
             self.timer.mark_idle()
-            time.sleep(idle_s)
+            due = time.perf_counter() + idle_s
+            time.sleep(idle_s)  # as a serving loop waits for the next request
+            ids = [self._add(self._prompt(tokens), 2)]
+            wake_s.append(time.perf_counter() - due)  # the wait's overshoot and admitting the request
             self.timer.step("idle")
             self._drain(ids)
-        return self._point(f"idle {idle_s * 1e3:g} ms P={tokens}", start)
+        point = self._point(f"idle {idle_s * 1e3:g} ms P={tokens}", start)
+        point["wake_s"] = statistics.median(wake_s)
+        return point
 
     def _decoding_batch(self, batch: int, context: int, extra_steps: int) -> list[str]:
         """`batch` requests that have their first token, prompts of `context` tokens sharing a prefix."""
@@ -307,6 +315,9 @@ def run(args: argparse.Namespace) -> int:
         "samples": samples,
         "fit": fit.describe(),
     }
+    wake = [s["wake_s"] for s in samples if "wake_s" in s]
+    if wake:  # from a request's arrival at an idle engine to its first step (simulator's wake_s)
+        profile["wake_s"] = statistics.median(wake)
     with open(args.output, "w") as f:
         json.dump(profile, f, indent=2)
     worst = max(abs(fit.predict_s(s) - s["step_s"]) / s["step_s"] for s in samples)

@@ -6,9 +6,10 @@ n = 1 Requests, as the engine hands them over after its fan-out); scheduler.sche
 the step-time model says how long it takes; the clock advances; scheduler.update_after_step() runs;
 every sequence whose chunk reached its end gets one token (a deterministic fake id) stamped with the
 clock, and finishes at its output length. When nothing is left to run the clock jumps to the next
-arrival, and the step after that gap is told how long the engine sat idle (StepShape.idle_s: a cold
-step costs more). The policy (budgets, chunking, preemption, prefix caching) is therefore exactly the
-engine's.
+arrival plus the step model's wake_s (the serving loop's wake-up and admitting the request, from the
+calibration; 0 for the analytic model), and the step after that gap is told how long the engine sat
+idle (StepShape.idle_s: a cold step costs more). The policy (budgets, chunking, preemption, prefix
+caching) is therefore exactly the engine's.
 
 Static batching (`batching="static"`): up to `static_batch_size` arrived requests start together and
 the next batch is admitted only when every one of them has finished (seed 004 exercise 17); the same
@@ -146,7 +147,8 @@ class Simulator:
                     self._add(r)
                 del queue[: len(take)]
             if not sched.has_unfinished():
-                clock = max(clock, arrivals[i].arrival_s)  # idle until the next arrival
+                if arrivals[i].arrival_s > clock:  # idle until the next arrival, then wake up
+                    clock = arrivals[i].arrival_s + getattr(self.step_model, "wake_s", 0.0)
                 continue
             out = sched.schedule()
             if out.is_empty:

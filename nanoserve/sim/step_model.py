@@ -207,6 +207,9 @@ class CalibratedStepModel:
     intercept_s: float
     coefficients: dict[str, float] = field(default_factory=dict)  # seconds per unit of each feature
     source: str = ""
+    # From a request's arrival at an idle engine to the start of its first step: the serving loop's
+    # wake-up (a sleep's overshoot) and admitting the request; the profile's "wake_s".
+    wake_s: float = 0.0
 
     @classmethod
     def fit(cls, samples: list[dict], source: str = "") -> CalibratedStepModel:
@@ -242,12 +245,20 @@ class CalibratedStepModel:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise InvalidRequestError(f"cannot read profile {path}: {e}", "profile") from None
+        try:
+            wake_s = float(data.get("wake_s", 0.0))
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"profile {path}: wake_s must be seconds", "profile") from None
+        if not 0.0 <= wake_s < 1.0:
+            raise InvalidRequestError(f"profile {path}: wake_s {wake_s} is not in [0, 1) s", "profile")
         if "coefficients" in data:
             c = dict(data["coefficients"])
             return cls(float(c.pop("intercept_s", 0.0)),
                        {f: float(v) for f, v in c.items() if f in ALL_FEATURES or f.startswith(HINGE_PREFIX)},
-                       str(path))
-        return cls.fit(list(data.get("samples", [])), str(path))
+                       str(path), wake_s)
+        model = cls.fit(list(data.get("samples", [])), str(path))
+        model.wake_s = wake_s
+        return model
 
     def predict_s(self, features: dict[str, float]) -> float:
         """The step time for features by profile name (a missing one counts 0)."""
@@ -259,7 +270,7 @@ class CalibratedStepModel:
 
     def describe(self) -> dict:
         return {"kind": "calibrated", "profile": self.source, "intercept_s": self.intercept_s,
-                "coefficients": self.coefficients}
+                "coefficients": self.coefficients, "wake_s": self.wake_s}
 
 
 @dataclass

@@ -36,7 +36,10 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     idle = by_kind["idle 20 ms P=16"]
     assert idle["cold_start"] > 0.9 and idle["prefill_tokens"] == 16
     assert all(s["cold_start"] < 0.2 for s in profile["samples"] if not s["kind"].startswith("idle"))
+    # the wait's overshoot and admitting the request: positive, well under the 20 ms waited
+    assert 0 < profile["wake_s"] < 0.02 and idle["wake_s"] > 0
     model = CalibratedStepModel.from_file(out)
+    assert model.wake_s == profile["wake_s"]
     # one idle gap: the slow part of the cold start cannot be told from the fast part, so it is left out
     assert set(model.coefficients) == set(ALL_FEATURES) - {"cold_start_slow"}
     # the fit reproduces its own decode point roughly (tiny steps are noisy; the shape is what matters)

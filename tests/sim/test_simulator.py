@@ -143,3 +143,20 @@ def test_a_step_after_an_idle_engine_carries_the_idle_time():
     config = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
     Simulator(config, model, next_token=fake_next_token).run(work)
     assert [s.idle_s for s in model.shapes] == [0.0, 0.0, 0.0, 7.0, 0.0, 0.0]
+
+
+def test_a_request_finding_the_engine_idle_starts_after_the_wake_up():
+    from dataclasses import dataclass
+
+    @dataclass
+    class _Waking(ConstantStepModel):
+        wake_s: float = 0.25
+
+    # "a" arrives at t=0 (no wait: no wake-up), "b" at 100 s to an idle engine, "c" at 100.5 s while busy
+    work = [SimRequest("a", 0.0, [1, 2, 3], 2), SimRequest("b", 100.0, [4, 5, 6], 2),
+            SimRequest("c", 100.5, [7, 8, 9], 1)]
+    config = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
+    a, b, c = Simulator(config, _Waking(1.0), next_token=fake_next_token).run(work).requests
+    assert a.token_times_s == [1.0, 2.0]
+    assert b.token_times_s == [101.25, 102.25]
+    assert c.token_times_s == [102.25]  # joined the running engine's next step: no wake-up of its own

@@ -150,6 +150,18 @@ def test_calibrated_cold_start_has_a_slow_part_when_three_gaps_tell_it_apart():
     assert "cold_start_slow" not in CalibratedStepModel.fit(two).coefficients
 
 
+def test_profile_wake_s_is_read_and_checked(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"samples": _bent_samples(), "wake_s": 1.2e-4}))
+    assert CalibratedStepModel.from_file(path).wake_s == pytest.approx(1.2e-4)
+    path.write_text(json.dumps({"coefficients": {"intercept_s": 1e-3}}))
+    assert CalibratedStepModel.from_file(path).wake_s == 0.0  # older profiles: no wake-up term
+    for bad in (-1.0, 5.0, "soon"):
+        path.write_text(json.dumps({"coefficients": {"intercept_s": 1e-3}, "wake_s": bad}))
+        with pytest.raises(InvalidRequestError, match="wake_s"):
+            CalibratedStepModel.from_file(path)
+
+
 def test_decode_points_a_few_sequences_apart_share_one_knot():
     samples = _bent_samples()
     extra = dict(samples[-3], decode_batch=62, prefill_tokens=0, context_tokens=62 * 96, cold_start=0.0)

@@ -15,9 +15,9 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
 - mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step;
 - idle: a P-token prompt arriving at an engine that has been idle for G seconds (G from --idle-gaps): a
   light-load step, slower than the same step run back to back (the cold_start terms of the fit). The
-  time from the end of the wait to the step's start (the sleep's overshoot, ~0.1 ms here, and
-  add_request) is the profile's wake_s: the simulator starts a request that finds the engine idle
-  that much after its arrival.
+  time from the end of the wait to the step's start (the sleep's overshoot and add_request: 0.29 ms
+  on the demo model here) is the profile's wake_s: the simulator starts a request that finds the
+  engine idle that much after its arrival.
 
 The process is set up as `nanoserve serve` sets itself up: after loading, everything alive is collected
 once and frozen (gc.freeze), so full collections do not rescan torch's and the model's objects; without

@@ -102,9 +102,7 @@ class FusedDecoder:
         tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
         return self.native.forward(ids, pos, slot, tables, ctx)
 
-    def greedy_steps(
-        self, seqs: list[GreedySeq], block_size: int, steps: int
-    ) -> list[list[int]]:
+    def greedy_steps(self, seqs: list[GreedySeq], block_size: int, steps: int) -> list[list[int]]:
         """Up to `steps` greedy tokens for each of `seqs`, in one native call: a forward over every
         token not yet run as a decode row, then per step the lm_head, an argmax and a one-row forward
         of the token chosen (the draft model's proposal loop), ending early once every sequence has

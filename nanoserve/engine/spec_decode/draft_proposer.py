@@ -189,4 +189,3 @@ class DraftModelProposer:
     def check_all_free(self) -> None:
         assert not self.shadows, f"draft state of {len(self.shadows)} sequences still held"
         self.block_manager.check_all_free()
-

@@ -90,17 +90,7 @@ class FusedDecoder:
         """One decode per sequence from plain lists, without a scheduler step's metadata (the draft
         model's loop: a handful of single-token steps per engine step, where building the metadata
         cost more than the forward). Same kernels, same result as __call__ on the same step."""
-        width = max(map(len, block_tables))
-        slots = [
-            t[p // block_size] * block_size + p % block_size
-            for t, p in zip(block_tables, positions, strict=True)
-        ]
-        # One tensor for the four per-sequence fields (each tensor built from a list costs a few us,
-        # a draft forward of the demo's draft model ~40): rows are contiguous views.
-        ctx_lens = [p + 1 for p in positions]  # each token attends to itself and everything before it
-        ids, pos, slot, ctx = torch.tensor([token_ids, positions, slots, ctx_lens])  # [4, B]
-        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [B, nb], padded with 0
-        return self.native.forward(ids, pos, slot, tables, ctx)
+        return self.native.forward(*_decode_rows(token_ids, positions, block_tables, block_size))
 
     def greedy_steps(self, seqs: list[GreedySeq], block_size: int, steps: int) -> list[list[int]]:
         """Up to `steps` greedy tokens for each of `seqs`, in one native call: a forward over every
@@ -109,28 +99,37 @@ class FusedDecoder:
         chosen one of its stop ids. The tables must hold every position written; lm_head must be set."""
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         row_tables: list[list[int]] = []
         last_rows: list[int] = []
-        width = max(len(s.block_table) for s in seqs)
-        num_stops = max(1, max(len(s.stop_ids) for s in seqs))
         for seq in seqs:
-            table = seq.block_table
-            padded = table + [0] * (width - len(table))
-            for p in range(seq.start, seq.start + len(seq.token_ids)):
-                positions.append(p)
-                slots.append(table[p // block_size] * block_size + p % block_size)
-                row_tables.append(padded)
             ids += seq.token_ids
+            positions += range(seq.start, seq.start + len(seq.token_ids))
+            row_tables += [seq.block_table] * len(seq.token_ids)
             last_rows.append(len(ids) - 1)
-        ctx_lens = [p + 1 for p in positions]  # each token attends to itself and everything before it
-        ids_t, pos_t, slot_t, ctx_t = torch.tensor([ids, positions, slots, ctx_lens])  # [4, T]
-        tables = torch.tensor(row_tables)  # [T, nb], padded with block 0
+        num_stops = max(1, max(len(s.stop_ids) for s in seqs))
         stop_ids = torch.tensor([list(s.stop_ids) + [-1] * (num_stops - len(s.stop_ids)) for s in seqs])
-        stop_from = torch.tensor([s.stop_from for s in seqs])  # [B]
-        out = self.native.greedy_steps(ids_t, pos_t, slot_t, tables, ctx_t, torch.tensor(last_rows),
-                                       stop_ids, stop_from, block_size, steps, self.lm_head)  # [B, <= steps]
+        out = self.native.greedy_steps(
+            *_decode_rows(ids, positions, row_tables, block_size), torch.tensor(last_rows), stop_ids,
+            torch.tensor([s.stop_from for s in seqs]), block_size, steps, self.lm_head,
+        )  # [B, <= steps]
         return out.tolist()
+
+
+def _decode_rows(
+    token_ids: list[int], positions: list[int], block_tables: list[list[int]], block_size: int
+) -> tuple[torch.Tensor, ...]:
+    """The native forward's arguments for one decode row per token: ids, positions, slots [T] int64,
+    tables [T, nb] int64 (each row's sequence's blocks, padded with block 0), ctx_lens [T] int64."""
+    width = max(map(len, block_tables))
+    slots = [
+        t[p // block_size] * block_size + p % block_size for t, p in zip(block_tables, positions, strict=True)
+    ]
+    # One tensor for the four per-row fields (each tensor built from a list costs a few us, a draft
+    # forward of the demo's draft model ~40): rows are contiguous views.
+    ctx_lens = [p + 1 for p in positions]  # each token attends to itself and everything before it
+    ids, pos, slot, ctx = torch.tensor([token_ids, positions, slots, ctx_lens])  # [4, T]
+    tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # [T, nb]
+    return ids, pos, slot, tables, ctx
 
 
 def _linear_ok(linear: object) -> bool:

@@ -148,7 +148,7 @@ class Simulator:
                 del queue[: len(take)]
             if not sched.has_unfinished():
                 if arrivals[i].arrival_s > clock:  # idle until the next arrival, then wake up
-                    clock = arrivals[i].arrival_s + getattr(self.step_model, "wake_s", 0.0)
+                    clock = arrivals[i].arrival_s + self.step_model.wake_s
                 continue
             out = sched.schedule()
             if out.is_empty:

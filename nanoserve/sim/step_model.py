@@ -74,6 +74,10 @@ class StepShape:
 
 
 class StepModel(Protocol):
+    # From a request's arrival at an idle engine to the start of its first step (the serving loop's
+    # wake-up and admitting the request); the simulator adds it after every idle gap.
+    wake_s: float
+
     def step_time_s(self, shape: StepShape) -> float: ...
 
     def describe(self) -> dict: ...
@@ -90,6 +94,7 @@ class AnalyticStepModel:
     compute_efficiency: float = 0.6
     allreduce_latency_s: float = 10e-6
     overhead_s: float = 2e-3
+    wake_s: float = 0.0  # not modelled for a GPU server
 
     def __post_init__(self) -> None:
         self.model = get_model(self.model)
@@ -156,14 +161,10 @@ COLD_SLOW_TAU_S = 0.1
 HINGE_PREFIX = "decode_batch_over_"  # coefficient name of the hinge at decode batch k: "decode_batch_over_8"
 
 
-def cold_start(idle_s: float) -> float:
-    """The cold-start feature of a step after `idle_s` seconds of idle engine: 0 (warm) .. 1 (cold)."""
-    return 1.0 - math.exp(-max(0.0, idle_s) / COLD_TAU_S)
-
-
-def cold_start_slow(idle_s: float) -> float:
-    """The slow part of the cold start, 0 .. 1 with time constant COLD_SLOW_TAU_S."""
-    return 1.0 - math.exp(-max(0.0, idle_s) / COLD_SLOW_TAU_S)
+def cold_start(idle_s: float, tau_s: float = COLD_TAU_S) -> float:
+    """The cold-start feature of a step after `idle_s` seconds of idle engine: 0 (warm) .. 1 (cold),
+    with time constant tau_s (COLD_TAU_S: the fast part; COLD_SLOW_TAU_S: the slow part)."""
+    return 1.0 - math.exp(-max(0.0, idle_s) / tau_s)
 
 
 def shape_features(shape: StepShape) -> dict[str, float]:
@@ -173,7 +174,7 @@ def shape_features(shape: StepShape) -> dict[str, float]:
     return {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
             "context_tokens": shape.context_tokens, "attention_pairs": shape.attention_pairs,
             "prefill_seqs": prefill_seqs, "prefill_step": has_prefill, "cold_start": cold_start(shape.idle_s),
-            "cold_start_slow": cold_start_slow(shape.idle_s)}
+            "cold_start_slow": cold_start(shape.idle_s, COLD_SLOW_TAU_S)}
 
 
 def _hinge_knots(samples: list[dict]) -> list[int]:
@@ -207,9 +208,7 @@ class CalibratedStepModel:
     intercept_s: float
     coefficients: dict[str, float] = field(default_factory=dict)  # seconds per unit of each feature
     source: str = ""
-    # From a request's arrival at an idle engine to the start of its first step: the serving loop's
-    # wake-up (a sleep's overshoot) and admitting the request; the profile's "wake_s".
-    wake_s: float = 0.0
+    wake_s: float = 0.0  # the profile's "wake_s": bench calibrate measures it at its idle points
 
     @classmethod
     def fit(cls, samples: list[dict], source: str = "") -> CalibratedStepModel:
@@ -278,6 +277,7 @@ class ConstantStepModel:
     """Every step takes the same time: for tests and for counting steps."""
 
     step_s: float = 1.0
+    wake_s: float = 0.0
 
     def step_time_s(self, shape: StepShape) -> float:
         return self.step_s

@@ -124,6 +124,8 @@ def test_request_too_long_for_the_pool_is_refused():
 class _RecordingModel:
     """1 s per step; remembers each step's shape."""
 
+    wake_s = 0.0
+
     def __init__(self) -> None:
         self.shapes = []
 
@@ -146,17 +148,12 @@ def test_a_step_after_an_idle_engine_carries_the_idle_time():
 
 
 def test_a_request_finding_the_engine_idle_starts_after_the_wake_up():
-    from dataclasses import dataclass
-
-    @dataclass
-    class _Waking(ConstantStepModel):
-        wake_s: float = 0.25
-
     # "a" arrives at t=0 (no wait: no wake-up), "b" at 100 s to an idle engine, "c" at 100.5 s while busy
     work = [SimRequest("a", 0.0, [1, 2, 3], 2), SimRequest("b", 100.0, [4, 5, 6], 2),
             SimRequest("c", 100.5, [7, 8, 9], 1)]
     config = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
-    a, b, c = Simulator(config, _Waking(1.0), next_token=fake_next_token).run(work).requests
+    sim = Simulator(config, ConstantStepModel(1.0, wake_s=0.25), next_token=fake_next_token)
+    a, b, c = sim.run(work).requests
     assert a.token_times_s == [1.0, 2.0]
     assert b.token_times_s == [101.25, 102.25]
     assert c.token_times_s == [102.25]  # joined the running engine's next step: no wake-up of its own

@@ -126,7 +126,10 @@ def test_calibrated_cold_start_costs_a_step_after_idle():
 
 
 def test_calibrated_cold_start_has_a_slow_part_when_three_gaps_tell_it_apart():
-    from nanoserve.sim.step_model import cold_start, cold_start_slow, shape_features
+    from nanoserve.sim.step_model import COLD_SLOW_TAU_S, cold_start, shape_features
+
+    def cold_start_slow(idle_s):
+        return cold_start(idle_s, COLD_SLOW_TAU_S)
 
     def cold_cost(idle_s):  # +0.3 ms within ~10 ms, then another +0.6 ms over ~100 ms
         return 3e-4 * cold_start(idle_s) + 6e-4 * cold_start_slow(idle_s)

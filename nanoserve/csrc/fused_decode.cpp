@@ -7,6 +7,9 @@
 // tiles, as the weight) or quantized on the native quantized kernels come here; fused_decode.py decides.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <pybind11/stl.h>
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernel_table.h"
@@ -75,11 +78,11 @@ class FusedDecoder {
   torch::Tensor forward(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots, torch::Tensor tables,
                         torch::Tensor ctx_lens) const {
     const int64_t T = ids.size(0);
-    const auto dtype = embed_.scalar_type();
-    torch::Tensor x = at::embedding(embed_, ids);  // [T, hidden]
+    TORCH_CHECK(ids.is_contiguous() && positions.is_contiguous(), "ids and positions must be contiguous");
+    torch::Tensor x = gather_rows(embed_, ids.data_ptr<int64_t>(), T, "token id");  // [T, hidden]
     // RotaryEmbedding.gather's values: the fp32 tables at the positions, rounded to the model dtype.
-    torch::Tensor cos = cos_.index_select(0, positions).to(dtype);  // [T, D]
-    torch::Tensor sin = sin_.index_select(0, positions).to(dtype);
+    torch::Tensor cos = gather_rows(cos_, positions.data_ptr<int64_t>(), T, "position");  // [T, D]
+    torch::Tensor sin = gather_rows(sin_, positions.data_ptr<int64_t>(), T, "position");
     torch::Tensor residual;  // the residual stream; undefined before layer 0
     for (const Layer& L : layers_) {
       torch::Tensor h;
@@ -101,55 +104,76 @@ class FusedDecoder {
   }
 
   // Greedy decoding of up to `steps` tokens per sequence (the draft model's proposal loop, without a
-  // return to Python per token). The first forward runs every row given: each sequence's tokens the
-  // model has not seen yet, as decode rows (ids, positions, slots, ctx_lens [T] int64, tables [T, nb]
-  // int64, as forward takes them); last_rows [B] int64 names each sequence's last row, whose lm_head
-  // argmax is its first token. Each further step feeds the B tokens just chosen back, one row per
-  // sequence. The loop ends early once every sequence has chosen a token that finishes it: one of its
-  // stop_ids [B, S] int64 (padded with -1) at a step >= its stop_from [B] int64. Every position
-  // written must have its block in the sequence's table. Returns [B, steps run] int64.
-  torch::Tensor greedy_steps(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots,
-                             torch::Tensor tables, torch::Tensor ctx_lens, torch::Tensor last_rows,
-                             torch::Tensor stop_ids, torch::Tensor stop_from, int64_t block_size,
-                             int64_t steps, const Linear& lm_head) const {
-    const int64_t B = last_rows.size(0);
-    torch::Tensor out = torch::empty({B, steps}, ids.options());
-    auto stops = stop_ids.accessor<int64_t, 2>();
-    auto from = stop_from.accessor<int64_t, 1>();
+  // return to Python per token). Sequence b brings counts[b] tokens the model has not seen yet (ids,
+  // concatenated), the first at position starts[b], and its block table tables[b]. The first forward
+  // runs all of them as decode rows; each sequence's last row's lm_head argmax is its first token.
+  // Each further step feeds the B tokens just chosen back, one row per sequence. The loop ends early
+  // once every sequence has chosen a token that finishes it: one of its stop_ids[b] at a step >=
+  // stop_from[b]. Every position written must have its block in the sequence's table. Plain lists in
+  // and out: building the argument tensors in Python cost more than a draft forward at batch 1.
+  // Returns the tokens chosen, [B][steps run].
+  std::vector<std::vector<int64_t>> greedy_steps(
+      const std::vector<int64_t>& ids, const std::vector<int64_t>& counts, const std::vector<int64_t>& starts,
+      const std::vector<std::vector<int64_t>>& tables, const std::vector<std::vector<int64_t>>& stop_ids,
+      const std::vector<int64_t>& stop_from, int64_t block_size, int64_t steps, const Linear& lm_head) const {
+    const int64_t B = int64_t(counts.size()), T = int64_t(ids.size());
+    TORCH_CHECK(B > 0 && int64_t(starts.size()) == B && int64_t(tables.size()) == B &&
+                int64_t(stop_ids.size()) == B && int64_t(stop_from.size()) == B, "greedy_steps: per-sequence lists differ in length");
+    int64_t nb = 1;
+    for (const auto& t : tables) nb = std::max<int64_t>(nb, int64_t(t.size()));
+    const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    // The first forward's rows (ids, positions, slots, ctx_lens [T]; tables [T, nb], padded with block 0)
+    // and the fed-back rows' (pos, slot, ctx [B]; seq_tables [B, nb]), rewritten in place each step.
+    torch::Tensor rows = torch::empty({4, T}, i64), row_tables = torch::zeros({T, nb}, i64);
+    torch::Tensor fed = torch::empty({4, B}, i64), seq_tables = torch::zeros({B, nb}, i64);
+    int64_t* r = rows.data_ptr<int64_t>();
+    int64_t* rt = row_tables.data_ptr<int64_t>();
+    int64_t* f = fed.data_ptr<int64_t>();  // rows: token, position, slot, ctx_len
+    int64_t* st = seq_tables.data_ptr<int64_t>();
+    std::vector<int64_t> last_rows(B);
+    auto slot_of = [&](const std::vector<int64_t>& table, int64_t p) {
+      TORCH_CHECK(p >= 0 && p / block_size < int64_t(table.size()), "greedy_steps: position ", p, " past the block table");
+      return table[p / block_size] * block_size + p % block_size;
+    };
+    int64_t t = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(counts[b] > 0 && t + counts[b] <= T, "greedy_steps: counts do not cover ids");
+      std::copy(tables[b].begin(), tables[b].end(), st + b * nb);
+      for (int64_t j = 0; j < counts[b]; ++j, ++t) {
+        const int64_t p = starts[b] + j;
+        r[t] = ids[t];
+        r[T + t] = p;
+        r[2 * T + t] = slot_of(tables[b], p);
+        r[3 * T + t] = p + 1;  // each token attends to itself and everything before it
+        std::copy(tables[b].begin(), tables[b].end(), rt + t * nb);
+      }
+      last_rows[b] = t - 1;
+      f[B + b] = starts[b] + counts[b] - 1;  // the last position so far
+    }
+    TORCH_CHECK(t == T, "greedy_steps: counts do not cover ids");
+    torch::Tensor h = forward(rows[0], rows[1], rows[2], row_tables, rows[3]);  // [T, hidden]
+    if (T != B) h = h.index_select(0, torch::tensor(last_rows, i64));  // [B, hidden]
+    std::vector<std::vector<int64_t>> out(B);
     std::vector<char> done(B, 0);
     int64_t num_done = 0;
-    torch::Tensor h = forward(ids, positions, slots, tables, ctx_lens).index_select(0, last_rows);
-    torch::Tensor seq_tables = tables.index_select(0, last_rows).contiguous();  // [B, nb]
-    // The fed-back rows' positions, slots and context lengths, written in place each step: a handful of
-    // ATen ops per step (gather, divide, ...) cost more than the draft model's layers at batch 1.
-    torch::Tensor pos = positions.index_select(0, last_rows).contiguous();  // [B] last position so far
-    torch::Tensor slot = torch::empty_like(pos), ctx = torch::empty_like(pos);
-    int64_t* pos_p = pos.data_ptr<int64_t>();
-    int64_t* slot_p = slot.data_ptr<int64_t>();
-    int64_t* ctx_p = ctx.data_ptr<int64_t>();
-    const int64_t* table_p = seq_tables.data_ptr<int64_t>();
-    const int64_t nb = seq_tables.size(1);
-    torch::Tensor cur;
     for (int64_t s = 0; s < steps; ++s) {
       if (s > 0) {  // feed back the tokens just chosen
         for (int64_t b = 0; b < B; ++b) {
-          const int64_t p = ++pos_p[b];
-          TORCH_CHECK(p / block_size < nb, "greedy_steps: position ", p, " past the block table");
-          slot_p[b] = table_p[b * nb + p / block_size] * block_size + p % block_size;
-          ctx_p[b] = p + 1;
+          const int64_t p = ++f[B + b];
+          f[2 * B + b] = slot_of(tables[b], p);
+          f[3 * B + b] = p + 1;
         }
-        h = forward(cur, pos, slot, seq_tables, ctx);  // [B, hidden]
+        h = forward(fed[0], fed[1], fed[2], seq_tables, fed[3]);  // [B, hidden]
       }
-      cur = linear(h, lm_head).argmax(-1);  // [B]
-      out.select(1, s).copy_(cur);
-      const int64_t* tok = cur.data_ptr<int64_t>();
+      argmax_rows(linear(h, lm_head), f);  // fed[0] = the tokens chosen
       for (int64_t b = 0; b < B; ++b) {
-        if (done[b] || s < from[b]) continue;
-        for (int64_t j = 0; j < stops.size(1) && stops[b][j] >= 0; ++j) {
-          if (stops[b][j] == tok[b]) { done[b] = 1; ++num_done; break; }
+        out[b].push_back(f[b]);
+        if (done[b] || s < stop_from[b]) continue;
+        for (int64_t id : stop_ids[b]) {
+          if (id == f[b]) { done[b] = 1; ++num_done; break; }
         }
       }
-      if (num_done == B) return out.narrow(1, 0, s + 1);
+      if (num_done == B) break;
     }
     return out;
   }
@@ -168,6 +192,45 @@ class FusedDecoder {
       case Linear::W8A8: return qk_->linear_w8a8(x, l.w, l.N, l.wsum, l.scales, l.offsets, l.bias, l.min_rows);
     }
     TORCH_CHECK(false, "unknown linear kind");
+  }
+
+  // table[idx[t]] for t < T, as rows of a new [T, C] tensor of the model's dtype (at::embedding and
+  // index_select + to: the same values, without three ATen ops' dispatch per forward).
+  torch::Tensor gather_rows(const torch::Tensor& table, const int64_t* idx, int64_t T, const char* what) const {
+    TORCH_CHECK(table.is_contiguous(), "gather_rows: table not contiguous");
+    const int64_t R = table.size(0), C = table.size(1);
+    torch::Tensor out = torch::empty({T, C}, embed_.options());
+    for (int64_t t = 0; t < T; ++t) TORCH_CHECK(idx[t] >= 0 && idx[t] < R, what, " ", idx[t], " out of range [0, ", R, ")");
+    if (table.scalar_type() == out.scalar_type()) {
+      const size_t row_bytes = size_t(C) * table.element_size();
+      const char* src = static_cast<const char*>(table.data_ptr());
+      char* dst = static_cast<char*>(out.data_ptr());
+      for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * row_bytes, src + idx[t] * row_bytes, row_bytes);
+    } else {  // the fp32 rotary tables into a bf16 model: round to nearest even, as .to(bf16)
+      TORCH_CHECK(table.scalar_type() == at::kFloat && out.scalar_type() == at::kBFloat16, "gather_rows dtypes");
+      const float* src = table.data_ptr<float>();
+      at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < C; ++c) dst[t * C + c] = at::BFloat16(src[idx[t] * C + c]);
+    }
+    return out;
+  }
+
+  // tok[b] = argmax of logits row b [B, V] (the first maximum; a NaN counts as the largest, as in
+  // torch.argmax).
+  static void argmax_rows(const torch::Tensor& logits, int64_t* tok) {
+    const torch::Tensor l = logits.scalar_type() == at::kFloat ? logits.contiguous() : logits.to(at::kFloat);
+    const int64_t B = l.size(0), V = l.size(1);
+    const float* p = l.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = p + b * V;
+      float best = row[0];
+      int64_t arg = 0;
+      for (int64_t v = 1; v < V && !std::isnan(best); ++v) {
+        if (!(row[v] <= best)) { best = row[v]; arg = v; }
+      }
+      tok[b] = arg;
+    }
   }
 
   const NativeKernelTable* nk_;

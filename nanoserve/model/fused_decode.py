@@ -98,21 +98,12 @@ class FusedDecoder:
         of the token chosen (the draft model's proposal loop), ending early once every sequence has
         chosen one of its stop ids. The tables must hold every position written; lm_head must be set."""
         ids: list[int] = []
-        positions: list[int] = []
-        row_tables: list[list[int]] = []
-        last_rows: list[int] = []
         for seq in seqs:
             ids += seq.token_ids
-            positions += range(seq.start, seq.start + len(seq.token_ids))
-            row_tables += [seq.block_table] * len(seq.token_ids)
-            last_rows.append(len(ids) - 1)
-        num_stops = max(1, max(len(s.stop_ids) for s in seqs))
-        stop_ids = torch.tensor([list(s.stop_ids) + [-1] * (num_stops - len(s.stop_ids)) for s in seqs])
-        out = self.native.greedy_steps(
-            *_decode_rows(ids, positions, row_tables, block_size), torch.tensor(last_rows), stop_ids,
-            torch.tensor([s.stop_from for s in seqs]), block_size, steps, self.lm_head,
-        )  # [B, <= steps]
-        return out.tolist()
+        return self.native.greedy_steps(
+            ids, [len(s.token_ids) for s in seqs], [s.start for s in seqs], [s.block_table for s in seqs],
+            [s.stop_ids for s in seqs], [s.stop_from for s in seqs], block_size, steps, self.lm_head,
+        )
 
 
 def _decode_rows(

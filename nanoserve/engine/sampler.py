@@ -141,12 +141,18 @@ def draw_uniform(generator: torch.Generator | None, n: int, device: torch.device
 
 
 def _plain_greedy(meta: SamplingMetadata) -> bool:
-    """Every row is an argmax of the raw logits: greedy, no penalties, no logprobs, no min_tokens mask,
-    no logit_bias."""
+    """Every row is an argmax of the raw logits (plain_greedy_row)."""
     return all(
-        p.greedy and not p.has_penalties and p.logprobs is None and len(out) >= p.min_tokens
+        plain_greedy_row(p, len(out)) for p, out in zip(meta.params, meta.output_token_ids, strict=True)
+    )
+
+
+def plain_greedy_row(p: SamplingParams, num_output_tokens: int) -> bool:
+    """A row that is the argmax of its raw logits: greedy, no penalties, no logprobs, no min_tokens mask
+    (num_output_tokens already generated before it), no logit_bias."""
+    return (
+        p.greedy and not p.has_penalties and p.logprobs is None and num_output_tokens >= p.min_tokens
         and not p.logit_bias
-        for p, out in zip(meta.params, meta.output_token_ids, strict=True)
     )
 
 

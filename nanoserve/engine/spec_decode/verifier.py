@@ -17,7 +17,7 @@ from nanoserve.engine.sampler import (
     Sampler,
     SamplingMetadata,
     logprobs_of,
-    plain_greedy,
+    plain_greedy_row,
 )
 from nanoserve.engine.sequence import Sequence
 from nanoserve.engine.spec_decode.rejection_sampler import verify_greedy, verify_sampled
@@ -44,26 +44,23 @@ def verify_step(
 
     token_bitmask rows index `seqs` (a constrained sequence is never given drafts)."""
     first_row: list[int] = []
-    params, prompts, outputs, gens = [], [], [], []
-    for seq, d in zip(seqs, drafts, strict=True):
-        first_row.append(len(params))
-        out = seq.output_token_ids
-        prompt = seq.token_ids[: seq.num_prompt_tokens]
-        for j in range(len(d) + 1):
-            params.append(seq.request.params)
-            prompts.append(prompt)
-            outputs.append(out + d[:j])
-            gens.append(seq.generator)
-    assert logits.shape[0] == len(params), f"{logits.shape[0]} logits rows for {len(params)} positions"
-    if token_bitmask is not None:
-        token_bitmask = TokenBitmask(token_bitmask.bitmask, [first_row[r] for r in token_bitmask.rows])
-    meta = SamplingMetadata(params, prompts, outputs, gens, eos_token_ids, token_bitmask)
-    if plain_greedy(meta):  # the sampler's own fast path: the same argmax as speculation off
+    num_rows = 0
+    for d in drafts:
+        first_row.append(num_rows)
+        num_rows += len(d) + 1
+    assert logits.shape[0] == num_rows, f"{logits.shape[0]} logits rows for {num_rows} positions"
+    # Every row plainly greedy (the common case): the argmax of the raw logits, as the sampler's own fast
+    # path takes it, without building per-row sampling metadata. A sequence's later rows only add
+    # output tokens, so its first row decides (min_tokens).
+    if token_bitmask is None and all(
+        plain_greedy_row(seq.request.params, seq.num_output_tokens) for seq in seqs
+    ):
         processed = None
         argmax = sampler.kernels.argmax_rows(logits).tolist()
     else:
+        meta = _row_metadata(seqs, drafts, first_row, eos_token_ids, token_bitmask)
         processed = sampler.process(logits, meta)  # [R, V]
-        argmax = processed.argmax(dim=-1).tolist()
+        argmax = processed.argmax(dim=-1).tolist()  # [R]
     results = []
     for i, (seq, d) in enumerate(zip(seqs, drafts, strict=True)):
         lo, hi = first_row[i], first_row[i] + len(d) + 1
@@ -81,3 +78,23 @@ def verify_step(
             logprobs = [None] * n
         results.append(SeqOutcome(verdict.token_ids, logprobs, len(d), verdict.num_accepted))
     return results
+
+
+def _row_metadata(
+    seqs: list[Sequence], drafts: list[list[int]], first_row: list[int], eos_token_ids: list[int],
+    token_bitmask: TokenBitmask | None,
+) -> SamplingMetadata:
+    """The sampler's metadata for every verify row: row j of a sequence sees its earlier drafts d[:j] as
+    output tokens (penalties, min_tokens)."""
+    params, prompts, outputs, gens = [], [], [], []
+    for seq, d in zip(seqs, drafts, strict=True):
+        out = seq.output_token_ids
+        prompt = seq.token_ids[: seq.num_prompt_tokens]
+        for j in range(len(d) + 1):
+            params.append(seq.request.params)
+            prompts.append(prompt)
+            outputs.append(out + d[:j])
+            gens.append(seq.generator)
+    if token_bitmask is not None:
+        token_bitmask = TokenBitmask(token_bitmask.bitmask, [first_row[r] for r in token_bitmask.rows])
+    return SamplingMetadata(params, prompts, outputs, gens, eos_token_ids, token_bitmask)

@@ -38,7 +38,8 @@ def load_draft(
     from nanoserve.model.loader import load_model, load_model_config, load_tokenizer
 
     draft_args = dataclasses.replace(
-        args, model=spec.model, tokenizer=None, max_model_len=None, speculative_config=None
+        args, model=spec.model, tokenizer=None, max_model_len=None, speculative_config=None,
+        dtype=draft_dtype(spec, args, target, device),
     )
     mc = load_model_config(draft_args)
     if mc.max_model_len < target.max_model_len:
@@ -57,6 +58,20 @@ def load_draft(
             "speculative_config",
         )
     return LoadedDraft(mc, load_model(mc, device, args.cpu_linear), device)
+
+
+def draft_dtype(spec: SpeculativeConfig, args: EngineArgs, target: ModelConfig, device: torch.device) -> str:
+    """The draft model's dtype argument: speculative_config's "dtype" unless "auto"; "auto" is bf16 for
+    an fp32 target on a CPU with the native bf16 linear kernel (the draft only proposes, so its
+    rounding changes acceptance at most, never the output), else the target's dtype argument."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    if target.dtype == "float32" and device.type == "cpu" and args.cpu_linear in ("auto", "avx512"):
+        from nanoserve.model.cpu_linear import load_avx512_kernel
+
+        if load_avx512_kernel() is not None:
+            return "bfloat16"
+    return args.dtype
 
 
 def split_kv_budget(

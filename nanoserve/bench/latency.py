@@ -3,7 +3,9 @@
 One request at a time, for each prompt length, `--num-iters` times with fresh random prompts (prefix
 caching off, so no run reuses another's KV): TTFT grows with the prompt (prefill is compute-bound,
 ~2N FLOPs per prompt token), TPOT stays nearly flat (each decode step streams the weights once;
-only the KV read grows with the context). Medians are reported.
+only the KV read grows with the context). Medians are reported. The backends alternate prompt by
+prompt (measure), and each backend's TPOT is also given relative to the first backend's on the same
+prompts: the ratio that survives the machine's drift.
 
 nanoserve's figures come from its own request metrics (arrival → first token, mean gap after it);
 the `hf` baseline's from transformers `generate`: TTFT = time of a 1-token generate, TPOT = the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +38,9 @@ class LatencyPoint:
     ttft_all_ms: list[float]
     tpot_all_ms: list[float]
     weights: dict[str, Any] | None = None  # nanoserve: linear_paths.quantization_report (what was timed)
+    # Median over the prompts of this backend's TPOT / the first backend's on the same prompt, run
+    # back to back (see measure): > 1 is slower than the first backend.
+    tpot_vs_first: float | None = None
 
 
 def nanoserve_latency(llm, prompt_ids: list[int], output_len: int) -> tuple[float, float]:
@@ -77,6 +83,43 @@ def hf_latency(model, prompt_ids: list[int], output_len: int) -> tuple[float, fl
     return ttft, tpot
 
 
+@dataclass
+class _Backend:
+    name: str
+    runner: Any
+    # (runner, prompt ids, output len) -> (TTFT s, TPOT s)
+    fn: Callable[[Any, list[int], int], tuple[float, float]]
+    weights: dict[str, Any] | None
+
+
+def _load_backend(
+    backend: str, model_dir: str, max_len: int, engine_kwargs: dict[str, Any], llama_cpp_converter: str | None
+) -> _Backend:
+    if backend == "nanoserve" or backend.startswith("nanoserve:"):
+        from nanoserve import LLM
+        from nanoserve.bench.linear_paths import quantization_report
+        from nanoserve.bench.throughput import nanoserve_method_kwargs
+
+        llm = LLM(model=model_dir, **nanoserve_method_kwargs(backend, engine_kwargs))
+        return _Backend(backend, llm, nanoserve_latency, quantization_report(llm.llm_engine))
+    if backend.startswith("llama.cpp:"):
+        import torch
+
+        from nanoserve.bench.llamacpp_backend import generate, gguf_type_of, load_llama
+        from nanoserve.bench.llamacpp_gguf import ensure_gguf
+
+        threads = torch.get_num_threads()
+        path = ensure_gguf(model_dir, gguf_type_of(backend), llama_cpp_converter, threads)
+        llama = load_llama(str(path), -(-max_len // 256) * 256, threads)
+        return _Backend(backend, llama, lambda llm, ids, n: generate(llm, ids, n)[1:], None)
+    if backend == "hf":
+        from nanoserve.bench.baselines import load_hf_model
+
+        model = load_hf_model(model_dir, engine_kwargs.get("dtype", "auto"))
+        return _Backend(backend, model, hf_latency, None)
+    raise ValueError(f"unknown backend {backend!r}; choose nanoserve[:<method>], hf or llama.cpp[:<type>]")
+
+
 def measure(
     model_dir: str,
     backends: list[str],
@@ -87,61 +130,45 @@ def measure(
     seed: int = 0,
     llama_cpp_converter: str | None = None,
 ) -> list[LatencyPoint]:
-    """`engine_kwargs`: LLM's keywords for the nanoserve backend; their dtype also loads the hf one."""
+    """`engine_kwargs`: LLM's keywords for the nanoserve backend; their dtype also loads the hf one.
+
+    Every backend is loaded first, then each prompt goes to every backend in turn (the order rotating
+    from one prompt to the next), so that all of them see the same minutes of the machine: on a shared
+    box the memory bandwidth, which sets batch-1 TPOT, drifts by 10-40% between runs a minute apart,
+    more than the gaps being measured when the backends ran one after another."""
     import gc
 
     from nanoserve.bench.models import special_token_ids, vocab_size
 
     vocab, special = vocab_size(model_dir), special_token_ids(model_dir)
+    max_len = max(input_lens) + output_len
+    loaded = [_load_backend(b, model_dir, max_len, engine_kwargs, llama_cpp_converter) for b in backends]
+    warm = random_requests(1, 16, 2, vocab, seed=seed + 999, special_ids=special)[0]
+    for b in loaded:
+        b.fn(b.runner, warm.prompt_token_ids, 2)
     points: list[LatencyPoint] = []
-    for backend in backends:
-        weights = None
-        if backend == "nanoserve" or backend.startswith("nanoserve:"):
-            from nanoserve import LLM
-            from nanoserve.bench.linear_paths import quantization_report
-            from nanoserve.bench.throughput import nanoserve_method_kwargs
-
-            runner = LLM(model=model_dir, **nanoserve_method_kwargs(backend, engine_kwargs))
-            fn = nanoserve_latency
-            weights = quantization_report(runner.llm_engine)
-        elif backend.startswith("llama.cpp:"):
-            import torch
-
-            from nanoserve.bench.llamacpp_backend import generate, gguf_type_of, load_llama
-            from nanoserve.bench.llamacpp_gguf import ensure_gguf
-
-            threads = torch.get_num_threads()
-            path = ensure_gguf(model_dir, gguf_type_of(backend), llama_cpp_converter, threads)
-            runner = load_llama(str(path), -(-(max(input_lens) + output_len) // 256) * 256, threads)
-
-            def fn(llm, ids, n):
-                return generate(llm, ids, n)[1:]
-        elif backend == "hf":
-            from nanoserve.bench.baselines import load_hf_model
-
-            runner = load_hf_model(model_dir, engine_kwargs.get("dtype", "auto"))
-            fn = hf_latency
-        else:
-            raise ValueError(
-                f"unknown backend {backend!r}; choose nanoserve[:<method>], hf or llama.cpp[:<type>]"
-            )
-        warm = random_requests(1, 16, 2, vocab, seed=seed + 999, special_ids=special)[0]
-        fn(runner, warm.prompt_token_ids, 2)
-        for i, n in enumerate(input_lens):
-            reqs = random_requests(num_iters, n, output_len, vocab, seed=seed + 1000 * i, special_ids=special)
-            ttfts, tpots = [], []
-            for r in reqs:
-                ttft, tpot = fn(runner, r.prompt_token_ids, output_len)
-                ttfts.append(ttft * 1e3)
-                tpots.append(tpot * 1e3)
+    for i, n in enumerate(input_lens):
+        reqs = random_requests(num_iters, n, output_len, vocab, seed=seed + 1000 * i, special_ids=special)
+        ttfts: dict[str, list[float]] = {b.name: [] for b in loaded}
+        tpots: dict[str, list[float]] = {b.name: [] for b in loaded}
+        for j, r in enumerate(reqs):
+            first = j % len(loaded)
+            for b in loaded[first:] + loaded[:first]:
+                ttft, tpot = b.fn(b.runner, r.prompt_token_ids, output_len)
+                ttfts[b.name].append(ttft * 1e3)
+                tpots[b.name].append(tpot * 1e3)
+        base = tpots[loaded[0].name]
+        for b in loaded:
+            paired = [t / t0 for t, t0 in zip(tpots[b.name], base, strict=True) if t0 > 0]
             points.append(
                 LatencyPoint(
-                    backend, n, output_len, statistics.median(ttfts), statistics.median(tpots), ttfts, tpots,
-                    weights,
+                    b.name, n, output_len, statistics.median(ttfts[b.name]), statistics.median(tpots[b.name]),
+                    ttfts[b.name], tpots[b.name], b.weights,
+                    statistics.median(paired) if paired else None,
                 )
             )
-        del runner
-        gc.collect()
+    del loaded
+    gc.collect()
     return points
 
 
@@ -221,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         args.llama_cpp_converter,
     )
     print_table(
-        ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s"],
+        ["backend", "prompt tokens", "TTFT ms", "TPOT ms", "decode tok/s", f"TPOT / {backends[0]}'s"],
         [
             [
                 p.backend,
@@ -229,10 +256,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{p.ttft_ms:.1f}",
                 f"{p.tpot_ms:.1f}",
                 f"{1e3 / p.tpot_ms:.1f}" if p.tpot_ms else "-",
+                f"{p.tpot_vs_first:.3f}" if p.tpot_vs_first is not None else "-",
             ]
             for p in points
         ],
-        title=f"batch-1 latency, {args.output_len} output tokens, median of {args.num_iters}",
+        title=f"batch-1 latency, {args.output_len} output tokens, median of {args.num_iters}; backends "
+        "alternate prompt by prompt, the last column is the median of the per-prompt TPOT ratios",
     )
     from nanoserve.bench.linear_paths import describe_quantization
 

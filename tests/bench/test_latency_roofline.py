@@ -1,6 +1,7 @@
 """Latency sweep, roofline report and linear-layer benchmark, end to end at a tiny scale."""
 
 import json
+import statistics
 
 import pytest
 
@@ -36,12 +37,36 @@ def test_latency_sweep_writes_points_and_png(tiny_model, tmp_path):
     points = json.loads(out.read_text())["points"]
     assert [(p["backend"], p["prompt_len"]) for p in points] == [
         ("nanoserve", 8),
-        ("nanoserve", 32),
         ("hf", 8),
+        ("nanoserve", 32),
         ("hf", 32),
     ]
     for p in points:
         assert len(p["ttft_all_ms"]) == 2 and p["ttft_ms"] > 0 and p["tpot_ms"] > 0
+    for first, other in (points[0:2], points[2:4]):  # hf's TPOT over nanoserve's, prompt by prompt
+        assert first["tpot_vs_first"] == 1.0
+        ratios = [t / t0 for t, t0 in zip(other["tpot_all_ms"], first["tpot_all_ms"], strict=True)]
+        assert other["tpot_vs_first"] == pytest.approx(statistics.median(ratios))
+
+
+def test_backends_alternate_prompt_by_prompt(tiny_model, monkeypatch):
+    """Each prompt goes to every backend before the next prompt, the first backend rotating."""
+    from nanoserve.bench import latency
+
+    calls = []
+
+    def fake(name):
+        def fn(runner, ids, n):
+            calls.append((name, tuple(ids)))
+            return 0.1, {"a": 0.01, "b": 0.02}[name]
+        return latency._Backend(name, None, fn, None)
+
+    monkeypatch.setattr(latency, "_load_backend", lambda backend, *a: fake(backend))
+    points = latency.measure(str(tiny_model("llama")), ["a", "b"], [8], 4, 3, {})
+    prompts = list(dict.fromkeys(ids for _, ids in calls[2:]))  # after the two warm-up calls
+    assert [name for name, _ in calls[2:]] == ["a", "b", "b", "a", "a", "b"]
+    assert [ids for _, ids in calls[2:]] == [prompts[0]] * 2 + [prompts[1]] * 2 + [prompts[2]] * 2
+    assert [p.tpot_vs_first for p in points] == [1.0, pytest.approx(2.0)]
 
 
 def test_roofline_rows_follow_the_definitions(tiny_model):

@@ -6,7 +6,8 @@
 # table on stdout.
 # Usage: [OUT=DIR] [THREADS=N] bash benchmarks/validate_sim.sh [STEP...]
 #   steps: calibrate (= calibrate-toy calibrate-qwen) toy qwen serve table; by default each model is
-#   calibrated right before its rows (this shared box's step times drift by 10-20% within minutes)
+#   calibrated right before its rows (this shared box's step times drift by 10-20% within minutes), in
+#   three passes over its points (each point keeps the median of its passes)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,10 +31,10 @@ for step in $steps; do
 case $step in
 calibrate-toy)
   $NS bench calibrate $TOY $T --decode-batches 1,2,4,8,16,32,128,256 --contexts 32,104 \
-    --prefill-tokens 8,16,32,64,96 --prefill-batches 1,8,32 --repeats 10 -o $OUT/profile-toy.json ;;
+    --prefill-tokens 8,16,32,64,96 --prefill-batches 1,8,32 --repeats 4 --passes 3 -o $OUT/profile-toy.json ;;
 calibrate-qwen)
   $NS bench calibrate $QWEN $T --decode-batches 1,2,4,8,16,32 --contexts 64,512 --prefill-tokens 16,64,256,1024 \
-    --prefill-batches 1,8,32 --repeats 5 -o $OUT/profile-qwen.json ;;
+    --prefill-batches 1,8,32 --repeats 2 --passes 3 -o $OUT/profile-qwen.json ;;
 toy)
   row toy-light $TOY --profile $OUT/profile-toy.json --num-prompts 200 --input-len 32 --output-len 32 \
     --range-ratio 0.5 --request-rate 20

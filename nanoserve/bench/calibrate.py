@@ -228,21 +228,59 @@ def calibrate(
     idle_gaps_s: tuple[float, ...] = (),
     seed: int = 0,
     log: Any = None,
+    passes: int = 1,
 ) -> list[dict[str, Any]]:
-    """The profile's samples: every prefill, decode and mixed point that fits the engine's limits."""
+    """The profile's samples: every prefill, decode and mixed point that fits the engine's limits.
+
+    With passes > 1 the whole sweep runs that many times and each point keeps the median of its passes'
+    step times: a point's steps are then spread over the calibration instead of falling in one stretch
+    of seconds, in which this shared box's speed can be 10-20% off its average (one sweep measured
+    decode B=1 at 34.6 ms and B=2 at 30.3 ms, C=512, on the Qwen shape)."""
     sc = engine.scheduler_config
     pool_tokens = engine.cache_config.num_tokens
     cal = Calibrator(engine, vocab_size, repeats, seed)
     cal.decode(1, 8)  # warm-up: first calls pay one-off costs
     del cal.timer.samples[:]
     limit = min(sc.max_model_len, pool_tokens) - 3 * repeats - 4
-    points = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
 
     def add(point: dict[str, Any]) -> None:
-        points.append(point)
+        by_kind.setdefault(point["kind"], []).append(point)
         if log:
             log(f"{point['kind']:<28} {point['step_s'] * 1e3:9.2f} ms  ({point['num_steps']} steps)")
 
+    for i in range(passes):
+        if log and passes > 1:
+            log(f"pass {i + 1} of {passes}")
+        _sweep(cal, add, engine, decode_batches, contexts, prefill_tokens, prefill_batches, idle_gaps_s,
+               limit)
+    cal.timer.detach()
+    return [_merge(runs) for runs in by_kind.values()]
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point from its passes: the median step time (and wake time), the features' mean."""
+    from nanoserve.sim.step_model import ALL_FEATURES
+
+    if len(runs) == 1:
+        return runs[0]
+    point = {"kind": runs[0]["kind"]}
+    for k in ALL_FEATURES:
+        point[k] = round(statistics.fmean(r[k] for r in runs), 1)
+    point["step_s"] = statistics.median(r["step_s"] for r in runs)
+    point["num_steps"] = sum(r["num_steps"] for r in runs)
+    if "wake_s" in runs[0]:
+        point["wake_s"] = statistics.median(r["wake_s"] for r in runs)
+    point["pass_step_s"] = [r["step_s"] for r in runs]
+    return point
+
+
+def _sweep(cal: Calibrator, add: Any, engine: Any, decode_batches: list[int], contexts: list[int],
+           prefill_tokens: list[int], prefill_batches: tuple[int, ...], idle_gaps_s: tuple[float, ...],
+           limit: int) -> None:
+    """Every point once, in calibrate's order."""
+    sc = engine.scheduler_config
+    repeats = cal.repeats
     for n in prefill_batches:
         for p in prefill_tokens:
             if p <= limit and (n == 1 or n * p <= sc.max_num_batched_tokens) and n <= sc.max_num_seqs:
@@ -268,8 +306,6 @@ def calibrate(
         for p in prefill_tokens[:2]:
             if p <= limit:
                 add(cal.after_idle(p, gap))
-    cal.timer.detach()
-    return points
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,6 +318,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-batches", default=DEFAULT_PREFILL_BATCHES,
                    help="prompts per prefill point (n prompts of P tokens in one step, when they fit)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per point (the median is kept)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="sweeps over all the points; each point keeps the median of its passes (spreads a "
+                   "point's steps over the calibration, against the machine's drift)")
     p.add_argument("--idle-gaps", default=DEFAULT_IDLE_GAPS,
                    help="seconds of idle engine before the idle points' prompt step ('' for none)")
     p.add_argument("--output", "-o", default="step_profile.json", metavar="FILE.json")
@@ -303,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
     gaps = tuple(float(x) for x in args.idle_gaps.split(",") if x.strip())
     samples = calibrate(engine, vocab_size(model_dir), _ints(args.decode_batches), _ints(args.contexts),
                         _ints(args.prefill_tokens), tuple(_ints(args.prefill_batches)), args.repeats,
-                        gaps, args.seed or 0, log=print)
+                        gaps, args.seed or 0, log=print, passes=args.passes)
     fit = CalibratedStepModel.fit(samples, args.output)
     profile = {
         "benchmark": "calibrate",

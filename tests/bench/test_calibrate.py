@@ -46,3 +46,23 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     shape = StepShape(3, 0, int(decode["context_tokens"]), int(decode["attention_pairs"]), 3)
     assert model.step_time_s(shape) == pytest.approx(decode["step_s"], rel=0.5)
     assert profile["fit"]["coefficients"] == pytest.approx(model.coefficients)
+
+
+def test_passes_repeat_the_sweep_and_keep_each_points_median(tiny_model, tmp_path):
+    import statistics
+
+    out = tmp_path / "profile.json"
+    rc = main(["bench", "calibrate", "--model", str(tiny_model("llama")), "--decode-batches", "1,3",
+               "--contexts", "20", "--prefill-tokens", "8,16,24", "--prefill-batches", "1",
+               "--repeats", "2", "--idle-gaps", "", "--passes", "3", "--output", str(out)])
+    assert rc == 0
+    samples = json.loads(out.read_text())["samples"]
+    assert [s["kind"] for s in samples] == [
+        "prefill 1x P=8", "prefill 1x P=16", "prefill 1x P=24", "decode B=1 C=20", "decode B=3 C=20",
+        "mixed B=1 C=20 P=16", "mixed B=1 C=20 P=24", "mixed B=3 C=20 P=16", "mixed B=3 C=20 P=24"]
+    for s in samples:
+        assert len(s["pass_step_s"]) == 3 and s["step_s"] == statistics.median(s["pass_step_s"])
+    decode = samples[4]
+    assert decode["num_steps"] == 3 * 3 * 2  # decode points run 3 x repeats steps a pass
+    assert decode["decode_batch"] == 3 and decode["prefill_tokens"] == 0
+    CalibratedStepModel.from_file(out)  # the merged profile loads

@@ -246,3 +246,22 @@ def test_cors_flags():
     args = parser.parse_args(["--allowed-origins", '["http://a", "http://b"]',
                               "--allowed-methods", "GET,POST", "--allow-credentials"])
     assert cors_config(args) == CorsConfig(["http://a", "http://b"], ["GET", "POST"], ["*"], True)
+
+
+def test_serving_on_cpu_leaves_one_core_to_the_front_end():
+    import argparse
+
+    from nanoserve.config import EngineArgs
+    from nanoserve.server.cli import add_arguments, serving_threads
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def args(*flags: str) -> EngineArgs:
+        return EngineArgs.from_cli_args(parser.parse_args(["--device", "cpu", *flags]))
+
+    assert serving_threads(args(), 2).num_cpu_threads == 1
+    assert serving_threads(args(), 16).num_cpu_threads == 15
+    assert serving_threads(args(), 1).num_cpu_threads is None  # nothing to leave
+    assert serving_threads(args("--num-cpu-threads", "2"), 2).num_cpu_threads == 2  # the user's choice
+    assert serving_threads(args("-dp", "2"), 8).num_cpu_threads is None  # replicas split the cores

@@ -65,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps (1 = Poisson)")
     w.add_argument("--trace", default=None, metavar="FILE.jsonl", help="{arrival_s, prompt_len, output_len}")
     w.add_argument("--seed", type=int, default=0)
+    f = p.add_argument_group("serving front end", "an HTTP server before the engine (measured by "
+                             "python -m nanoserve.sim.frontend; 0: the engine alone)")
+    f.add_argument("--frontend-latency-ms", type=float, default=0.0,
+                   help="from a request's sending to its arrival at the engine, plus its first token's "
+                   "way back")
+    f.add_argument("--frontend-token-ms", type=float, default=0.0,
+                   help="front-end work per emitted token that lengthens the engine's step")
     s = p.add_argument_group("batching")
     s.add_argument("--batching", choices=("continuous", "static"), default="continuous")
     s.add_argument("--static-batch-size", type=int, default=None, help="static B (default: max-num-seqs)")
@@ -146,6 +153,8 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         max_model_len=max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
         enable_prefix_caching=args.enable_prefix_caching, batching=args.batching,
         static_batch_size=args.static_batch_size,
+        frontend_latency_s=args.frontend_latency_ms / 1e3,
+        frontend_token_s=args.frontend_token_ms / 1e3,
     )
     result = Simulator(config, step_model).run(workload)
     percentiles = tuple(float(x) for x in args.percentiles.split(","))

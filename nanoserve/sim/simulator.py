@@ -9,7 +9,8 @@ clock, and finishes at its output length. When nothing is left to run the clock 
 arrival plus the step model's wake_s (the serving loop's wake-up and admitting the request, from the
 calibration; 0 for the analytic model), and the step after that gap is told how long the engine sat
 idle (StepShape.idle_s: a cold step costs more). The policy (budgets, chunking, preemption, prefix
-caching) is therefore exactly the engine's.
+caching) is therefore exactly the engine's. Behind an HTTP front end (SimConfig.frontend_*), requests
+reach the engine later and each emitted token lengthens its step.
 
 Static batching (`batching="static"`): up to `static_batch_size` arrived requests start together and
 the next batch is admitted only when every one of them has finished (seed 004 exercise 17); the same
@@ -50,12 +51,22 @@ class SimConfig:
     enable_prefix_caching: bool = True
     batching: str = "continuous"
     static_batch_size: int | None = None  # static batching's B (default: max_num_seqs)
+    # An HTTP front end before the engine (sim/frontend.py measures both): a request reaches the engine
+    # frontend_latency_s after it was sent (parsing, tokenizing, admission, the first chunk's way back),
+    # and every token a step emits costs frontend_token_s of front-end work that shares the process
+    # with the engine thread, so the step takes that much longer. 0: the engine alone (LLM, bench).
+    frontend_latency_s: float = 0.0
+    frontend_token_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_MODES:
             raise InvalidRequestError(f"batching must be one of {BATCHING_MODES}", "batching")
         if self.num_blocks < 1:
             raise InvalidRequestError("the KV pool needs at least one block", "num_blocks")
+        for name in ("frontend_latency_s", "frontend_token_s"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise InvalidRequestError(f"{name} must be a finite number >= 0, got {value!r}", name)
 
 
 @dataclass
@@ -137,8 +148,9 @@ class Simulator:
         steps: list[StepRecord] = []
         clock, i = 0.0, 0
         idle_since: float | None = 0.0  # when the engine last ran out of work; None while it has some
+        latency = self.config.frontend_latency_s
         while i < len(arrivals) or queue or sched.has_unfinished():
-            while i < len(arrivals) and arrivals[i].arrival_s <= clock:
+            while i < len(arrivals) and arrivals[i].arrival_s + latency <= clock:
                 queue.append(arrivals[i])
                 i += 1
             if not static or not sched.has_unfinished():
@@ -147,14 +159,15 @@ class Simulator:
                     self._add(r)
                 del queue[: len(take)]
             if not sched.has_unfinished():
-                if arrivals[i].arrival_s > clock:  # idle until the next arrival, then wake up
-                    clock = arrivals[i].arrival_s + self.step_model.wake_s
+                if arrivals[i].arrival_s + latency > clock:  # idle until the next arrival, then wake up
+                    clock = arrivals[i].arrival_s + latency + self.step_model.wake_s
                 continue
             out = sched.schedule()
             if out.is_empty:
                 raise RuntimeError("the scheduler made no progress with requests pending")
             idle_s = 0.0 if idle_since is None else clock - idle_since
             dt = self.step_model.step_time_s(replace(self._shape(out), idle_s=idle_s))
+            dt += self.config.frontend_token_s * sum(1 for item in out.scheduled if item.samples)
             start = clock
             clock += dt
             sched.update_after_step(out)

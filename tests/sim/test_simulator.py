@@ -157,3 +157,29 @@ def test_a_request_finding_the_engine_idle_starts_after_the_wake_up():
     assert a.token_times_s == [1.0, 2.0]
     assert b.token_times_s == [101.25, 102.25]
     assert c.token_times_s == [102.25]  # joined the running engine's next step: no wake-up of its own
+
+
+def test_a_front_end_delays_arrivals_and_lengthens_each_step_by_its_tokens():
+    # Without a front end: "a" at t=0 runs 1 s steps (tokens at 1, 2, 3); "b" arrives at 1.5 s and joins
+    # the step starting at 2. With 0.25 s of front-end latency and 0.5 s per emitted token: "a" reaches
+    # the engine at 0.25; its first step emits 1 token (ends 1.75), then "b" (there at 1.75) joins, and
+    # the steps that emit 2 tokens take 2 s.
+    work = [SimRequest("a", 0.0, [1, 2, 3], 3), SimRequest("b", 1.5, [4, 5, 6], 2)]
+    plain = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
+    a, b = Simulator(plain, ConstantStepModel(1.0), next_token=fake_next_token).run(work).requests
+    assert (a.token_times_s, b.token_times_s) == ([1.0, 2.0, 3.0], [3.0, 4.0])
+    served = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64,
+                       frontend_latency_s=0.25, frontend_token_s=0.5)
+    a, b = Simulator(served, ConstantStepModel(1.0), next_token=fake_next_token).run(work).requests
+    assert a.token_times_s == [1.75, 3.75, 5.75]
+    assert b.token_times_s == [3.75, 5.75]
+    assert a.arrival_s == 0.0  # TTFT counts from the sending: 1.75 s
+
+
+@pytest.mark.parametrize("field", ["frontend_latency_s", "frontend_token_s"])
+def test_front_end_terms_must_be_finite_and_not_negative(field):
+    from nanoserve.errors import InvalidRequestError
+
+    for bad in (-0.001, float("inf")):
+        with pytest.raises(InvalidRequestError, match=field):
+            SimConfig(64, **{field: bad})

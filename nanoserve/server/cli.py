@@ -184,12 +184,13 @@ def run(args: argparse.Namespace) -> int:
     auto_tool_parser = get_tool_parser(args.tool_call_parser) if args.enable_auto_tool_choice else None
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine_args = serving_threads(EngineArgs.from_cli_args(args), available_cores())
+    engine_args = EngineArgs.from_cli_args(args)
     model = engine_args.model
     # The default name is the folder's name, not its host path (clients may still send the path).
     names = args.served_model_name or [model_root(args.model) if args.model else "toy-assistant"]
     sock = bind_port(args.host, args.port)
     raise_open_files_limit()
+    engine_args = serving_threads(engine_args, available_cores())  # once the port is ours
     # The engine thread runs Python between torch ops; a 1 ms GIL switch interval (default 5 ms) lets the
     # event loop answer /health and write stream chunks promptly while a step is being computed.
     sys.setswitchinterval(0.001)

@@ -60,6 +60,19 @@ def cpu_has_flag(flag: str) -> bool:
         return False
 
 
+def cpu_vendor_family(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, int] | None:
+    """(vendor_id, cpu family) of the first CPU in /proc/cpuinfo, e.g. ("AuthenticAMD", 26); None where
+    unreadable. Zen 4 is AMD family 25 (0x19), Zen 5 family 26 (0x1a)."""
+    try:
+        with open(cpuinfo) as f:
+            first_cpu = f.read().split("\n\n", 1)[0]
+        lines = (line.partition(":") for line in first_cpu.splitlines())
+        fields = {k.strip(): v.strip() for k, _, v in lines}
+        return fields["vendor_id"], int(fields["cpu family"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def cpu_has_avx512_bf16() -> bool:
     return cpu_has_flag("avx512_bf16")
 

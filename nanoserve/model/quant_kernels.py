@@ -13,10 +13,10 @@ Three methods over the shared `QuantizedWeight` format (W[n, k] = (q[n, k] - zer
   (``q = round_half_even(x / s)``, ``s = max|x| / 127``), multiplied with VNNI ``vpdpbusd`` (unsigned x
   signed bytes): the activations go in as q + 128, and ``128 * sum_k w[n, k]`` (precomputed) comes off.
   The epilogue is ``(acc - wsum - zero * sum(q)) * (s_token * scale_n) + bias`` in fp32.
-  From W8A8_HYBRID_MIN_ROWS rows on, each block's last 16 outputs go through ``vdpbf16ps`` on the codes
-  as bf16 (exact: integer products, fp32 partial sums flushed to int32 below 2**24) while VNNI does the
-  first 48: on Zen 4 the two run on different pipes, and VNNI alone only matches bf16's MACs per cycle.
-  The integer dot products, hence the outputs, are the same either way.
+  On Zen 4 only (`w8a8_hybrid_pays`), from W8A8_HYBRID_ROWS rows on, each block's last 16 outputs go
+  through ``vdpbf16ps`` on the codes as bf16 (exact: integer products, fp32 partial sums flushed to int32
+  below 2**24) while VNNI does the first 48: there the two run on different pipes, and VNNI alone only
+  matches bf16's MACs per cycle. The integer dot products, hence the outputs, are the same either way.
 
 Every kernel threads with ATen's pool over blocks of 64 output rows (each weight byte is read once
 per call) and runs row tiles of up to 6 activation rows over an L2-resident block, like the bf16 kernel
@@ -43,7 +43,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from nanoserve.model.cpu_linear import cpu_has_avx512_bf16, cpu_has_flag
+from nanoserve.model.cpu_linear import cpu_has_avx512_bf16, cpu_has_flag, cpu_vendor_family
 from nanoserve.model.native_build import LazyExtension
 from nanoserve.model.quantization.quantized_weight import QuantizedWeight
 
@@ -54,10 +54,28 @@ PACK_BLOCK_N = 64  # output rows per packed block; BLOCK_N in csrc/quant_linear.
 # tile reads; below, each tile converts in registers, which measured faster up to ~64 rows here (the
 # register path overlaps the weight stream with the arithmetic; the scratch pass does not).
 SCRATCH_MIN_ROWS = 64
-W8A8_HYBRID_MIN_ROWS = 8  # w8a8: from this many rows on, VNNI and vdpbf16ps share each block (see csrc);
-# measured 1.1x the VNNI-only tiles at 8 rows, 1.5-1.8x from 24 on, 0.4-0.6x below 8 (the scratch pass)
+W8A8_HYBRID_ROWS = 8  # w8a8 on Zen 4: from this many rows on, VNNI and vdpbf16ps share each block (csrc)
+W8A8_NO_HYBRID = 1 << 62  # a row count no call reaches: VNNI-only tiles throughout
 W8A8_MAX_K = 65_000  # (q + 128) * w summed over K stays below 2**31: 255 * 128 * K
 METHODS = ("w8a16", "w4a16", "w8a8")
+
+def w8a8_hybrid_pays(cpu: tuple[str, int] | None = None) -> bool:
+    """Whether w8a8 should split each block between VNNI and vdpbf16ps (the hybrid tiles) on this CPU.
+
+    Only on Zen 4 (AMD family 0x19), where a zmm ``vpdpbusd`` issues every other cycle: VNNI alone
+    there only matches ``vdpbf16ps``'s MACs per cycle, and the two on different pipes beat either. Zen 5
+    and Intel issue ``vpdpbusd`` as fast as ``vdpbf16ps`` with twice the MACs: on Zen 5 the VNNI-only
+    tiles ran 1.9-2.0x the bf16 kernel and the hybrid 1.4x (benchmarks/RESULTS.md, session 11).
+    ``NANOSERVE_W8A8_HYBRID=1`` or ``0`` overrides. The outputs are the same either way."""
+    env = os.environ.get("NANOSERVE_W8A8_HYBRID")
+    if env in ("0", "1"):
+        return env == "1"
+    vendor_family = cpu if cpu is not None else cpu_vendor_family()
+    return vendor_family == ("AuthenticAMD", 0x19)
+
+
+W8A8_HYBRID_MIN_ROWS = W8A8_HYBRID_ROWS if w8a8_hybrid_pays() else W8A8_NO_HYBRID
+
 
 def _why_not() -> str | None:
     if os.environ.get("NANOSERVE_DISABLE_NATIVE_LINEAR") == "1":

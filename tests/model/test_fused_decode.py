@@ -231,8 +231,23 @@ def _quantized_runner(path, options):
 @pytest.mark.parametrize("variant, options", QUANT_CASES, ids=QUANT_IDS)
 def test_quantized_fused_step_equals_the_per_op_step_bit_for_bit(variant, options, tiny_model):
     _, runner = _quantized_runner(tiny_model(variant), options)
-    # 9 decodes: w8a8 switches to its hybrid tiles from W8A8_HYBRID_MIN_ROWS (8) rows on
+    # 9 decodes: on Zen 4, w8a8 switches to its hybrid tiles from W8A8_HYBRID_ROWS (8) rows on
     for ctx_lens in ([1], [37], [5, 130, 17, 64], [3, 9, 20, 1, 7, 33, 2, 15, 16]):
+        (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, ctx_lens)
+        assert torch.equal(h0, h1), (ctx_lens, (h0.float() - h1.float()).abs().max())
+        assert torch.equal(l0, l1)
+        assert torch.equal(kv0, kv1)
+
+
+@pytest.mark.parametrize("tiles", ["hybrid", "vnni"])
+def test_w8a8_fused_step_equals_the_per_op_step_with_either_tile_kind(tiles, tiny_model, monkeypatch):
+    # The default tiles depend on the CPU (quant_kernels.w8a8_hybrid_pays): both kinds, whatever this is.
+    from nanoserve.model import quant_kernels as qk
+
+    rows = qk.W8A8_HYBRID_ROWS if tiles == "hybrid" else qk.W8A8_NO_HYBRID
+    monkeypatch.setattr(qk, "W8A8_HYBRID_MIN_ROWS", rows)  # read when the fused step is built
+    _, runner = _quantized_runner(tiny_model("qwen2"), {"quantization": "w8a8"})
+    for ctx_lens in ([37], [3, 9, 20, 1, 7, 33, 2, 15, 16]):  # 9 rows: past the hybrid threshold
         (h0, l0, kv0), (h1, l1, kv1) = _step_both_ways(runner, ctx_lens)
         assert torch.equal(h0, h1), (ctx_lens, (h0.float() - h1.float()).abs().max())
         assert torch.equal(l0, l1)

@@ -95,7 +95,7 @@ def test_w8a8_matches_reference_exactly(n, k, zeros, hybrid_min_rows, monkeypatc
                 assert bool(((y.float() - ref.float()).abs() <= 2.0**-8 * ref.float().abs() + 1e-6).all())
 
 
-def test_w8a8_hybrid_threshold_and_long_k_stay_exact():
+def test_w8a8_hybrid_threshold_and_long_k_stay_exact(monkeypatch):
     # Rows at the hybrid threshold, and K = 2100 at the extreme codes (x -> +127, w = -128 or 127): the
     # bf16 part's fp32 partial sums would pass 2**24 (2100 * 127 * 128) without the int32 flushes.
     n, k = 70, 2100  # outputs 48..63 (bf16 part) of block 0, and a tail block
@@ -103,13 +103,43 @@ def test_w8a8_hybrid_threshold_and_long_k_stay_exact():
     qw.qweight[:40] = -128
     qw.qweight[40:] = 127
     packed = qk.pack_w8a8(qw)
-    t = qk.W8A8_HYBRID_MIN_ROWS
+    t = qk.W8A8_HYBRID_ROWS
+    monkeypatch.setattr(qk, "W8A8_HYBRID_MIN_ROWS", t)  # the hybrid tiles whatever this CPU's default
     for m in (t - 1, t, t + 1, 2 * t + 5):
         x = torch.ones(m, k, dtype=torch.bfloat16)  # [M, K]
         x[1:] = _x(m - 1, k, seed=m)
         y, ref = qk.linear_w8a8(x, packed), qk.reference_linear(x, qw)
         assert torch.equal(y, ref), m
     assert abs(ref[0, 50].item()) > 2**24 * qw.scales[50, 0].item() * (1 / 127)  # the sum did pass 2**24
+
+
+@pytest.mark.parametrize("cpu, env, want", [
+    (("AuthenticAMD", 0x19), None, True),   # Zen 4: vpdpbusd at half rate, both pipes pay
+    (("AuthenticAMD", 0x1A), None, False),  # Zen 5: VNNI alone ~2x the bf16 kernel
+    (("GenuineIntel", 6), None, False),
+    (None, None, False),                    # /proc/cpuinfo unreadable
+    (("AuthenticAMD", 0x1A), "1", True),
+    (("AuthenticAMD", 0x19), "0", False),
+])
+def test_w8a8_hybrid_tiles_only_where_they_pay(cpu, env, want, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("NANOSERVE_W8A8_HYBRID", raising=False)
+    else:
+        monkeypatch.setenv("NANOSERVE_W8A8_HYBRID", env)
+    monkeypatch.setattr(qk, "cpu_vendor_family", lambda: cpu)
+    assert qk.w8a8_hybrid_pays() is want
+
+
+def test_cpu_vendor_family_reads_the_first_cpu(tmp_path):
+    from nanoserve.model import cpu_linear
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert cpu_linear.cpu_vendor_family(str(info)) == ("AuthenticAMD", 25)
+    info.write_text("processor\t: 0\n")  # no vendor line: unknown, not an error
+    assert cpu_linear.cpu_vendor_family(str(info)) is None
+    assert cpu_linear.cpu_vendor_family(str(tmp_path / "missing")) is None
 
 
 def test_w8a8_is_close_to_the_unquantized_product():

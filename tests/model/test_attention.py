@@ -88,6 +88,9 @@ def test_backends_agree_with_reference_attention_on_a_mixed_step(
         monkeypatch.setattr(torch_backend, "DECODE_ROWS_MAX_QUERY_LEN", 1)
     if prefill_path == "sdpa":
         monkeypatch.setattr(torch_backend, "PREFILL_MATMUL_MAX_SCORES", 0)
+    else:  # causal row groups of 3 queries: every prefill chunk of the step is split
+        monkeypatch.setattr(torch_backend, "PREFILL_QUERY_ROWS", 3)
+        monkeypatch.setattr(torch_backend, "PREFILL_MIN_QUERY_ROWS", 1)
     layout, q, k, v, k_cache, v_cache = _random_step(MIXED_STEP, block_size, kvh, g, d, dtype)
     outs, caches = [], []
     for backend in _backends(kvh, g, d, dtype):

@@ -212,11 +212,14 @@ def test_sampler_greedy_fast_path_equals_the_full_path_on_bf16_logits():
     assert fast.logprobs == [None] * 6 and all(lp is not None for lp in full.logprobs)
 
 
+@pytest.mark.parametrize("query_rows", [128, 4])  # one row group / causal groups of 4 queries (last partial)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n_q,ctx", [(37, 37), (5, 40), (1, 9)])
-def test_prefill_matmul_attention_equals_sdpa(dtype, n_q, ctx, monkeypatch):
+def test_prefill_matmul_attention_equals_sdpa(query_rows, dtype, n_q, ctx, monkeypatch):
     from nanoserve.model.attention import torch_backend
 
+    monkeypatch.setattr(torch_backend, "PREFILL_QUERY_ROWS", query_rows)
+    monkeypatch.setattr(torch_backend, "PREFILL_MIN_QUERY_ROWS", 1)
     gen = torch.Generator().manual_seed(4)
     kvh, g, d, bs = 2, 3, 16, 8
     k_cache = torch.randn(kvh, 10, bs, d, generator=gen).to(dtype)

@@ -19,6 +19,7 @@ the batched decode path rather than one gather + attention per chunk and layer.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,12 @@ DECODE_ROWS_MAX_QUERY_LEN = 16
 # path, which the fused native decode step takes. Measured on the demo fp32 model, batch 1 (prompts of
 # 17-34 tokens): a prompt step through the fused step 0.2-0.3 ms instead of 0.8-1.2 ms op by op.
 DECODE_ROWS_MAX_CONTEXT = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _diagonal_bias(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[m, m]: 0 on and below the diagonal, -inf above (m queries against their own m positions)."""
+    return torch.full((m, m), float("-inf"), dtype=dtype, device=device).triu_(1)
 
 
 @dataclass
@@ -203,7 +210,8 @@ class TorchAttentionBackend(AttentionBackend):
             m, c = e - s, ctx - n_q + e  # these m queries are the last m positions of a c-token context
             qg = qs[s:e].view(m, kvh, g, d).transpose(0, 1).reshape(kvh, m * g, d)
             scores = torch.bmm(qg, k[:, :c].transpose(1, 2)).view(kvh, m, g, c)
-            scores.add_(self._causal_bias(m, c, q.device, q.dtype)[None, :, None, :])
+            # keys 0..c-m-1 are before every query of the group: only the last m columns need the mask
+            scores[..., c - m :].add_(_diagonal_bias(m, q.dtype, q.device)[None, :, None, :])
             probs = torch.softmax(scores, dim=-1).view(kvh, m * g, c)
             o = torch.bmm(probs, v[:, :c]).view(kvh, m, g, d).transpose(0, 1).reshape(m, kvh * g, d)
             if out is None:

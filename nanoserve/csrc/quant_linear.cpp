@@ -79,16 +79,20 @@ struct A16Args {
 
 // y[MR rows, n0:n0+64] for one block. Per group: bf16-code dot products in fp32 registers, then
 // out += scale * acc - offset * xsum (offset = scale * zero point), kept in a stack buffer (L1).
+// The unroll pragmas keep acc in registers (see tile_a8).
 template <int MR, class W>
 static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const float* scale, const float* offs,
                             int64_t n0) {
   constexpr int U = MR <= 2 ? 2 : 1;  // few rows: two accumulator sets hide the vdpbf16ps latency
   const int64_t K = a.K, K2 = (K + 1) / 2, Kfull = K / 2;
   alignas(64) float out[MR][BLOCK_N];
+  #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < 4; ++j) _mm512_store_ps(out[i] + 16 * j, _mm512_setzero_ps());
   const bf16* xrow[MR];
   const int32_t* xr[MR];
+  #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     xrow[i] = a.x + (m0 + i) * K;
     xr[i] = reinterpret_cast<const int32_t*>(xrow[i]);
@@ -97,16 +101,22 @@ static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const floa
     const int64_t kp0 = g * a.group_pairs, kp1 = std::min(kp0 + a.group_pairs, K2);
     const int64_t kend = std::min(kp1, Kfull);
     __m512 acc[U][MR][4];
+    #pragma GCC unroll 16
     for (int u = 0; u < U; ++u)
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i)
+        #pragma GCC unroll 16
         for (int j = 0; j < 4; ++j) acc[u][i][j] = _mm512_setzero_ps();
     int64_t kp = kp0;
     for (; kp + U <= kend; kp += U) {
+      #pragma GCC unroll 16
       for (int u = 0; u < U; ++u) {
         __m512bh wv[4];
         w.load(kp + u, wv);
+        #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
           __m512bh xb = (__m512bh)_mm512_set1_epi32(xr[i][kp + u]);
+          #pragma GCC unroll 16
           for (int j = 0; j < 4; ++j) acc[u][i][j] = _mm512_dpbf16_ps(acc[u][i][j], xb, wv[j]);
         }
       }
@@ -114,14 +124,18 @@ static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const floa
     for (; kp < kp1; ++kp) {  // leftover pair (U = 2) and the odd-K tail pair
       __m512bh wv[4];
       w.load(kp, wv);
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         __m512bh xb = (__m512bh)_mm512_set1_epi32(pair_at(xrow[i], kp, K));
+        #pragma GCC unroll 16
         for (int j = 0; j < 4; ++j) acc[0][i][j] = _mm512_dpbf16_ps(acc[0][i][j], xb, wv[j]);
       }
     }
+    #pragma GCC unroll 16
     for (int j = 0; j < 4; ++j) {
       const __m512 sc = _mm512_loadu_ps(scale + g * BLOCK_N + 16 * j);
       const __m512 of = _mm512_loadu_ps(offs + g * BLOCK_N + 16 * j);
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         __m512 s = acc[0][i][j];
         if (U == 2) s = _mm512_add_ps(s, acc[U - 1][i][j]);
@@ -131,7 +145,9 @@ static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const floa
       }
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + 16 * j;
       if (n >= a.N) break;

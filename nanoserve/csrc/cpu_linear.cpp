@@ -40,8 +40,11 @@ static inline void store16(float* dst, __m512 s, int64_t left) {
 template <int MR, int NB, typename T>
 static inline void store_tile(const __m512 (&acc)[NB][MR][4], const float* bias, T* y, int64_t ldy,
                               int64_t n0, int64_t N) {
+  #pragma GCC unroll 16
   for (int b = 0; b < NB; ++b)
+    #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 16
       for (int j = 0; j < 4; ++j) {
         const int64_t n = n0 + BLOCK_N * b + 16 * j;
         if (n >= N) break;
@@ -63,7 +66,8 @@ static inline int32_t pair_at(const bf16* row, int64_t kp, int64_t K) {
 }
 
 // y[m0:m0+MR, n0:n0+64*NB] = x[m0:m0+MR, :] @ (NB adjacent blocks)^T (+ bias); 4*MR*NB fp32
-// accumulators in registers. pf: another block of the same size to pull into L2 meanwhile (one k pair,
+// accumulators in registers (the unroll pragmas: without them GCC 12 kept some of them on the stack,
+// see quant_linear.cpp's tile_a8). pf: another block of the same size to pull into L2 meanwhile (one k pair,
 // 256 bytes, per k pair).
 //
 // Batch invariance: every output sums its k pairs in one accumulator, in order from pair 0, whatever
@@ -81,20 +85,27 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
   const int64_t K2 = (K + 1) / 2, Kfull = K / 2;  // pairs, pairs without the odd tail
   const int64_t block = block_elems(wb, K);
   __m512 acc[NB][MR][4];
+  #pragma GCC unroll 16
   for (int b = 0; b < NB; ++b)
+    #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 16
       for (int j = 0; j < 4; ++j) acc[b][i][j] = _mm512_setzero_ps();
   const int32_t* xr[MR];
+  #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) xr[i] = reinterpret_cast<const int32_t*>(x + i * ldx);
   for (int64_t kp = 0; kp < Kfull; ++kp) {
     if (pf)
+      #pragma GCC unroll 16
       for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(pf + kp * 128 + 32 * l), _MM_HINT_T1);
+    #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
       const bf16* w = wb + b * block + kp * 128;
       __m512bh w0 = (__m512bh)_mm512_loadu_si512(w);
       __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + 32);
       __m512bh w2 = (__m512bh)_mm512_loadu_si512(w + 64);
       __m512bh w3 = (__m512bh)_mm512_loadu_si512(w + 96);
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         __m512bh xb = (__m512bh)_mm512_set1_epi32(xr[i][kp]);
         acc[b][i][0] = _mm512_dpbf16_ps(acc[b][i][0], xb, w0);
@@ -105,12 +116,16 @@ static inline void tile(const bf16* x, int64_t ldx, int64_t K, const bf16* wb, c
     }
   }
   if (Kfull < K2) {  // odd K: the tail pair (x[K-1], 0), last as in every tile
+    #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
       const bf16* w = wb + b * block + Kfull * 128;
       __m512bh wv[4];
+      #pragma GCC unroll 16
       for (int j = 0; j < 4; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         __m512bh xb = (__m512bh)_mm512_set1_epi32(pair_at(x + i * ldx, Kfull, K));
+        #pragma GCC unroll 16
         for (int j = 0; j < 4; ++j) acc[b][i][j] = _mm512_dpbf16_ps(acc[b][i][j], xb, wv[j]);
       }
     }
@@ -125,16 +140,22 @@ static inline void tile(const float* x, int64_t ldx, int64_t K, const float* wb,
                         float* y, int64_t ldy, int64_t n0, int64_t N, const float* pf = nullptr) {
   const int64_t block = K * BLOCK_N;
   __m512 acc[NB][MR][4];
+  #pragma GCC unroll 16
   for (int b = 0; b < NB; ++b)
+    #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 16
       for (int j = 0; j < 4; ++j) acc[b][i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     if (pf)
+      #pragma GCC unroll 16
       for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(pf + k * 64 + 16 * l), _MM_HINT_T1);
+    #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
       const float* w = wb + b * block + k * 64;
       const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
       const __m512 w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+      #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
         acc[b][i][0] = _mm512_fmadd_ps(xb, w0, acc[b][i][0]);

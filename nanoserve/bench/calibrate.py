@@ -175,12 +175,13 @@ class Calibrator:
         return point
 
     def _decoding_batch(self, batch: int, context: int, extra_steps: int) -> list[str]:
-        """`batch` requests that have their first token, prompts of `context` tokens sharing a prefix."""
-        prefix = self._prompt(context - 1)
-        ids = [self._add(prefix + self._prompt(1), extra_steps + 2)]
-        while not self._all_started(ids):
-            self.timer.step(record=False)  # the prefix is computed and cached once
-        ids += [self._add(prefix + self._prompt(1), extra_steps + 2) for _ in range(batch - 1)]
+        """`batch` requests that have their first token, each with its own prompt of `context` tokens.
+
+        Not prompts sharing a cached prefix (cheaper to build, as this did until session 11): every row's
+        attention then reads the same KV blocks, which stay in cache, while a workload's rows read their
+        own. On the demo model a batch of 255 at context 64 decoded 17-27% faster with the shared prefix
+        than with distinct prompts (Qwen2.5-0.5B shape, 32 at 512: 4-6%)."""
+        ids = [self._add(self._prompt(context), extra_steps + 2) for _ in range(batch)]
         while not self._all_started(ids):
             self.timer.step(record=False)
         return ids
@@ -289,9 +290,9 @@ def _sweep(cal: Calibrator, add: Any, engine: Any, decode_batches: list[int], co
         c = min(c, limit)
         for b in decode_batches:
             b = min(b, sc.max_num_seqs - 1)
-            # the shared prefix is cached once; each sequence adds its own last block and decode room
-            own_blocks = b * (2 + (3 * repeats + 4) // engine.cache_config.block_size)
-            if c // engine.cache_config.block_size + own_blocks > engine.cache_config.num_blocks:
+            # every sequence holds its own context and decode room
+            bs = engine.cache_config.block_size
+            if b * -(-(c + 3 * repeats + 4) // bs) > engine.cache_config.num_blocks:
                 continue
             add(cal.decode(b, c))
     # A prompt beside a few decodes (light load) and beside 8 (busier): the fixed cost of a prompt step

@@ -70,11 +70,17 @@ class SpecComparison:
         return self.measured / self.predicted if self.predicted else 0.0
 
     @property
+    def end_to_end(self) -> float:
+        """on_tok_s / off_tok_s: the speed-up a user sees, prefill included."""
+        return self.on_tok_s / self.off_tok_s if self.off_tok_s else 0.0
+
+    @property
     def ratio_terms(self) -> float:
         return self.measured / self.predicted_terms if self.predicted_terms else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio, "ratio_terms": self.ratio_terms}
+        return {**asdict(self), "ratio": self.ratio, "ratio_terms": self.ratio_terms,
+                "end_to_end": self.end_to_end}
 
 
 def fit_alpha(tokens_per_step: float, k: int) -> float:
@@ -144,8 +150,8 @@ def compare(label: str, method: str, k: int, off: RunMeasure, on: RunMeasure,
 
 
 HEADER = ["workload", "method", "k", "accept", "per position", "α (fit)", "c", "t_target ms", "t_verify ms",
-          "o ms", "off tok/s", "on tok/s", "measured ×", "predicted ×", "meas/pred", "pred+terms ×",
-          "meas/pred+terms", "same output"]
+          "o ms", "off tok/s", "on tok/s", "end to end ×", "measured ×", "predicted ×", "meas/pred",
+          "pred+terms ×", "meas/pred+terms", "same output"]
 
 
 def rows(comparisons: list[SpecComparison]) -> list[list[str]]:
@@ -155,7 +161,7 @@ def rows(comparisons: list[SpecComparison]) -> list[list[str]]:
             c.label, c.method, str(c.k), f"{c.acceptance_rate:.2f}",
             " ".join(f"{a:.2f}" for a in c.acceptance_per_pos) or "-",
             f"{c.alpha:.2f}", f"{c.c:.2f}", f"{c.t_target_s * 1e3:.2f}", f"{c.t_verify_s * 1e3:.2f}",
-            f"{c.overhead_s * 1e3:.2f}", f"{c.off_tok_s:.0f}", f"{c.on_tok_s:.0f}",
+            f"{c.overhead_s * 1e3:.2f}", f"{c.off_tok_s:.0f}", f"{c.on_tok_s:.0f}", f"{c.end_to_end:.2f}",
             f"{c.measured:.2f}", f"{c.predicted:.2f}", f"{c.ratio:.2f}",
             f"{c.predicted_terms:.2f}", f"{c.ratio_terms:.2f}",
             "-" if c.identical is None else "yes" if c.identical else f"NO ({len(c.mismatches) or '?'})",

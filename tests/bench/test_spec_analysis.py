@@ -50,8 +50,10 @@ def test_compare_from_fake_timers():
     assert c.predicted_terms == pytest.approx(2.5 * 3 / 4.6)
     assert c.ratio == pytest.approx(1.5 / (2.5 * 2 / 2.6))
     assert c.off_tok_s == pytest.approx(250) and c.on_tok_s == pytest.approx(400)
+    assert c.end_to_end == pytest.approx(1.6) and c.as_dict()["end_to_end"] == pytest.approx(1.6)
     md = markdown([c])
     assert md.count("\n") == 3 and "| fake | draft_model | 3 | 0.50 | 0.75 0.50 0.25 |" in md
+    assert "| end to end × |" in md and "| 250 | 400 | 1.60 | 1.50 |" in md
     assert "| yes |" in md
 
 

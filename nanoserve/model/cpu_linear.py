@@ -51,25 +51,28 @@ _ext_error: str | None = None
 _ext_lock = threading.Lock()
 
 
+def _read_cpuinfo(path: str = "/proc/cpuinfo") -> str:
+    """The file's text; "" where unreadable (not Linux, a sandbox)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_has_flag(flag: str) -> bool:
     """Whether /proc/cpuinfo lists `flag` (e.g. "avx512_bf16", "avx512_vnni"); False where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return flag in f.read().split()
-    except OSError:
-        return False
+    return flag in _read_cpuinfo().split()
 
 
 def cpu_vendor_family(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, int] | None:
     """(vendor_id, cpu family) of the first CPU in /proc/cpuinfo, e.g. ("AuthenticAMD", 26); None where
     unreadable. Zen 4 is AMD family 25 (0x19), Zen 5 family 26 (0x1a)."""
+    first_cpu = _read_cpuinfo(cpuinfo).split("\n\n", 1)[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
     try:
-        with open(cpuinfo) as f:
-            first_cpu = f.read().split("\n\n", 1)[0]
-        lines = (line.partition(":") for line in first_cpu.splitlines())
-        fields = {k.strip(): v.strip() for k, _, v in lines}
         return fields["vendor_id"], int(fields["cpu family"])
-    except (OSError, KeyError, ValueError):
+    except (KeyError, ValueError):
         return None
 
 

@@ -194,7 +194,7 @@ class TorchAttentionBackend(AttentionBackend):
         rows = min(PREFILL_QUERY_ROWS, PREFILL_MATMUL_MAX_SCORES // (g * ctx))
         if rows < PREFILL_MIN_QUERY_ROWS:  # very long contexts: SDPA never holds all scores
             qh = q.transpose(0, 1)  # [H, n_q, D]
-            mask = None if n_q == ctx else self._causal_bias(n_q, ctx, q.device, torch.bool)
+            mask = None if n_q == ctx else self._causal_mask(n_q, ctx, q.device)
             # 4-D inputs: with 3-D ones CPU SDPA takes its unfused math path (much slower).
             o = F.scaled_dot_product_attention(
                 qh[None], k[None], v[None], attn_mask=mask, is_causal=mask is None, scale=self.scale,
@@ -220,15 +220,11 @@ class TorchAttentionBackend(AttentionBackend):
         return out
 
     @staticmethod
-    def _causal_bias(n_q: int, ctx: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """[n_q, ctx]: query i sits at position ctx - n_q + i and sees keys 0..that position.
-
-        bool dtype: True where allowed (SDPA's mask); float: 0 where allowed, -inf elsewhere."""
+    def _causal_mask(n_q: int, ctx: int, device: torch.device) -> torch.Tensor:
+        """[n_q, ctx] bool, True where allowed (SDPA's mask): query i sits at position ctx - n_q + i and
+        sees keys 0..that position."""
         q_pos = torch.arange(ctx - n_q, ctx, device=device)
-        allowed = torch.arange(ctx, device=device)[None, :] <= q_pos[:, None]
-        if dtype == torch.bool:
-            return allowed
-        return torch.zeros((n_q, ctx), dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        return torch.arange(ctx, device=device)[None, :] <= q_pos[:, None]
 
     def _decode(
         self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: TorchAttentionMetadata

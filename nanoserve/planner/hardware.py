@@ -247,7 +247,19 @@ def hardware_from_file(path: str | Path) -> Hardware:
     return custom_hardware(base, **data)
 
 
+_NUMBER_FIELDS = ("bf16_flops_per_s", "fp8_flops_per_s", "int8_ops_per_s", "hbm_bytes", "hbm_bytes_per_s",
+                  "intra_node_bytes_per_s", "inter_node_bytes_per_s", "usd_per_hour", "devices_per_node")
+
+
 def _validate(hw: Hardware) -> None:
+    for f in _NUMBER_FIELDS:
+        v = getattr(hw, f)
+        optional = f in ("fp8_flops_per_s", "int8_ops_per_s")
+        if (v is None and optional) or (isinstance(v, int | float) and not isinstance(v, bool)):
+            continue
+        hint = " (YAML reads an exponent without its sign, like 24e9, as text: write 24.0e+9)" \
+            if isinstance(v, str) else ""
+        raise InvalidRequestError(f"hardware {f} must be a number, got {v!r}{hint}", f)
     for f in ("bf16_flops_per_s", "hbm_bytes", "hbm_bytes_per_s", "intra_node_bytes_per_s",
               "inter_node_bytes_per_s"):
         if not getattr(hw, f) > 0:

@@ -139,3 +139,18 @@ def test_planner_never_imports_torch() -> None:
             "nanoserve.planner.memory, nanoserve.planner.parallel; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_hardware_file_with_a_non_number_field_is_a_clear_error(tmp_path) -> None:
+    # PyYAML reads 24e9 (no exponent sign) as the string "24e9": a named error, not a TypeError.
+    f = tmp_path / "box.yaml"
+    f.write_text("name: box\nbf16_flops_per_s: 1.0e+12\nhbm_bytes: 24e9\nhbm_bytes_per_s: 40.0e+9\n")
+    with pytest.raises(InvalidRequestError, match=r"hbm_bytes must be a number.*24\.0e\+9") as e:
+        hardware_from_file(f)
+    assert e.value.param == "hbm_bytes"
+    f.write_text("name: box\nbf16_flops_per_s: 1.0e+12\nhbm_bytes: 24.0e+9\nhbm_bytes_per_s: 40.0e+9\n"
+                 "int8_ops_per_s: [1]\n")
+    with pytest.raises(InvalidRequestError, match="int8_ops_per_s must be a number"):
+        hardware_from_file(f)
+    f.write_text("name: box\nbf16_flops_per_s: 1.0e+12\nhbm_bytes: 24.0e+9\nhbm_bytes_per_s: 40.0e+9\n")
+    assert hardware_from_file(f).hbm_bytes == 24e9

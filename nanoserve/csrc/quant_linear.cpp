@@ -35,6 +35,7 @@ static inline __mmask16 tail_mask(int64_t n, int64_t N) {
 // one 64-output block. Codes are small integers, exact in bf16, so vdpbf16ps multiplies them exactly.
 
 struct Int8Codes {  // block [K2][64][2] int8, the bf16 kernel's order
+  static constexpr int64_t kp_bytes = 128;  // bytes of one k pair
   const int8_t* p;
   inline void load(int64_t kp, __m512bh w[4]) const {
     const int8_t* b = p + kp * 128;
@@ -47,6 +48,7 @@ struct Int8Codes {  // block [K2][64][2] int8, the bf16 kernel's order
 };
 
 struct Int4Codes {  // block [K2][64] bytes: byte i of half h holds zmm 2h's element i (low nibble), 2h+1's (high)
+  static constexpr int64_t kp_bytes = 64;
   const uint8_t* p;
   inline void load(int64_t kp, __m512bh w[4]) const {
     // 0x4300 | u is the bf16 of 128 + u (u < 16): no int->float conversion; the packer folds the 128
@@ -61,6 +63,7 @@ struct Int4Codes {  // block [K2][64] bytes: byte i of half h holds zmm 2h's ele
 };
 
 struct Bf16Codes {  // a block already converted by one of the above into [K2][64][2] bf16 (scratch)
+  static constexpr int64_t kp_bytes = 256;
   const bf16* p;
   inline void load(int64_t kp, __m512bh w[4]) const {
     for (int j = 0; j < 4; ++j) w[j] = (__m512bh)_mm512_loadu_si512(p + kp * 128 + 32 * j);
@@ -79,10 +82,11 @@ struct A16Args {
 
 // y[MR rows, n0:n0+64] for one block. Per group: bf16-code dot products in fp32 registers, then
 // out += scale * acc - offset * xsum (offset = scale * zero point), kept in a stack buffer (L1).
-// The unroll pragmas keep acc in registers (see tile_a8).
+// The unroll pragmas keep acc in registers (see tile_a8). pf: the codes of the block this thread takes
+// next, pulled into L2 alongside (a second stream keeps more of the memory bandwidth busy), or null.
 template <int MR, class W>
 static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const float* scale, const float* offs,
-                            int64_t n0) {
+                            int64_t n0, const char* pf = nullptr) {
   constexpr int U = MR <= 2 ? 2 : 1;  // few rows: two accumulator sets hide the vdpbf16ps latency
   const int64_t K = a.K, K2 = (K + 1) / 2, Kfull = K / 2;
   alignas(64) float out[MR][BLOCK_N];
@@ -109,6 +113,9 @@ static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const floa
         for (int j = 0; j < 4; ++j) acc[u][i][j] = _mm512_setzero_ps();
     int64_t kp = kp0;
     for (; kp + U <= kend; kp += U) {
+      if (pf)
+        #pragma GCC unroll 8
+        for (int64_t l = 0; l < U * W::kp_bytes; l += 64) _mm_prefetch(pf + kp * W::kp_bytes + l, _MM_HINT_T1);
       #pragma GCC unroll 16
       for (int u = 0; u < U; ++u) {
         __m512bh wv[4];
@@ -158,16 +165,18 @@ static inline void tile_a16(const A16Args& a, int64_t m0, const W& w, const floa
     }
 }
 
+// pf (see tile_a16) goes to the first row tile, the one that streams the block from memory.
 template <class W>
-static void rows_a16(const A16Args& a, const W& w, const float* scale, const float* offs, int64_t n0) {
+static void rows_a16(const A16Args& a, const W& w, const float* scale, const float* offs, int64_t n0,
+                     const char* pf = nullptr) {
   int64_t m = 0;
-  for (; m + MR_MAX <= a.M; m += MR_MAX) tile_a16<MR_MAX>(a, m, w, scale, offs, n0);
+  for (; m + MR_MAX <= a.M; m += MR_MAX, pf = nullptr) tile_a16<MR_MAX>(a, m, w, scale, offs, n0, pf);
   switch (a.M - m) {
-    case 5: tile_a16<5>(a, m, w, scale, offs, n0); break;
-    case 4: tile_a16<4>(a, m, w, scale, offs, n0); break;
-    case 3: tile_a16<3>(a, m, w, scale, offs, n0); break;
-    case 2: tile_a16<2>(a, m, w, scale, offs, n0); break;
-    case 1: tile_a16<1>(a, m, w, scale, offs, n0); break;
+    case 5: tile_a16<5>(a, m, w, scale, offs, n0, pf); break;
+    case 4: tile_a16<4>(a, m, w, scale, offs, n0, pf); break;
+    case 3: tile_a16<3>(a, m, w, scale, offs, n0, pf); break;
+    case 2: tile_a16<2>(a, m, w, scale, offs, n0, pf); break;
+    case 1: tile_a16<1>(a, m, w, scale, offs, n0, pf); break;
     default: break;
   }
 }
@@ -176,8 +185,9 @@ static void rows_a16(const A16Args& a, const W& w, const float* scale, const flo
 // bf16 once into a per-thread scratch (L2-resident, 64 x K x 2 bytes) and every tile reads that: the
 // conversion is then paid once per block instead of once per tile.
 template <class W>
-static void block_a16(const A16Args& a, const W& w, const float* scale, const float* offs, int64_t n0) {
-  if (a.M < a.scratch_min_rows) return rows_a16(a, w, scale, offs, n0);
+static void block_a16(const A16Args& a, const W& w, const float* scale, const float* offs, int64_t n0,
+                      const char* pf) {
+  if (a.M < a.scratch_min_rows) return rows_a16(a, w, scale, offs, n0, pf);
   const int64_t K2 = (a.K + 1) / 2;
   thread_local std::vector<bf16> scratch;
   if ((int64_t)scratch.size() < K2 * 128) scratch.resize(K2 * 128);
@@ -231,12 +241,16 @@ torch::Tensor linear_a16(torch::Tensor x, torch::Tensor wq, int64_t bits, int64_
   const float* sp = scales.data_ptr<float>();
   const float* op = offsets.data_ptr<float>();
   // Split the 64-output blocks between threads: each weight byte is read from memory exactly once.
+  const char* codes = static_cast<const char*>(wq.data_ptr());
+  const int64_t block_bytes = K2 * (bits == 8 ? Int8Codes::kp_bytes : Int4Codes::kp_bytes);
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const float* sc = sp + b * G * BLOCK_N;
       const float* of = op + b * G * BLOCK_N;
-      if (bits == 8) block_a16(a, Int8Codes{wq.data_ptr<int8_t>() + b * K2 * 128}, sc, of, b * BLOCK_N);
-      else block_a16(a, Int4Codes{wq.data_ptr<uint8_t>() + b * K2 * 64}, sc, of, b * BLOCK_N);
+      const char* wb = codes + b * block_bytes;
+      const char* pf = b + 1 < b1 ? wb + block_bytes : nullptr;
+      if (bits == 8) block_a16(a, Int8Codes{reinterpret_cast<const int8_t*>(wb)}, sc, of, b * BLOCK_N, pf);
+      else block_a16(a, Int4Codes{reinterpret_cast<const uint8_t*>(wb)}, sc, of, b * BLOCK_N, pf);
     }
   });
   return y;

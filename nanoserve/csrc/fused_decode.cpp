@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <pybind11/stl.h>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -56,14 +57,15 @@ class FusedDecoder {
   // linear_table, quant_table: None where no linear of that kind is in the model (its module not loaded).
   FusedDecoder(pybind11::handle native_table, pybind11::handle linear_table, pybind11::handle quant_table,
                torch::Tensor embed, torch::Tensor cos, torch::Tensor sin_signed, torch::Tensor final_norm,
-               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale)
+               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale,
+               int64_t mlp_chunk_bytes)
       : nk_(kernel_table_from<NativeKernelTable>(native_table, NANOSERVE_NATIVE_TABLE)),
         lk_(linear_table.is_none() ? nullptr
                                    : kernel_table_from<LinearKernelTable>(linear_table, NANOSERVE_LINEAR_TABLE)),
         qk_(quant_table.is_none() ? nullptr
                                   : kernel_table_from<QuantLinearKernelTable>(quant_table, NANOSERVE_QUANT_TABLE)),
         embed_(embed), cos_(cos), sin_(sin_signed), final_norm_(final_norm), H_(num_heads),
-        KVH_(num_kv_heads), D_(head_dim), eps_(eps), scale_(scale) {}
+        KVH_(num_kv_heads), D_(head_dim), eps_(eps), scale_(scale), mlp_chunk_bytes_(mlp_chunk_bytes) {}
 
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, const Linear& qkv, const Linear& o,
                  const Linear& gate_up, const Linear& down, torch::Tensor k_cache, torch::Tensor v_cache) {
@@ -97,8 +99,7 @@ class FusedDecoder {
       torch::Tensor attn = nk_->decode_attention(q, L.k_cache, L.v_cache, tables, ctx_lens, scale_);
       torch::Tensor a = linear(attn.view({T, H_ * D_}), L.o);
       h = nk_->add_rms_norm(residual, a, L.post_norm, eps_);  // residual += a
-      torch::Tensor gu = linear(h, L.gate_up);  // [T, 2I]
-      x = linear(nk_->silu_mul(gu), L.down);  // [T, hidden]
+      x = mlp(h, L);  // [T, hidden]
     }
     return nk_->add_rms_norm(residual, x, final_norm_, eps_);
   }
@@ -179,6 +180,7 @@ class FusedDecoder {
   }
 
   int64_t num_layers() const { return int64_t(layers_.size()); }
+  int64_t mlp_chunk_bytes() const { return mlp_chunk_bytes_; }
 
  private:
   // x [T, K] contiguous, the model dtype -> [T, N]: the call the per-op layer makes, with the same arguments.
@@ -192,6 +194,20 @@ class FusedDecoder {
       case Linear::W8A8: return qk_->linear_w8a8(x, l.w, l.N, l.wsum, l.scales, l.offsets, l.bias, l.min_rows);
     }
     TORCH_CHECK(false, "unknown linear kind");
+  }
+
+  // down(silu(gate(h)) * up(h)) as GatedMLP.forward computes it: in row chunks whose [rows, 2I]
+  // activation stays under mlp_chunk_bytes (layers.MLP_CHUNK_BYTES: the allocator's mmap threshold).
+  torch::Tensor mlp(const torch::Tensor& h, const Layer& L) const {
+    const int64_t T = h.size(0);
+    const int64_t rows = std::max<int64_t>(1, mlp_chunk_bytes_ / (L.gate_up.N * h.element_size()));
+    if (T <= rows) return linear(nk_->silu_mul(linear(h, L.gate_up)), L.down);
+    std::vector<torch::Tensor> parts;
+    for (int64_t r = 0; r < T; r += rows) {
+      const torch::Tensor c = h.narrow(0, r, std::min(rows, T - r));  // rows of a contiguous [T, K]: contiguous
+      parts.push_back(linear(nk_->silu_mul(linear(c, L.gate_up)), L.down));
+    }
+    return torch::cat(parts);
   }
 
   // table[idx[t]] for t < T, as rows of a new [T, C] tensor of the model's dtype (at::embedding and
@@ -239,6 +255,7 @@ class FusedDecoder {
   torch::Tensor embed_, cos_, sin_, final_norm_;
   int64_t H_, KVH_, D_;
   double eps_, scale_;
+  int64_t mlp_chunk_bytes_;
   std::vector<Layer> layers_;
 };
 
@@ -254,11 +271,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "hybrid_min_rows)");
   py::class_<FusedDecoder>(m, "FusedDecoder")
       .def(py::init<py::handle, py::handle, py::handle, torch::Tensor, torch::Tensor, torch::Tensor,
-                    torch::Tensor, int64_t, int64_t, int64_t, double, double>())
+                    torch::Tensor, int64_t, int64_t, int64_t, double, double, int64_t>())
       .def("add_layer", &FusedDecoder::add_layer)
       // No Python object is touched inside: the engine thread lets the server's threads run meanwhile.
       .def("forward", &FusedDecoder::forward, py::call_guard<py::gil_scoped_release>())
       .def("greedy_steps", &FusedDecoder::greedy_steps, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("num_layers", &FusedDecoder::num_layers);
+      .def_property_readonly("num_layers", &FusedDecoder::num_layers)
+      .def_property_readonly("mlp_chunk_bytes", &FusedDecoder::mlp_chunk_bytes);
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
 }

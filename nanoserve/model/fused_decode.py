@@ -35,7 +35,7 @@ import torch
 from nanoserve.model.attention import AttentionMetadata, CpuNativeAttentionBackend, CpuNativeAttentionMetadata
 from nanoserve.model.cpu_linear import FastLinear, load_avx512_kernel
 from nanoserve.model.kernels import Kernels, NativeCpuKernels
-from nanoserve.model.layers import GatedMLP, RMSNorm
+from nanoserve.model.layers import MLP_CHUNK_BYTES, GatedMLP, RMSNorm
 from nanoserve.model.native_build import LazyExtension
 from nanoserve.model.quantization.quant_linear import QuantLinear
 
@@ -215,6 +215,7 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
         kernels.ext.kernel_table, linear_table, quant_table,
         decoder.embed_tokens.weight.detach(), rotary.cos, rotary.sin_signed, decoder.norm.weight.detach(),
         first.num_heads, first.num_kv_heads, first.head_dim, decoder.norm.eps, first.backend.scale,
+        MLP_CHUNK_BYTES,
     )
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -187,6 +187,9 @@ def parallel_mlp(spec: DecoderSpec) -> GatedMLP:
     size = spec.intermediate_size
     cols = split_range(size, spec.tp_size, spec.tp_rank)
     mlp = GatedMLP(spec.hidden_size, 1, spec.mlp_bias)
+    # The largest share, not this rank's: every rank must cut a step into the same row chunks (each
+    # chunk's down projection is an all-reduce).
+    mlp.intermediate = -(-size // spec.tp_size)
     mlp.gate_up_proj = ColumnParallelLinear(spec.hidden_size, [(size, [cols]), (size, [cols])], spec.mlp_bias)
     mlp.down_proj = RowParallelLinear(size, cols, spec.hidden_size, spec.mlp_bias, spec.tp_rank)
     return mlp

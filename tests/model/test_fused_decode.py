@@ -378,3 +378,28 @@ def test_smollm2_q4_1_gguf_takes_the_fused_path_with_identical_answers(smollm2, 
     monkeypatch.setenv("NANOSERVE_DISABLE_FUSED_DECODE", "1")
     llm_ref, _ = _runner(gguf)
     assert [o.outputs[0].token_ids for o in llm_ref.chat(conversations, params, use_tqdm=False)] == fused
+
+
+def test_the_mlp_in_row_chunks_gives_the_same_bits(tiny_model, monkeypatch):
+    """A step longer than layers.MLP_CHUNK_BYTES allows goes through the MLP in row chunks (the
+    allocator's mmap threshold), per op and fused: the same bits as in one piece."""
+    from nanoserve.model import layers
+
+    path = tiny_model("llama")
+    ctx_lens = [5, 130, 17, 64, 1, 9, 33]
+    _, runner = _runner(path)
+    whole = _step_both_ways(runner, ctx_lens)
+    two_i = 2 * runner.model.model.layers[0].mlp.intermediate
+    monkeypatch.setattr(layers, "MLP_CHUNK_BYTES", 3 * two_i * 2)  # 3 bf16 rows of [2I]
+    monkeypatch.setattr(fused_decode, "MLP_CHUNK_BYTES", layers.MLP_CHUNK_BYTES)
+    rows = []
+    forward = layers.GatedMLP._forward
+    monkeypatch.setattr(layers.GatedMLP, "_forward",
+                        lambda self, x: rows.append(x.shape[0]) or forward(self, x))
+    _, runner = _runner(path)
+    assert _need_fused(runner).native.mlp_chunk_bytes == 3 * two_i * 2
+    chunked = _step_both_ways(runner, ctx_lens)
+    assert rows and max(rows) == 3 and sum(rows) % len(ctx_lens) == 0  # the per-op path went in chunks
+    for hidden, logits, kv in chunked:
+        assert torch.equal(hidden, whole[0][0]) and torch.equal(logits, whole[0][1])
+        assert torch.equal(kv, whole[0][2])

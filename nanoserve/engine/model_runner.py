@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nanoserve.config import CacheConfig, ModelConfig
+from nanoserve.engine import host_malloc
 from nanoserve.engine.cuda_graph import CudaGraphConfig, CudaGraphRunner
 from nanoserve.engine.host_tensor import host_tensor
 from nanoserve.engine.sampler import Sampler, SamplingMetadata, child_seed, make_generator
@@ -123,6 +124,8 @@ class ModelRunner:
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
+        # Reuse freed activations instead of faulting in fresh pages every step (host_malloc.py).
+        self.malloc_policy = host_malloc.tune() if device.type == "cpu" else None
         self.block_size = cache_config.block_size
         # Chosen once (None: native on CPU when they build, compiled now on a first start) and handed to
         # every layer and the sampler: a run never changes kernels midway.

@@ -83,3 +83,16 @@ def test_decode_points_give_every_sequence_its_own_kv_blocks(tiny_model):
     blocks = [set(seq.block_table) for seq in seqs]
     assert not (blocks[0] & blocks[1] or blocks[0] & blocks[2] or blocks[1] & blocks[2])
     cal._drain(ids)
+
+
+def test_a_decode_point_keeps_its_batch_when_its_prompts_take_several_steps(tiny_model):
+    # 6 prompts of 40 tokens at 64 tokens a step: the first prompts decode while the last are prefilled.
+    # They used to reach max_tokens during the timed steps, and the point measured a smaller batch.
+    from nanoserve import LLM
+    from nanoserve.bench.calibrate import Calibrator
+
+    llm = LLM(str(tiny_model("llama")), max_num_batched_tokens=64, enable_prefix_caching=False)
+    cal = Calibrator(llm.llm_engine, vocab_size=100, repeats=2)
+    assert cal.fill_steps(6, 40) == 5
+    point = cal.decode(6, 40)
+    assert point["decode_batch"] == 6 and point["num_steps"] == 6

@@ -10,11 +10,11 @@ timed whole (schedule, forward, sampling, output processing: what a step costs t
   P from --prefill-tokens; a prompt longer than max_num_batched_tokens is chunked, which adds chunks
   that start past 0);
 - decode: B requests decoding at context C (B from --decode-batches, C from --contexts; 3 × --repeats
-  steps). The B prompts share a (C-1)-token prefix so, with prefix caching on, building the batch
-  prefills C tokens once;
+  steps), each with a prompt of its own (a shared prefix would keep every row's KV in cache);
 - mixed: B decodes (the smallest B, and 8) plus a fresh P-token prompt in one step;
 - idle: a P-token prompt arriving at an engine that has been idle for G seconds (G from --idle-gaps): a
-  light-load step, slower than the same step run back to back (the cold_start terms of the fit). The
+  light-load step, slower than the same step run back to back (the cold_start terms of the fit), and
+  the WAKE_DECODES decode steps after it, each its own point (the warming term). The
   time from the end of the wait to the step's start (the sleep's overshoot and add_request: 0.29 ms
   on the demo model here) is the profile's wake_s: the simulator starts a request that finds the
   engine idle that much after its arrival.
@@ -49,6 +49,7 @@ DEFAULT_CONTEXTS = "32,512"
 DEFAULT_PREFILL_TOKENS = "16,64,256,1024"
 DEFAULT_PREFILL_BATCHES = "1,8,32"
 DEFAULT_IDLE_GAPS = "0.005,0.02,0.05,0.1,0.2"
+WAKE_DECODES = 6  # decode steps timed after each idle point's wake-up step
 
 
 @dataclass
@@ -62,6 +63,8 @@ class StepTimer:
     _last: Any = None
     _last_end: float = field(default_factory=time.perf_counter)
     _was_idle: bool = True
+    _wake_idle_s: float = 0.0  # the last wake-up's idle time and the steps since (StepShape's)
+    _since_wake: int = 0
 
     def __post_init__(self) -> None:
         sched = self.engine.scheduler
@@ -86,22 +89,31 @@ class StepTimer:
         self._last = None
         t0 = time.perf_counter()
         idle_s = t0 - self._last_end if self._was_idle else 0.0
+        if idle_s > 0:
+            self._wake_idle_s, self._since_wake = idle_s, 0
+        else:
+            self._since_wake += 1
         outs = self.engine.step()
         self._last_end = t1 = time.perf_counter()
         self._was_idle = not self.engine.has_unfinished_requests()
         if record and self._last is not None and not self._last.is_empty:
-            self.samples.append({"kind": kind, **shape_features(self._last, idle_s), "step_s": t1 - t0})
+            shape = shape_features(self._last, idle_s, self._wake_idle_s, self._since_wake)
+            self.samples.append({"kind": kind, **shape, "step_s": t1 - t0})
         return outs
 
 
-def shape_features(out: Any, idle_s: float = 0.0) -> dict[str, float]:
-    """The simulator's StepShape of a SchedulerOutput (after idle_s of idle engine), by feature name."""
+def shape_features(out: Any, idle_s: float = 0.0, wake_idle_s: float = 0.0,
+                   steps_since_wake: int = 0) -> dict[str, float]:
+    """The simulator's StepShape of a SchedulerOutput (after idle_s of idle engine; steps_since_wake
+    steps after a wake-up from wake_idle_s of idle), by feature name."""
     from dataclasses import replace
 
     from nanoserve.sim.simulator import Simulator
     from nanoserve.sim.step_model import shape_features as features
 
-    return features(replace(Simulator._shape(out), idle_s=idle_s))
+    shape = replace(Simulator._shape(out), idle_s=idle_s, wake_idle_s=wake_idle_s,
+                    steps_since_wake=steps_since_wake)
+    return features(shape)
 
 
 @dataclass
@@ -138,13 +150,16 @@ class Calibrator:
         """The median step time over the samples recorded since `start`, with their mean features."""
         got = self.timer.samples[start:]
         del self.timer.samples[start:]
+        return self._summary(kind, got)
+
+    def _summary(self, kind: str, got: list[dict[str, Any]]) -> dict[str, Any]:
         if not got:
             raise RuntimeError(f"calibration point {kind} recorded no step")
         from nanoserve.sim.step_model import ALL_FEATURES
 
         point = {"kind": kind}
         for k in ALL_FEATURES:
-            point[k] = round(statistics.fmean(s[k] for s in got), 1)
+            point[k] = round(statistics.fmean(s[k] for s in got), 4)
         point["step_s"] = statistics.median(s["step_s"] for s in got)
         point["num_steps"] = len(got)
         return point
@@ -158,21 +173,27 @@ class Calibrator:
             self._drain(ids)
         return self._point(f"prefill {num_prompts}x P={tokens}", start)
 
-    def after_idle(self, tokens: int, idle_s: float) -> dict[str, Any]:
-        """A prompt arriving after idle_s of idle engine: the first step of a light-load request."""
-        start = len(self.timer.samples)
+    def after_idle(self, tokens: int, idle_s: float) -> list[dict[str, Any]]:
+        """A prompt arriving after idle_s of idle engine: the first step of a light-load request, and
+        the WAKE_DECODES decode steps after it (points of their own: the warming term)."""
         wake_s = []
+        steps: list[list[dict[str, Any]]] = [[] for _ in range(1 + WAKE_DECODES)]
         for _ in range(self.repeats):
             self.timer.mark_idle()
             due = time.perf_counter() + idle_s
             time.sleep(idle_s)  # as a serving loop waits for the next request
-            ids = [self._add(self._prompt(tokens), 2)]
+            ids = [self._add(self._prompt(tokens), 2 + WAKE_DECODES)]
             wake_s.append(time.perf_counter() - due)  # the wait's overshoot and admitting the request
-            self.timer.step("idle")
+            for d in range(1 + WAKE_DECODES):
+                start = len(self.timer.samples)
+                self.timer.step("idle")
+                steps[d] += self.timer.samples[start:]
+                del self.timer.samples[start:]
             self._drain(ids)
-        point = self._point(f"idle {idle_s * 1e3:g} ms P={tokens}", start)
-        point["wake_s"] = statistics.median(wake_s)
-        return point
+        kind = f"idle {idle_s * 1e3:g} ms P={tokens}"
+        points = [self._summary(kind if d == 0 else f"{kind} decode {d}", got) for d, got in enumerate(steps)]
+        points[0]["wake_s"] = statistics.median(wake_s)
+        return points
 
     def fill_steps(self, batch: int, context: int) -> int:
         """Steps the scheduler takes to prefill `batch` prompts of `context` tokens: the first prompts
@@ -277,7 +298,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
     point = {"kind": runs[0]["kind"]}
     for k in ALL_FEATURES:
-        point[k] = round(statistics.fmean(r[k] for r in runs), 1)
+        point[k] = round(statistics.fmean(r[k] for r in runs), 4)
     point["step_s"] = statistics.median(r["step_s"] for r in runs)
     point["num_steps"] = sum(r["num_steps"] for r in runs)
     if "wake_s" in runs[0]:
@@ -316,8 +337,9 @@ def _sweep(cal: Calibrator, add: Any, engine: Any, decode_batches: list[int], co
     # Light load: a prompt after the engine sat idle (the first step of a request arriving alone).
     for gap in idle_gaps_s:
         for p in prefill_tokens[:2]:
-            if p <= limit:
-                add(cal.after_idle(p, gap))
+            if p + 2 + WAKE_DECODES <= limit:
+                for point in cal.after_idle(p, gap):
+                    add(point)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -148,6 +148,7 @@ class Simulator:
         steps: list[StepRecord] = []
         clock, i = 0.0, 0
         idle_since: float | None = 0.0  # when the engine last ran out of work; None while it has some
+        wake_idle_s, since_wake = 0.0, 0  # the last wake-up: the idle time before it, steps since
         latency = self.config.frontend_latency_s
         while i < len(arrivals) or queue or sched.has_unfinished():
             while i < len(arrivals) and arrivals[i].arrival_s + latency <= clock:
@@ -166,7 +167,13 @@ class Simulator:
             if out.is_empty:
                 raise RuntimeError("the scheduler made no progress with requests pending")
             idle_s = 0.0 if idle_since is None else clock - idle_since
-            dt = self.step_model.step_time_s(replace(self._shape(out), idle_s=idle_s))
+            if idle_s > 0:
+                wake_idle_s, since_wake = idle_s, 0
+            else:
+                since_wake += 1
+            shape = replace(self._shape(out), idle_s=idle_s, wake_idle_s=wake_idle_s,
+                            steps_since_wake=since_wake)
+            dt = self.step_model.step_time_s(shape)
             dt += self.config.frontend_token_s * sum(1 for item in out.scheduled if item.samples)
             start = clock
             clock += dt

@@ -26,7 +26,10 @@ pairs attended). Two models turn it into seconds:
   clock down). Two time constants because the cost keeps growing long after the first: on the 2-core
   box a demo-model prompt step costs +0.2 ms after 5 ms of sleep, +0.3 ms after 20 ms and +0.8 ms after
   100 ms (one constant of 6 ms made every gap past 20 ms cost the same, and light-load TTFTs of
-  requests arriving 50–200 ms apart came out 11–18% short).
+  requests arriving 50–200 ms apart came out 11–18% short). The steps after a wake-up still pay part
+  of it: c_warm · cold_start(wake idle) · exp(−steps since the wake-up / WARM_STEPS) (warming()).
+  Decode-only steps are read off the measured decode points instead of the fit (decode_table.py: the
+  fit's compromise missed light load's batch-1 steps by 11%), plus the warming term fitted over them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from nanoserve.planner.models import ModelSpec, get_model
 from nanoserve.planner.parallel import collective_time
 from nanoserve.planner.params import matmul_params
 from nanoserve.planner.roofline import compute_time, memory_time
+from nanoserve.sim.decode_table import DecodeTable
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class StepShape:
     attention_pairs: int = 0  # (query, key) pairs attended, causal: n·start + n(n+1)/2 per sequence
     num_seqs: int = 0  # sequences scheduled (0: unknown, taken as the decodes plus one prompt chunk)
     idle_s: float = 0.0  # how long the engine sat idle (no request) right before this step
+    # Since the engine last woke from idle: how long it had slept, and how many steps ago it woke (the
+    # step after the wake-up step is 1). The steps after a wake-up still run slower (the warming term).
+    wake_idle_s: float = 0.0
+    steps_since_wake: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -152,12 +160,19 @@ PROFILE_FEATURES = ("decode_batch", "prefill_tokens", "context_tokens")
 # processing), a fixed cost of any step that carries a prompt chunk (the prefill path's setup) and the
 # cold start after an idle engine, fast and slow part (fitted only when the samples include steps
 # after idle; the slow part only with at least three idle gaps, so that the two can be told apart).
-EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "cold_start_slow")
+EXTRA_FEATURES = ("attention_pairs", "prefill_seqs", "prefill_step", "cold_start", "cold_start_slow",
+                  "warming")
 ALL_FEATURES = PROFILE_FEATURES + EXTRA_FEATURES
 # The cold start's time constant: the extra cost of a step after idle_s of sleep grows as
 # 1 − exp(−idle_s / COLD_TAU_S) (measured on the dev box: half of it after 5 ms, all after ~20 ms).
 COLD_TAU_S = 0.006
 COLD_SLOW_TAU_S = 0.1
+# The steps after a wake-up: their extra cost decays as exp(−steps_since_wake / WARM_STEPS). Demo model,
+# light load (a request every 50 ms), batch-1 decode steps: 0.325 ms for the first three after the
+# wake-up step, 0.213 ms for the next four, 0.19 ms from the eighth on (0.157 ms run back to back).
+WARM_STEPS = 2.0
+# Terms a decode-only step read off the decode table still adds (the table holds warm steps only).
+DECODE_EXTRAS = ("cold_start", "cold_start_slow")
 HINGE_PREFIX = "decode_batch_over_"  # coefficient name of the hinge at decode batch k: "decode_batch_over_8"
 
 
@@ -174,7 +189,16 @@ def shape_features(shape: StepShape) -> dict[str, float]:
     return {"decode_batch": shape.num_decode_seqs, "prefill_tokens": shape.num_prefill_tokens,
             "context_tokens": shape.context_tokens, "attention_pairs": shape.attention_pairs,
             "prefill_seqs": prefill_seqs, "prefill_step": has_prefill, "cold_start": cold_start(shape.idle_s),
-            "cold_start_slow": cold_start(shape.idle_s, COLD_SLOW_TAU_S)}
+            "cold_start_slow": cold_start(shape.idle_s, COLD_SLOW_TAU_S), "warming": warming(shape)}
+
+
+def warming(shape: StepShape) -> float:
+    """The warming feature of a step `steps_since_wake` steps after the engine woke from
+    `wake_idle_s` of idle: cold_start(wake_idle_s) · exp(−steps_since_wake / WARM_STEPS); 0 for the
+    wake-up step itself (its cost is cold_start's) and for an engine that never slept."""
+    if shape.steps_since_wake < 1 or shape.idle_s > 0:
+        return 0.0
+    return cold_start(shape.wake_idle_s) * math.exp(-shape.steps_since_wake / WARM_STEPS)
 
 
 def _hinge_knots(samples: list[dict]) -> list[int]:
@@ -209,6 +233,8 @@ class CalibratedStepModel:
     coefficients: dict[str, float] = field(default_factory=dict)  # seconds per unit of each feature
     source: str = ""
     wake_s: float = 0.0  # the profile's "wake_s": bench calibrate measures it at its idle points
+    # Decode-only steps read off the measured decode points (decode_table.py); None: the fit for all.
+    decode_table: DecodeTable | None = None
 
     @classmethod
     def fit(cls, samples: list[dict], source: str = "") -> CalibratedStepModel:
@@ -217,6 +243,8 @@ class CalibratedStepModel:
         extra = [f for f in EXTRA_FEATURES if samples and all(f in s for s in samples)]
         if "cold_start" in extra and max(float(s["cold_start"]) for s in samples) < 0.5:
             extra.remove("cold_start")  # no step after idle was measured: the term cannot be fitted
+        if "warming" in extra and max(float(s["warming"]) for s in samples) < 0.1:
+            extra.remove("warming")  # nor any step soon after one
         if "cold_start_slow" in extra and (
             "cold_start" not in extra
             or len({round(float(s["cold_start_slow"]), 3) for s in samples if s["cold_start"]}) < 3
@@ -236,7 +264,9 @@ class CalibratedStepModel:
         # Weighted by 1/step_s: a 5 ms decode step matters as much, relatively, as a 2 s prefill.
         w = 1.0 / y
         coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
-        return cls(float(coef[0]), {f: float(c) for f, c in zip(features, coef[1:], strict=True)}, source)
+        coefficients = {f: float(c) for f, c in zip(features, coef[1:], strict=True)}
+        table = DecodeTable.from_samples(samples, coefficients["context_tokens"]) if extra else None
+        return cls(float(coef[0]), coefficients, source, decode_table=table)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedStepModel:
@@ -261,6 +291,13 @@ class CalibratedStepModel:
 
     def predict_s(self, features: dict[str, float]) -> float:
         """The step time for features by profile name (a missing one counts 0)."""
+        batch = features.get("decode_batch", 0)
+        if self.decode_table is not None and batch > 0 and not features.get("prefill_tokens", 0):
+            base = self.decode_table.predict_s(batch, features.get("context_tokens", 0),
+                                               features.get("warming", 0))
+            # a decode right after idle (rare: a wake-up step usually carries the new prompt)
+            extra = (c * _feature(features, f) for f, c in self.coefficients.items() if f in DECODE_EXTRAS)
+            return max(0.0, base + sum(extra))
         terms = (c * _feature(features, f) for f, c in self.coefficients.items())
         return max(0.0, self.intercept_s + sum(terms))
 
@@ -268,8 +305,9 @@ class CalibratedStepModel:
         return self.predict_s(shape_features(shape))
 
     def describe(self) -> dict:
+        table = self.decode_table.describe() if self.decode_table is not None else None
         return {"kind": "calibrated", "profile": self.source, "intercept_s": self.intercept_s,
-                "coefficients": self.coefficients, "wake_s": self.wake_s}
+                "coefficients": self.coefficients, "wake_s": self.wake_s, "decode_table": table}
 
 
 @dataclass

@@ -19,7 +19,8 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     assert kinds == ["prefill 1x P=8", "prefill 1x P=16", "prefill 1x P=24", "prefill 2x P=8",
                      "prefill 2x P=16", "prefill 2x P=24", "decode B=1 C=20", "decode B=3 C=20",
                      "mixed B=1 C=20 P=16", "mixed B=1 C=20 P=24", "mixed B=3 C=20 P=16",
-                     "mixed B=3 C=20 P=24", "idle 20 ms P=8", "idle 20 ms P=16"]
+                     "mixed B=3 C=20 P=24",
+                     *[f"idle 20 ms P={p}{f' decode {d}' if d else ''}" for p in (8, 16) for d in range(7)]]
     for s in profile["samples"]:
         assert s["step_s"] > 0 and s["num_steps"] >= 2
         assert set(ALL_FEATURES) <= set(s)
@@ -36,6 +37,11 @@ def test_calibrate_writes_a_profile_the_simulator_loads(tiny_model, tmp_path, ca
     idle = by_kind["idle 20 ms P=16"]
     assert idle["cold_start"] > 0.9 and idle["prefill_tokens"] == 16
     assert all(s["cold_start"] < 0.2 for s in profile["samples"] if not s["kind"].startswith("idle"))
+    # the decode steps after the wake-up are points of their own, warming less with each step
+    after = [by_kind[f"idle 20 ms P=16 decode {d}"] for d in range(1, 7)]
+    assert all(p["decode_batch"] == 1 and p["prefill_tokens"] == 0 and p["cold_start"] == 0 for p in after)
+    warming = [p["warming"] for p in after]
+    assert warming[0] > 0.5 and warming == sorted(warming, reverse=True) and warming[-1] > 0
     # the wait's overshoot and admitting the request: positive, well under the 20 ms waited
     assert 0 < profile["wake_s"] < 0.02 and idle["wake_s"] > 0
     model = CalibratedStepModel.from_file(out)

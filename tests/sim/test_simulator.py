@@ -145,6 +145,9 @@ def test_a_step_after_an_idle_engine_carries_the_idle_time():
     config = SimConfig(64, block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64)
     Simulator(config, model, next_token=fake_next_token).run(work)
     assert [s.idle_s for s in model.shapes] == [0.0, 0.0, 0.0, 7.0, 0.0, 0.0]
+    # the steps after the wake-up know how long ago it was (the warming term); the first run never slept
+    assert [(s.wake_idle_s, s.steps_since_wake) for s in model.shapes] == [
+        (0.0, 1), (0.0, 2), (0.0, 3), (7.0, 0), (7.0, 1), (7.0, 2)]
 
 
 def test_a_request_finding_the_engine_idle_starts_after_the_wake_up():

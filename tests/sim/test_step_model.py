@@ -171,3 +171,50 @@ def test_decode_points_a_few_sequences_apart_share_one_knot():
     extra.update(prefill_seqs=0, prefill_step=0, step_s=_bent(62, 0, 62 * 96))
     knots = [k for k in CalibratedStepModel.fit([*samples, extra]).coefficients if "_over_" in k]
     assert "decode_batch_over_62" not in knots and len(knots) == 4
+
+
+def _decode_sample(batch: int, ctx_per_seq: int, step_s: float, warming: float = 0.0) -> dict:
+    return {"decode_batch": batch, "prefill_tokens": 0, "context_tokens": batch * ctx_per_seq,
+            "attention_pairs": batch * ctx_per_seq, "prefill_seqs": 0, "prefill_step": 0, "cold_start": 0.0,
+            "cold_start_slow": 0.0, "warming": warming, "step_s": step_s}
+
+
+def test_decode_table_reads_steps_off_the_measured_points():
+    from nanoserve.sim.decode_table import DecodeTable
+
+    # two contexts (20 and 100 a sequence), a curve bent at batch 4, and a prefill sample it ignores
+    curve = {1: 1.0, 2: 1.2, 4: 1.4, 16: 4.0}
+    samples = [_decode_sample(b, c, t + 0.01 * c) for c in (20, 100) for b, t in curve.items()]
+    samples.append({**_decode_sample(1, 20, 9.0), "prefill_tokens": 16})
+    table = DecodeTable.from_samples(samples)
+    assert [lv.context for lv in table.levels] == [20, 100]
+    assert table.predict_s(1, 20) == pytest.approx(1.2)  # a measured point is its measurement
+    assert table.predict_s(3, 3 * 20) == pytest.approx(1.5)  # halfway between batches 2 and 4
+    assert table.predict_s(4, 4 * 60) == pytest.approx(2.0)  # halfway between the contexts
+    assert table.predict_s(32, 32 * 20) == pytest.approx(4.2 + 16 * 2.6 / 12)  # the last segment, extended
+    # one context: the slope given carries it to the others
+    one = DecodeTable.from_samples(samples[:4], context_slope_s=0.001)
+    assert one.predict_s(2, 2 * 70) == pytest.approx(1.4 + 0.001 * 2 * 50)
+    assert DecodeTable.from_samples(samples[:1]) is None  # one batch: nothing to interpolate
+
+
+def test_decode_steps_come_from_the_table_and_the_warming_term_from_steps_after_a_wake_up():
+    from nanoserve.sim.step_model import shape_features
+
+    # the decode curve is not linear in the batch at B = 1 (a fit of all the points misses it there)
+    samples = [_decode_sample(b, 32, t) for b, t in ((1, 0.20), (2, 0.21), (4, 0.25), (8, 0.34), (16, 0.55),
+                                                     (64, 2.0), (256, 9.0))]
+    samples += [{**_decode_sample(0, 0, 0.3 + 0.01 * p), "prefill_tokens": p, "context_tokens": p,
+                 "attention_pairs": p * (p + 1) // 2, "prefill_seqs": 1, "prefill_step": 1}
+                for p in (8, 16, 32, 64)]
+    # decode steps after a wake-up: 0.1 s per unit of warming over the table's warm B = 1
+    samples += [_decode_sample(1, 32, 0.20 + 0.1 * w, warming=w) for w in (0.6, 0.37, 0.22, 0.14)]
+    m = CalibratedStepModel.fit(samples)
+    assert m.decode_table.warming_s == pytest.approx(0.1, rel=1e-6)
+    assert m.step_time_s(StepShape(1, 0, 32, 32, 1)) == pytest.approx(0.20)
+    assert m.step_time_s(StepShape(256, 0, 256 * 32, 256 * 32, 256)) == pytest.approx(9.0)
+    after = StepShape(1, 0, 32, 32, 1, wake_idle_s=1.0, steps_since_wake=2)
+    assert shape_features(after)["warming"] == pytest.approx(math.exp(-1.0), rel=1e-6)
+    assert m.step_time_s(after) == pytest.approx(0.20 + 0.1 * math.exp(-1.0), rel=1e-6)
+    # the wake-up step itself (idle_s > 0) is cold_start's, not warming's
+    assert shape_features(StepShape(0, 8, 8, 36, 1, idle_s=1.0, wake_idle_s=1.0))["warming"] == 0.0

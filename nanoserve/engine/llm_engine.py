@@ -150,6 +150,7 @@ class LLMEngine:
         graphs = cuda_graph_config(args, device, scheduler_config.max_num_seqs, model_config.max_model_len)
         runner = ModelRunner(model, model_config, cache_config, device, args.attention_backend,
                              cuda_graphs=graphs)
+        runner.warm_up(scheduler_config.max_num_batched_tokens, scheduler_config.max_model_len)
         quant = model_config.quantization
         logger.info(
             "model %s: weights %.1f MiB (%s%s), KV cache %d bytes per token",

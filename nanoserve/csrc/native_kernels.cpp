@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernel_table.h"
+#include "vec_math.h"
 #include "threads_probe.h"
 
 static inline float to_f(float x) { return x; }
@@ -97,10 +98,6 @@ static void run(const T* q, const KT* kc, const KT* vc, const int64_t* tables, c
 
 #ifdef __AVX512F__
 #include <immintrin.h>
-static inline __m512 bf16_to_ps(const c10::BFloat16* p) {  // 16 bf16 -> 16 fp32, exact
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
 // v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes (a transpose-and-add tree: 15 adds
 // and 30 shuffles for 16 dot products instead of 16 separate horizontal sums).
 static inline __m512 hsum16(const __m512* v) {
@@ -464,6 +461,8 @@ torch::Tensor decode_attention_quant(torch::Tensor q, torch::Tensor k_codes, tor
   return out;
 }
 
+torch::Tensor causal_softmax_(torch::Tensor scores, int64_t m);  // csrc/prefill_softmax.cpp
+
 static const NativeKernelTable kTable = {&add_rms_norm, &silu_mul, &rope_cache, &decode_attention};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -473,6 +472,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_cache", &rope_cache, "rotate q and k, write k and v to the caches; returns q");
   m.def("decode_attention_quant", &decode_attention_quant, "decode_attention over int8/fp8 caches + scales");
   m.def("rope_cache_quant", &rope_cache_quant, "rope_cache writing int8/fp8 codes + per-row scales");
+  m.def("causal_softmax_", &causal_softmax_, "a prefill row group's causal softmax, in place");
   m.def("argmax_rows", &argmax_rows, "first index of each row's maximum");
   m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n items");
   m.attr("kernel_table") = kernel_table_capsule(&kTable, NANOSERVE_NATIVE_TABLE);  // for fused_decode

@@ -5,7 +5,8 @@ it needs no mask: the metadata carries the context lengths instead. Quantized ca
 go through `decode_attention_quant`, which dequantizes each K/V row as it streams past. Decode rows are
 one-token decodes and the queries of short chunks (torch_backend.paged_batch: a speculative verify runs
 as k + 1 rows, each with its own context length); longer prefill chunks run as in the reference backend
-(inherited).
+(inherited), with the mask and softmax between its two batched matmuls in one native call,
+`causal_softmax_` (csrc/prefill_softmax.cpp).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class CpuNativeAttentionBackend(TorchAttentionBackend):
         batch, decode_ctx = paged_batch(layout, self.device)
         ctx_lens = None if decode_ctx is None else torch.from_numpy(decode_ctx)
         return CpuNativeAttentionMetadata(self._slots(layout), batch, ctx_lens)
+
+    def _causal_softmax(self, scores: torch.Tensor, m: int) -> torch.Tensor:
+        return self.native_ext.causal_softmax_(scores, m)  # in place; the masked keys get weight 0
 
     def _decode(
         self, q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, meta: CpuNativeAttentionMetadata

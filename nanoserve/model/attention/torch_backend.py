@@ -210,14 +210,20 @@ class TorchAttentionBackend(AttentionBackend):
             m, c = e - s, ctx - n_q + e  # these m queries are the last m positions of a c-token context
             qg = qs[s:e].view(m, kvh, g, d).transpose(0, 1).reshape(kvh, m * g, d)
             scores = torch.bmm(qg, k[:, :c].transpose(1, 2)).view(kvh, m, g, c)
-            # keys 0..c-m-1 are before every query of the group: only the last m columns need the mask
-            scores[..., c - m :].add_(_diagonal_bias(m, q.dtype, q.device)[None, :, None, :])
-            probs = torch.softmax(scores, dim=-1).view(kvh, m * g, c)
+            probs = self._causal_softmax(scores, m).view(kvh, m * g, c)
             o = torch.bmm(probs, v[:, :c]).view(kvh, m, g, d).transpose(0, 1).reshape(m, kvh * g, d)
             if out is None:
                 return o
             out[s:e] = o
         return out
+
+    @staticmethod
+    def _causal_softmax(scores: torch.Tensor, m: int) -> torch.Tensor:
+        """scores [KVH, m, G, c] of m queries, the last m positions of a c-token context -> causal softmax."""
+        c = scores.shape[-1]
+        # keys 0..c-m-1 are before every query of the group: only the last m columns need the mask
+        scores[..., c - m :].add_(_diagonal_bias(m, scores.dtype, scores.device)[None, :, None, :])
+        return torch.softmax(scores, dim=-1)
 
     @staticmethod
     def _causal_mask(n_q: int, ctx: int, device: torch.device) -> torch.Tensor:

@@ -31,6 +31,7 @@ from nanoserve.model.cpu_linear import prepare_linears
 from nanoserve.model.layers import SUPPORTED_ROPE_TYPES
 from nanoserve.model.llama import DecoderSpec, LlamaForCausalLM
 from nanoserve.model.parallel_layers import CheckpointSlice
+from nanoserve.model.tied_embedding import share_tied_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -338,6 +339,7 @@ def load_model(
 
         quantize_model(model, mc.quantization)
     prepare_linears(model, cpu_linear)
+    share_tied_embedding(model)  # a tied head packed for the CPU kernel: the embedding reads that copy
     if mc.quantization is not None:
         from nanoserve.model.quantization.apply import prepare_quant_linears
 

@@ -56,7 +56,7 @@ class FusedDecoder {
  public:
   // linear_table, quant_table: None where no linear of that kind is in the model (its module not loaded).
   FusedDecoder(pybind11::handle native_table, pybind11::handle linear_table, pybind11::handle quant_table,
-               torch::Tensor embed, int64_t embed_layout, int64_t vocab_size, torch::Tensor cos,
+               torch::Tensor embed, int64_t vocab_size, torch::Tensor cos,
                torch::Tensor sin_signed, torch::Tensor final_norm, int64_t num_heads, int64_t num_kv_heads,
                int64_t head_dim, double eps, double scale, int64_t mlp_chunk_bytes)
       : nk_(kernel_table_from<NativeKernelTable>(native_table, NANOSERVE_NATIVE_TABLE)),
@@ -64,7 +64,7 @@ class FusedDecoder {
                                    : kernel_table_from<LinearKernelTable>(linear_table, NANOSERVE_LINEAR_TABLE)),
         qk_(quant_table.is_none() ? nullptr
                                   : kernel_table_from<QuantLinearKernelTable>(quant_table, NANOSERVE_QUANT_TABLE)),
-        embed_(embed), embed_layout_(embed_layout), vocab_(vocab_size), cos_(cos), sin_(sin_signed), final_norm_(final_norm), H_(num_heads),
+        embed_(embed), vocab_(vocab_size), cos_(cos), sin_(sin_signed), final_norm_(final_norm), H_(num_heads),
         KVH_(num_kv_heads), D_(head_dim), eps_(eps), scale_(scale), mlp_chunk_bytes_(mlp_chunk_bytes) {}
 
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, const Linear& qkv, const Linear& o,
@@ -81,8 +81,8 @@ class FusedDecoder {
                         torch::Tensor ctx_lens) const {
     const int64_t T = ids.size(0);
     TORCH_CHECK(ids.is_contiguous() && positions.is_contiguous(), "ids and positions must be contiguous");
-    torch::Tensor x = embed_layout_ == 0 ? gather_rows(embed_, ids.data_ptr<int64_t>(), T, "token id")
-                                         : gather_packed_rows(ids.data_ptr<int64_t>(), T);  // [T, hidden]
+    torch::Tensor x = embed_.dim() == 2 ? gather_rows(embed_, ids.data_ptr<int64_t>(), T, "token id")
+                                        : gather_packed_rows(ids.data_ptr<int64_t>(), T);  // [T, hidden]
     // RotaryEmbedding.gather's values: the fp32 tables at the positions, rounded to the model dtype.
     torch::Tensor cos = gather_rows(cos_, positions.data_ptr<int64_t>(), T, "position");  // [T, D]
     torch::Tensor sin = gather_rows(sin_, positions.data_ptr<int64_t>(), T, "position");
@@ -234,14 +234,14 @@ class FusedDecoder {
   }
 
   // Rows idx[t] of a tied embedding read from the lm_head's packed weight (model/tied_embedding.py):
-  // embed_layout_ 1: bf16 [nb, K2, 64, 2]; 2: fp32 [nb, K, 64]. Row n, column k sits in block n / 64 at
-  // lane n % 64: the same values as the plain table's row, copied element by element.
+  // bf16 [nb, K2, 64, 2] or fp32 [nb, K, 64] (cpu_linear.pack_weight / _f32). Row n, column k sits in
+  // block n / 64 at lane n % 64: the same values as the plain table's row, copied element by element.
   torch::Tensor gather_packed_rows(const int64_t* idx, int64_t T) const {
     const int64_t C = final_norm_.size(0);
     torch::Tensor out = torch::empty({T, C}, embed_.options());
     for (int64_t t = 0; t < T; ++t)
       TORCH_CHECK(idx[t] >= 0 && idx[t] < vocab_, "token id ", idx[t], " out of range [0, ", vocab_, ")");
-    if (embed_layout_ == 1) {
+    if (embed_.dim() == 4) {
       const int64_t K2 = embed_.size(1);
       const uint32_t* src = static_cast<const uint32_t*>(embed_.data_ptr());  // a k pair: 2 bf16 = 4 bytes
       at::BFloat16* dst = out.data_ptr<at::BFloat16>();
@@ -251,7 +251,7 @@ class FusedDecoder {
         if (C % 2) std::memcpy(dst + t * C + C - 1, block + (C / 2) * 64, 2);
       }
     } else {
-      TORCH_CHECK(embed_layout_ == 2, "embed_layout must be 0, 1 or 2");
+      TORCH_CHECK(embed_.dim() == 3 && embed_.scalar_type() == at::kFloat, "embed: a plain or packed table");
       const int64_t K = embed_.size(1);
       const float* src = embed_.data_ptr<float>();
       float* dst = out.data_ptr<float>();
@@ -283,8 +283,8 @@ class FusedDecoder {
   const NativeKernelTable* nk_;
   const LinearKernelTable* lk_;        // null: no bf16 linear in the model
   const QuantLinearKernelTable* qk_;   // null: no quantized linear
-  torch::Tensor embed_;
-  int64_t embed_layout_, vocab_;  // 0: embed_ is the plain [vocab, hidden] table; 1, 2: packed (above)
+  torch::Tensor embed_;  // the plain [vocab, hidden] table, or the tied lm_head's packed weight (3-D, 4-D)
+  int64_t vocab_;
   torch::Tensor cos_, sin_, final_norm_;
   int64_t H_, KVH_, D_;
   double eps_, scale_;
@@ -303,7 +303,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w8a8_linear", &w8a8_linear, "a w8a8 PackedWeight: (codes, N, wsum, scales, zeros, fp32 bias, "
         "hybrid_min_rows)");
   py::class_<FusedDecoder>(m, "FusedDecoder")
-      .def(py::init<py::handle, py::handle, py::handle, torch::Tensor, int64_t, int64_t, torch::Tensor,
+      .def(py::init<py::handle, py::handle, py::handle, torch::Tensor, int64_t, torch::Tensor,
                     torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t, double, double, int64_t>())
       .def("add_layer", &FusedDecoder::add_layer)
       // No Python object is touched inside: the engine thread lets the server's threads run meanwhile.

@@ -11,15 +11,10 @@
 
 namespace {
 
-float to_float(float x) { return x; }
-float to_float(c10::BFloat16 x) { return float(x); }
-float to_float(c10::Half x) { return float(x); }
-
 // row[0:n] -> softmax of those n scores in place (fp32 math, one rounding to T); row[n:c] -> 0.
 template <typename T>
 void softmax_row(T* row, int64_t n, int64_t c, float* e) {
   int64_t j = 0;
-  float mx = -INFINITY, sum = 0.f;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
   if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>) {
     auto load = [&](int64_t k, __mmask16 mask) {
@@ -54,8 +49,9 @@ void softmax_row(T* row, int64_t n, int64_t c, float* e) {
     return;
   }
 #endif
-  for (j = 0; j < n; ++j) mx = std::max(mx, to_float(row[j]));
-  for (j = 0; j < n; ++j) sum += (e[j] = std::exp(to_float(row[j]) - mx));
+  float mx = -INFINITY, sum = 0.f;
+  for (j = 0; j < n; ++j) mx = std::max(mx, static_cast<float>(row[j]));
+  for (j = 0; j < n; ++j) sum += (e[j] = std::exp(static_cast<float>(row[j]) - mx));
   const float inv = 1.f / sum;
   for (j = 0; j < n; ++j) row[j] = T(e[j] * inv);
   if (n < c) std::memset(static_cast<void*>(row + n), 0, (c - n) * sizeof(T));

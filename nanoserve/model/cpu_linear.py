@@ -138,6 +138,15 @@ def unpack_weight(packed: torch.Tensor, out_features: int, in_features: int) -> 
     return packed.permute(0, 2, 1, 3).reshape(nb * block, 2 * k2)[:out_features, :in_features].contiguous()
 
 
+def packed_rows(packed: torch.Tensor, ids: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Rows `ids` [T] of the weight that `pack_weight` / `pack_weight_f32` packed -> [T, in_features]
+    (a copy of just those rows: the tied embedding's lookup, model/tied_embedding.py)."""
+    block, lane = ids // PACK_BLOCK_N, ids % PACK_BLOCK_N
+    if packed.dim() == 3:  # fp32 layout [nb, K, 64]
+        return packed[block, :, lane]  # [T, K]
+    return packed[block, :, lane, :].reshape(ids.shape[0], -1)[:, :in_features]  # [T, K2, 2] -> [T, K]
+
+
 def mkldnn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 

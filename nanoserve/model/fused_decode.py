@@ -163,7 +163,7 @@ def fused_decode_unavailable_reason(model: torch.nn.Module, kernels: Kernels) ->
         if torch.distributed.get_world_size() > 1:
             return "tensor parallel (several ranks)"
     decoder = model.model
-    embed, _ = embedding_table(decoder.embed_tokens)
+    embed = embedding_table(decoder.embed_tokens)
     if embed.device.type != "cpu" or embed.dtype not in (torch.bfloat16, torch.float32):
         return "not a bf16 or fp32 model on CPU"
     if type(decoder.norm) is not RMSNorm:
@@ -214,7 +214,7 @@ def make_fused_decoder(model: torch.nn.Module, kernels: Kernels) -> FusedDecoder
         quant_table = load_quant_kernels().kernel_table
     native = ext.FusedDecoder(
         kernels.ext.kernel_table, linear_table, quant_table,
-        *embedding_table(decoder.embed_tokens), decoder.embed_tokens.num_embeddings,
+        embedding_table(decoder.embed_tokens), decoder.embed_tokens.num_embeddings,
         rotary.cos, rotary.sin_signed, decoder.norm.weight.detach(),
         first.num_heads, first.num_kv_heads, first.head_dim, decoder.norm.eps, first.backend.scale,
         MLP_CHUNK_BYTES,

@@ -5,7 +5,7 @@ lm_head. On the CPU the lm_head packs it for the native kernel (cpu_linear.pack_
 embedding kept the plain tensor: two copies, 272 MB more on Qwen2.5-0.5B in bf16 (a fifth of what the
 engine held). Once the lm_head is packed, `share_tied_embedding` makes the embedding a gather from the
 packed layout (the same values, exactly: a copy, not a computation) and the plain tensor is released.
-The fused decode step reads the same packed rows (csrc/fused_decode.cpp, `embed_layout`).
+The fused decode step reads the same packed rows (csrc/fused_decode.cpp, `gather_packed_rows`).
 """
 
 from __future__ import annotations
@@ -13,18 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nanoserve.model.cpu_linear import PACK_BLOCK_N, FastLinear
-
-# How an embedding table is laid out, as the fused decode step is told (csrc/fused_decode.cpp).
-PLAIN, PACKED_BF16, PACKED_F32 = 0, 1, 2
-
-
-def packed_rows(packed: torch.Tensor, ids: torch.Tensor, hidden: int) -> torch.Tensor:
-    """Rows `ids` [T] of the [N, hidden] matrix that `packed` holds in the kernel's layout -> [T, hidden]."""
-    block, lane = ids // PACK_BLOCK_N, ids % PACK_BLOCK_N
-    if packed.dim() == 3:  # fp32 [nb, K, 64]
-        return packed[block, :, lane]  # [T, K]
-    return packed[block, :, lane, :].reshape(ids.shape[0], -1)[:, :hidden]  # bf16 [nb, K2, 64, 2] -> [T, K]
+from nanoserve.model.cpu_linear import FastLinear, packed_rows
 
 
 class PackedEmbedding(nn.Module):
@@ -41,13 +30,11 @@ class PackedEmbedding(nn.Module):
     def packed(self) -> torch.Tensor:
         return self.lm_head[0]._packed
 
-    @property
-    def layout(self) -> int:
-        return PACKED_F32 if self.packed.dim() == 3 else PACKED_BF16
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         flat = input_ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+        # ids past the vocabulary would read the padding rows, negative ones wrap: refuse as nn.Embedding
+        lo, hi = torch.aminmax(flat) if flat.numel() else (0, 0)
+        if not (0 <= int(lo) and int(hi) < self.num_embeddings):
             raise IndexError(f"token id out of range [0, {self.num_embeddings})")
         return packed_rows(self.packed, flat, self.embedding_dim).reshape(*input_ids.shape, -1)
 
@@ -62,16 +49,12 @@ def share_tied_embedding(model: nn.Module) -> bool:
     emb = decoder.embed_tokens
     if not getattr(model.spec, "tie_word_embeddings", False) or type(emb) is not nn.Embedding:
         return False
-    if not isinstance(head, FastLinear) or head._packed is None or head.weight is not None:
+    if not isinstance(head, FastLinear) or head._packed is None:
         return False  # not packed (the reference path keeps F.linear over the shared tensor)
-    if head._packed.shape[0] * PACK_BLOCK_N < emb.num_embeddings:
-        return False
     decoder.embed_tokens = PackedEmbedding(head, emb.num_embeddings)
     return True
 
 
-def embedding_table(emb: nn.Module) -> tuple[torch.Tensor, int]:
-    """(table, layout) of an embedding: its weight (PLAIN) or the packed weight it reads."""
-    if isinstance(emb, PackedEmbedding):
-        return emb.packed, emb.layout
-    return emb.weight.detach(), PLAIN
+def embedding_table(emb: nn.Module) -> torch.Tensor:
+    """The table an embedding reads: its [vocab, hidden] weight, or the packed weight (3-D or 4-D)."""
+    return emb.packed if isinstance(emb, PackedEmbedding) else emb.weight.detach()

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from nanoserve import LLM, SamplingParams
-from nanoserve.model.cpu_linear import load_avx512_kernel, pack_weight, pack_weight_f32
-from nanoserve.model.tied_embedding import PackedEmbedding, packed_rows
+from nanoserve.model.cpu_linear import load_avx512_kernel, pack_weight, pack_weight_f32, packed_rows
+from nanoserve.model.tied_embedding import PackedEmbedding
 from nanoserve.planner.memory import weight_memory
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)

@@ -61,7 +61,7 @@ class StepTimer:
     engine: Any
     samples: list[dict[str, Any]] = field(default_factory=list)
     _last: Any = None
-    _last_end: float = field(default_factory=time.perf_counter)
+    last_end: float = field(default_factory=time.perf_counter)  # when the last step returned
     _was_idle: bool = True
     _wake_idle_s: float = 0.0  # the last wake-up's idle time and the steps since (StepShape's)
     _since_wake: int = 0
@@ -83,18 +83,18 @@ class StepTimer:
     def mark_idle(self) -> None:
         """Call when the engine has no request left: the time until the next step is idle time."""
         self._was_idle = True
-        self._last_end = time.perf_counter()
+        self.last_end = time.perf_counter()
 
     def step(self, kind: str = "", record: bool = True) -> list:
         self._last = None
         t0 = time.perf_counter()
-        idle_s = t0 - self._last_end if self._was_idle else 0.0
+        idle_s = t0 - self.last_end if self._was_idle else 0.0
         if idle_s > 0:
             self._wake_idle_s, self._since_wake = idle_s, 0
         else:
             self._since_wake += 1
         outs = self.engine.step()
-        self._last_end = t1 = time.perf_counter()
+        self.last_end = t1 = time.perf_counter()
         self._was_idle = not self.engine.has_unfinished_requests()
         if record and self._last is not None and not self._last.is_empty:
             shape = shape_features(self._last, idle_s, self._wake_idle_s, self._since_wake)
@@ -321,10 +321,11 @@ def _sweep(cal: Calibrator, add: Any, engine: Any, decode_batches: list[int], co
         c = min(c, limit)
         for b in decode_batches:
             b = min(b, sc.max_num_seqs - 1)
-            # every sequence holds its own context and decode room
+            # every sequence holds its own context and decode room (no more than max_model_len: the
+            # room is capped there, so that the largest batch is measured at the longest context too)
             bs = engine.cache_config.block_size
             room = 3 * repeats + 4 + cal.fill_steps(b, c)
-            if b * -(-(c + room) // bs) > engine.cache_config.num_blocks:
+            if b * -(-min(c + room, sc.max_model_len) // bs) > engine.cache_config.num_blocks:
                 continue
             add(cal.decode(b, c))
     # A prompt beside a few decodes (light load) and beside 8 (busier): the fixed cost of a prompt step

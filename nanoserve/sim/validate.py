@@ -7,10 +7,16 @@ The measured side is the engine as `bench throughput` drives it (LLMEngine.step(
 with requests added at their arrival times (`bench serve`'s gaps for the same --request-rate,
 --burstiness and --seed: sim/workload.py), so a rate below saturation is an open-loop online run. A
 token's time is when the engine.step() that made it returns (after output processing), as a streaming
-server would send it. Both sides are summarised by `bench serve`'s summarize_results, so throughput,
-TTFT, TPOT and ITL mean the same thing. The simulation uses the engine's own resolved configuration
-(pool size, budgets, flags), read from the loaded engine. The process freezes its startup objects
-out of the collector's reach once loaded, as `nanoserve serve` (and `bench calibrate`) do.
+server would send it. The clock stops while the harness does its own work between steps (stamping
+the outputs, the step timer's bookkeeping): at a batch of 256 on the demo model that work took ~0.35 ms a
+step, 3-4% of the run, which no engine term of the simulation has. The workload is replayed --replays
+times (fresh random prompts of the same lengths each time, so the prefix cache never hits across
+replays) and each measure is the median over the replays, with their spread: this shared box's speed
+moves 5-10% between identical runs a few seconds apart. Both sides are summarised by `bench serve`'s
+summarize_results, so throughput, TTFT, TPOT and ITL mean the same thing. The simulation uses the
+engine's own resolved configuration (pool size, budgets, flags), read from the loaded engine. The
+process freezes its startup objects out of the collector's reach once loaded, as `nanoserve serve` (and
+`bench calibrate`) do.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
+import statistics
 import time
 from typing import Any
 
@@ -32,13 +40,14 @@ def replay(
     engine: Any, workload: list[SimRequest], timer: Any = None
 ) -> tuple[list[RequestResult], float, int]:
     """Run `workload` on the engine at its arrival times; (results, duration_s, preemptions). With a
-    bench/calibrate.py StepTimer, each step's shape and time are recorded too."""
+    bench/calibrate.py StepTimer, each step's shape and time are recorded too. Times are on the engine's
+    clock: the harness's own work after each step is taken off it."""
     from nanoserve import SamplingParams
 
     arrivals = sorted(workload, key=lambda r: r.arrival_s)
     times: dict[str, list[float]] = {r.request_id: [] for r in arrivals}
     preempt0 = engine.get_stats().num_preemptions
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # advanced by the harness's own time, so perf_counter() - t0 is the engine's
     i = 0
     while i < len(arrivals) or engine.has_unfinished_requests():
         now = time.perf_counter() - t0
@@ -50,11 +59,19 @@ def replay(
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, arrivals[i].arrival_s - (time.perf_counter() - t0)))
             continue
-        outs = timer.step("replay") if timer is not None else engine.step()
-        stamp = time.perf_counter() - t0
+        if timer is not None:
+            outs = timer.step("replay")
+            end = timer.last_end
+        else:
+            outs = engine.step()
+            end = time.perf_counter()
+        stamp = end - t0
         for out in outs:
-            got = times[out.request_id]
+            got = times.get(out.request_id)
+            if got is None:  # an earlier run's aborted request, reported by this step
+                continue
             got.extend([stamp] * (len(out.outputs[0].token_ids) - len(got)))
+        t0 += time.perf_counter() - end
     duration = max(t[-1] for t in times.values())
     results = []
     for r in arrivals:
@@ -63,6 +80,21 @@ def replay(
                                      [b - a for a, b in zip(t, t[1:], strict=False)], t[-1] - r.arrival_s,
                                      r.arrival_s))
     return results, duration, engine.get_stats().num_preemptions - preempt0
+
+
+def fresh_prompts(workload: list[SimRequest], seed: int, vocab_size: int) -> list[SimRequest]:
+    """The same arrivals and lengths with new random prompt ids (a replay the prefix cache cannot hit)."""
+    rng = random.Random(seed)
+    return [SimRequest(r.request_id, r.arrival_s, [rng.randrange(vocab_size) for _ in r.prompt_token_ids],
+                       r.output_len) for r in workload]
+
+
+def median_summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each measure's median over the replays, and its spread (max / min - 1) under "spread"."""
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["spread"] = {k: max(r[k] for r in runs) / min(r[k] for r in runs) - 1
+                     for k in COMPARED if min(r[k] for r in runs) > 0}
+    return out
 
 
 def summary(results: list[RequestResult], duration_s: float, rate: float) -> dict[str, float]:
@@ -112,6 +144,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--range-ratio", type=float, default=0.0)
     p.add_argument("--request-rate", type=float, default=math.inf)
     p.add_argument("--burstiness", type=float, default=1.0)
+    p.add_argument("--replays", type=int, default=3,
+                   help="measured replays of the workload; each measure is their median")
     p.add_argument("--save-result", default=None, metavar="FILE.json")
     add_engine_arguments(p)
 
@@ -137,12 +171,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # engine at t=0 (simulating in between left the replay's first step cold: +17 ms, 28%, on the
     # demo model's 64-prompt first step).
     simulated, sim_preempt = simulate_like(engine, step_model, workload)
-    warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1, vocab_size(model_dir))
-    replay(engine, [SimRequest("warm-" + r.request_id, 0.0, r.prompt_token_ids, r.output_len) for r in warm])
-    timer = StepTimer(engine)
-    results, duration, preempt = replay(engine, workload, timer)
-    timer.detach()
-    measured = summary(results, duration, args.request_rate)
+    vocab = vocab_size(model_dir)
+    runs, samples = [], []
+    for k in range(args.replays):
+        warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1 + k, vocab)
+        replay(engine, [SimRequest(f"warm{k}-{r.request_id}", 0.0, r.prompt_token_ids, r.output_len)
+                        for r in warm])
+        this = workload if k == 0 else fresh_prompts(workload, seed + 1000 + k, vocab)
+        timer = StepTimer(engine)
+        results, duration, preempt = replay(
+            engine, [SimRequest(f"r{k}-{r.request_id}", r.arrival_s, r.prompt_token_ids, r.output_len)
+                     for r in this], timer)
+        timer.detach()
+        runs.append({**summary(results, duration, args.request_rate), "num_preemptions": preempt})
+        samples += timer.samples
+    measured = median_summary(runs)
     out = {
         "label": args.label, "model": model_dir, "profile": args.profile,
         "num_gpu_blocks": engine.cache_config.num_blocks,
@@ -150,9 +193,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "output_len": args.output_len, "range_ratio": args.range_ratio,
                      "request_rate": str(args.request_rate), "seed": seed},
         "simulated": {**simulated, "num_preemptions": sim_preempt},
-        "measured": {**measured, "num_preemptions": preempt},
+        "measured": measured,
+        "measured_runs": runs,
         "error": {k: simulated[k] / measured[k] - 1 for k in COMPARED if measured[k]},
-        "steps": step_check(timer.samples, step_model),
+        "steps": step_check(samples, step_model),
     }
     return out
 
@@ -162,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
+    if args.replays < 1:
+        p.error("--replays must be at least 1")
     out = run(args)
     s, m, e = out["simulated"], out["measured"], out["error"]
     print(f"{out['label'] or 'workload'}: {out['num_gpu_blocks']} KV blocks, preemptions simulated "
           f"{s['num_preemptions']} measured {m['num_preemptions']}")
     for k in COMPARED:
-        print(f"  {k:<20} simulated {s[k]:10.3f}   measured {m[k]:10.3f}   error {e.get(k, 0):+7.1%}")
+        print(f"  {k:<20} simulated {s[k]:10.3f}   measured {m[k]:10.3f}   error {e.get(k, 0):+7.1%}"
+              f"   (replays {m['spread'].get(k, 0):.1%} apart)")
     for name, c in out["steps"].items():
         print(f"  steps {name:<13} {c['num_steps']:5d}: measured {c['measured_s']:8.3f} s, "
               f"the profile predicts {c['predicted_s']:8.3f} s ({c['error']:+.1%})")

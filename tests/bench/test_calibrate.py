@@ -102,3 +102,17 @@ def test_a_decode_point_keeps_its_batch_when_its_prompts_take_several_steps(tiny
     assert cal.fill_steps(6, 40) == 5
     point = cal.decode(6, 40)
     assert point["decode_batch"] == 6 and point["num_steps"] == 6
+
+
+def test_the_largest_batch_is_measured_when_max_model_len_caps_its_room(tiny_model):
+    # 3 sequences at context 54 with max_model_len 64 hold 4 blocks each: exactly the 12-block pool. The
+    # pool check counted context + decode room uncapped (66 tokens, 5 blocks) and skipped the point, so the
+    # demo model's profile had no decode B=255 at its longest context and the simulator extrapolated there.
+    from nanoserve import LLM
+    from nanoserve.bench.calibrate import calibrate
+
+    llm = LLM(str(tiny_model("llama")), max_model_len=64, num_gpu_blocks_override=12,
+              enable_prefix_caching=False)
+    points = calibrate(llm.llm_engine, 100, [3], [56], [8], (1,), repeats=2)
+    decode = {p["kind"]: p for p in points}["decode B=3 C=54"]
+    assert decode["decode_batch"] == 3

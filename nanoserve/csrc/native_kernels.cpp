@@ -40,6 +40,16 @@ template <typename X, std::enable_if_t<std::is_same_v<X, int8_t> || std::is_same
                                        int> = 0>
 static inline float to_f(X x) { return float(x); }
 
+// Ask for the cache lines of n elements at p: a sequence's KV blocks lie anywhere in the pool, and the
+// hardware prefetcher, which follows address streams, loses the stream at every block boundary (decode
+// attention over 255 sequences of 104 tokens ran 30-40% slower with each sequence's blocks reversed or
+// scattered than with them in order, as a pool that has served a while hands them out).
+template <typename KT>
+static inline void prefetch_rows(const KT* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * int64_t(sizeof(KT)); off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 // DD > 0: head_dim known at compile time (64, 128), so the inner loops vectorize fully. KT: the caches'
 // element type, T (q's) or 8-bit codes; with codes, ks/vs [KVH, NB, BS] hold each row's scale, applied
 // to the row's scores (K) and softmax weights (V) instead of to its D elements.
@@ -54,11 +64,13 @@ static void run(const T* q, const KT* kc, const KT* vc, const int64_t* tables, c
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / KVH, kh = i % KVH, ctx = ctx_lens[b];
       const int64_t* table = tables + b * max_blocks;
+      prefetch_rows(kc + (kh * NB + table[0]) * BS * D, std::min(ctx, BS) * D);
       for (int64_t g = 0; g < G; ++g)
         for (int64_t d = 0; d < D; ++d) qf[g * D + d] = to_f(q[(b * H + kh * G + g) * D + d]) * scale;
       s.assign(G * ctx, 0.f);
       // scores: each key row is read once and dotted with the G query heads of this kv head
       for (int64_t t = 0; t < ctx; ++t) {
+        if (t % BS == 0 && t + BS < ctx) prefetch_rows(kc + (kh * NB + table[t / BS + 1]) * BS * D, BS * D);
         const int64_t r = (kh * NB + table[t / BS]) * BS + t % BS;
         const KT* kp = kc + r * D;
         const float sk = ks ? ks[r] : 1.f;
@@ -78,7 +90,9 @@ static void run(const T* q, const KT* kc, const KT* vc, const int64_t* tables, c
           for (int64_t g = 0; g < G; ++g) s[g * ctx + t] *= sv;
         }
       std::fill(acc.begin(), acc.end(), 0.f);
+      prefetch_rows(vc + (kh * NB + table[0]) * BS * D, std::min(ctx, BS) * D);
       for (int64_t t = 0; t < ctx; ++t) {
+        if (t % BS == 0 && t + BS < ctx) prefetch_rows(vc + (kh * NB + table[t / BS + 1]) * BS * D, BS * D);
         const KT* vp = vc + ((kh * NB + table[t / BS]) * BS + t % BS) * D;
         float* kvp = kv.data();
         for (int64_t d = 0; d < D; ++d) kvp[d] = to_f(vp[d]);
@@ -145,11 +159,13 @@ static void run_bf16_avx512(const c10::BFloat16* q, const KT* kc, const KT* vc,
         row[t] = ((kh * NB + table[blk]) * BS + off) * DD;
         if (++off == BS) off = 0, ++blk;
       }
+      for (int64_t t = 0; t < std::min<int64_t>(16, ctx); ++t) prefetch_rows(kc + row[t], DD);
       for (int g = 0; g < GG; ++g)
         for (int d = 0; d < DD; ++d) qf[g * DD + d] = to_f(q[(b * H + kh * GG + g) * DD + d]) * scale;
       s.resize(GG * ctx_pad);
       for (int64_t t0 = 0; t0 < ctx; t0 += 16) {
         const int n = int(std::min<int64_t>(16, ctx - t0));
+        for (int64_t t = t0 + 16; t < std::min<int64_t>(t0 + 32, ctx); ++t) prefetch_rows(kc + row[t], DD);
         for (int j = 0; j < n; ++j) {
           const int64_t t = t0 + j;
           const KT* kp = kc + row[t];
@@ -170,6 +186,7 @@ static void run_bf16_avx512(const c10::BFloat16* q, const KT* kc, const KT* vc,
       if (ks)
         for (int64_t t = 0; t < ctx; ++t)
           for (int g = 0; g < GG; ++g) s[g * ctx_pad + t] *= ks[row[t] / DD];
+      for (int64_t t = 0; t < std::min<int64_t>(16, ctx); ++t) prefetch_rows(vc + row[t], DD);
       float inv_sum[GG];
       for (int g = 0; g < GG; ++g) inv_sum[g] = softmax_numerators(s.data() + g * ctx_pad, ctx);
       if (vs)
@@ -179,6 +196,7 @@ static void run_bf16_avx512(const c10::BFloat16* q, const KT* kc, const KT* vc,
         __m512 acc[GG];
         for (int g = 0; g < GG; ++g) acc[g] = _mm512_setzero_ps();
         for (int64_t t = 0; t < ctx; ++t) {
+          if (c == 0 && t + 16 < ctx) prefetch_rows(vc + row[t + 16], DD);
           const __m512 v = load16_ps(vc + row[t] + 16 * c);
           for (int g = 0; g < GG; ++g)
             acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * ctx_pad + t]), v, acc[g]);

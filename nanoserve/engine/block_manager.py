@@ -175,8 +175,9 @@ class BlockManager:
         seq.block_table.extend(computed_blocks)
         seq.num_computed_tokens = num_computed
         seq.num_cached_blocks = max(seq.num_cached_blocks, len(computed_blocks))
-        for _ in range(new_blocks):
-            seq.block_table.append(self._pop_free())
+        # In increasing order: the least recently freed blocks are often one sequence's, freed tail
+        # first, and a CPU attention kernel streams a sequence's blocks faster in address order.
+        seq.block_table.extend(sorted(self._pop_free() for _ in range(new_blocks)))
         return True
 
     def trim(self, seq: Sequence, num_tokens: int) -> None:

@@ -40,6 +40,19 @@ def test_allocation_on_demand_and_immediate_free():
     bm.check_all_free()
 
 
+def test_a_sequences_new_blocks_come_in_address_order_after_a_tail_first_free():
+    # free() releases tail first, so the least recently freed blocks are one sequence's, reversed; the
+    # next prompt gets them in increasing order (CPU decode attention streams address order faster).
+    bm = BlockManager(8, 4, enable_prefix_caching=False)
+    first = _seq(list(range(16)))
+    _compute(bm, first)
+    assert first.block_table == [0, 1, 2, 3]
+    bm.free(first)  # free queue: 4, 5, 6, 7, then 3, 2, 1, 0
+    second = _seq(list(range(100, 124)), 1)
+    _compute(bm, second)
+    assert second.block_table == [2, 3, 4, 5, 6, 7]  # not 4, 5, 6, 7, 3, 2
+
+
 def test_pool_exhaustion_changes_nothing():
     bm = BlockManager(2, 4)
     seq = _seq(list(range(12)))

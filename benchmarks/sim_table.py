@@ -20,7 +20,11 @@ def rows(folder: Path) -> list[tuple[str, str, dict, dict]]:
             continue
         d = json.loads(f.read_text())
         pre = f"{d['simulated']['num_preemptions']}/{d['measured']['num_preemptions']}"
-        out.append((d["label"], pre, d["simulated"], d["measured"]))
+        slow = "; ".join(f"{name} {c['calibration_slow_fraction']:.0%} / "
+                         + ", ".join(f"{f:.0%}" for f in c["replay_slow_fraction"])
+                         for name, c in (d.get("canary") or {}).items() if isinstance(c, dict)) or "-"
+        spread = d["measured"].get("spread", {})
+        out.append((d["label"], pre, d["simulated"], {**d["measured"], "slow": slow, "spread": spread}))
     served, sim = folder / "serve-toy-light.json", folder / "serve-toy-light-sim.json"
     if served.is_file() and sim.is_file():
         m, s = json.loads(served.read_text()), json.loads(sim.read_text())
@@ -31,12 +35,15 @@ def rows(folder: Path) -> list[tuple[str, str, dict, dict]]:
 
 
 def main(folder: str) -> None:
-    head = ["workload", "preemptions sim/meas"] + [f"{n} sim / meas (err)" for _, n in METRICS]
+    head = (["workload", "preemptions sim/meas"] + [f"{n} sim / meas (err)" for _, n in METRICS]
+            + ["replays apart", "slow state (canary): calibration / replays"])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for label, pre, s, m in rows(Path(folder)):
         cells = [f"{s[k]:.1f} / {m[k]:.1f} ({s[k] / m[k] - 1:+.1%})" if m.get(k) else "-" for k, _ in METRICS]
-        print(f"| {label} | {pre} | " + " | ".join(cells) + " |")
+        spread = m.get("spread") or {}
+        apart = " · ".join(f"{spread[k]:.0%}" for k, _ in METRICS if k in spread) or "-"
+        print(f"| {label} | {pre} | " + " | ".join(cells) + f" | {apart} | {m.get('slow', '-')} |")
 
 
 if __name__ == "__main__":

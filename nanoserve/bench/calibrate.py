@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanoserve.bench.canary import canary_s, memory_canary_s
+
 DEFAULT_DECODE_BATCHES = "1,4,16,48"
 DEFAULT_CONTEXTS = "32,512"
 DEFAULT_PREFILL_TOKENS = "16,64,256,1024"
@@ -277,6 +279,8 @@ def calibrate(
     by_kind: dict[str, list[dict[str, Any]]] = {}
 
     def add(point: dict[str, Any]) -> None:
+        # the machine's speed state around the point (bench/canary.py)
+        point["canary_s"], point["memory_canary_s"] = canary_s(), memory_canary_s()
         by_kind.setdefault(point["kind"], []).append(point)
         if log:
             log(f"{point['kind']:<28} {point['step_s'] * 1e3:9.2f} ms  ({point['num_steps']} steps)")
@@ -304,6 +308,10 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "wake_s" in runs[0]:
         point["wake_s"] = statistics.median(r["wake_s"] for r in runs)
     point["pass_step_s"] = [r["step_s"] for r in runs]
+    for key in ("canary_s", "memory_canary_s"):
+        if all(key in r for r in runs):
+            point[key] = statistics.median(r[key] for r in runs)
+            point[f"pass_{key}"] = [r[key] for r in runs]
     return point
 
 

@@ -27,8 +27,10 @@ import math
 import random
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
+from nanoserve.bench.canary import CanaryLog, slow_fraction
 from nanoserve.bench.serve import RequestResult, summarize_results
 from nanoserve.sim.workload import SimRequest
 
@@ -37,11 +39,12 @@ COMPARED = ("request_throughput", "output_throughput", "median_ttft_ms", "median
 
 
 def replay(
-    engine: Any, workload: list[SimRequest], timer: Any = None
+    engine: Any, workload: list[SimRequest], timer: Any = None, canaries: CanaryLog | None = None
 ) -> tuple[list[RequestResult], float, int]:
     """Run `workload` on the engine at its arrival times; (results, duration_s, preemptions). With a
-    bench/calibrate.py StepTimer, each step's shape and time are recorded too. Times are on the engine's
-    clock: the harness's own work after each step is taken off it."""
+    bench/calibrate.py StepTimer, each step's shape and time are recorded too; with a CanaryLog, the
+    machine's speed state between busy steps. Times are on the engine's clock: the harness's own work
+    after each step (the canary included) is taken off it."""
     from nanoserve import SamplingParams
 
     arrivals = sorted(workload, key=lambda r: r.arrival_s)
@@ -71,6 +74,8 @@ def replay(
             if got is None:  # an earlier run's aborted request, reported by this step
                 continue
             got.extend([stamp] * (len(out.outputs[0].token_ids) - len(got)))
+        if canaries is not None and engine.has_unfinished_requests():
+            canaries.maybe_sample(stamp)
         t0 += time.perf_counter() - end
     duration = max(t[-1] for t in times.values())
     results = []
@@ -172,19 +177,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # demo model's 64-prompt first step).
     simulated, sim_preempt = simulate_like(engine, step_model, workload)
     vocab = vocab_size(model_dir)
-    runs, samples = [], []
+    runs, samples, replay_canaries = [], [], []
     for k in range(args.replays):
         warm = synthetic_workload(2, 8, 4, 0.0, math.inf, 1.0, seed + 1 + k, vocab)
         replay(engine, [SimRequest(f"warm{k}-{r.request_id}", 0.0, r.prompt_token_ids, r.output_len)
                         for r in warm])
         this = workload if k == 0 else fresh_prompts(workload, seed + 1000 + k, vocab)
-        timer = StepTimer(engine)
+        timer, canaries = StepTimer(engine), CanaryLog()
         results, duration, preempt = replay(
             engine, [SimRequest(f"r{k}-{r.request_id}", r.arrival_s, r.prompt_token_ids, r.output_len)
-                     for r in this], timer)
+                     for r in this], timer, canaries)
         timer.detach()
         runs.append({**summary(results, duration, args.request_rate), "num_preemptions": preempt})
         samples += timer.samples
+        replay_canaries.append(canaries)
     measured = median_summary(runs)
     out = {
         "label": args.label, "model": model_dir, "profile": args.profile,
@@ -197,7 +203,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "measured_runs": runs,
         "error": {k: simulated[k] / measured[k] - 1 for k in COMPARED if measured[k]},
         "steps": step_check(samples, step_model),
+        "canary": canary_report(args.profile, replay_canaries),
     }
+    return out
+
+
+def canary_report(profile: str, replay_canaries: list[CanaryLog]) -> dict[str, Any]:
+    """How much of the calibration and of each replay ran in the machine's slow CPU and memory states
+    (bench/canary.py), each against the fastest canary of the calibration and the replays."""
+    try:
+        points = json.loads(Path(profile).read_text()).get("samples", [])
+    except (OSError, ValueError):
+        points = []
+    out: dict[str, Any] = {}
+    kinds = (("cpu", "canary_s", "samples_s"), ("memory", "memory_canary_s", "memory_samples_s"))
+    for name, key, attr in kinds:
+        cal = [c for p in points for c in p.get(f"pass_{key}", [p[key]] if key in p else [])]
+        runs = [getattr(log, attr) for log in replay_canaries]
+        every = cal + [c for run in runs for c in run]
+        if every:
+            fastest = min(every)
+            out[name] = {"fastest_s": fastest, "calibration_slow_fraction": slow_fraction(cal, fastest),
+                         "replay_slow_fraction": [slow_fraction(run, fastest) for run in runs]}
     return out
 
 
@@ -215,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in COMPARED:
         print(f"  {k:<20} simulated {s[k]:10.3f}   measured {m[k]:10.3f}   error {e.get(k, 0):+7.1%}"
               f"   (replays {m['spread'].get(k, 0):.1%} apart)")
+    for name, c in out["canary"].items():
+        print(f"  slow {name} state (bench/canary.py): calibration {c['calibration_slow_fraction']:.0%}, "
+              f"replays {', '.join(f'{f:.0%}' for f in c['replay_slow_fraction'])}")
     for name, c in out["steps"].items():
         print(f"  steps {name:<13} {c['num_steps']:5d}: measured {c['measured_s']:8.3f} s, "
               f"the profile predicts {c['predicted_s']:8.3f} s ({c['error']:+.1%})")

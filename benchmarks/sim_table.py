@@ -23,8 +23,7 @@ def rows(folder: Path) -> list[tuple[str, str, dict, dict]]:
         slow = "; ".join(f"{name} {c['calibration_slow_fraction']:.0%} / "
                          + ", ".join(f"{f:.0%}" for f in c["replay_slow_fraction"])
                          for name, c in (d.get("canary") or {}).items() if isinstance(c, dict)) or "-"
-        spread = d["measured"].get("spread", {})
-        out.append((d["label"], pre, d["simulated"], {**d["measured"], "slow": slow, "spread": spread}))
+        out.append((d["label"], pre, d["simulated"], {**d["measured"], "slow": slow}))
     served, sim = folder / "serve-toy-light.json", folder / "serve-toy-light-sim.json"
     if served.is_file() and sim.is_file():
         m, s = json.loads(served.read_text()), json.loads(sim.read_text())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 CANARY_LOOPS = 20_000
 CANARY_BYTES = 48 << 20  # past the dev box's 32 MB L3: the copy streams from and to DRAM
 SLOW_FACTOR = 1.3  # a canary this much slower than the fastest one seen counts as the slow state
-_buffers: list = []
+_buffers: list = []  # the copy's two buffers, made once: a fresh allocation would time its page faults
 
 
 def canary_s(loops: int = CANARY_LOOPS) -> float:

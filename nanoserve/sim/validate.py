@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.replays < 1:
         p.error("--replays must be at least 1")
-    out = run(args)
+    from nanoserve.errors import InvalidRequestError
+
+    try:
+        out = run(args)
+    except InvalidRequestError as e:
+        p.error(str(e))
     s, m, e = out["simulated"], out["measured"], out["error"]
     print(f"{out['label'] or 'workload'}: {out['num_gpu_blocks']} KV blocks, preemptions simulated "
           f"{s['num_preemptions']} measured {m['num_preemptions']}")
